@@ -1,0 +1,53 @@
+"""The one home for the constants shared by ``core``, ``train`` and the app."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The four classes, in the order of the model's outputs.
+CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+
+#: Human-readable names for display.
+CLASS_LABELS: dict[str, str] = {
+    "glioma": "Glioma",
+    "meningioma": "Meningioma",
+    "notumor": "No tumour",
+    "pituitary": "Pituitary tumour",
+}
+
+#: Folder names of older releases of the Kaggle dataset, mapped to ``CLASS_NAMES``.
+LEGACY_CLASS_FOLDERS: dict[str, str] = {
+    "glioma_tumor": "glioma",
+    "meningioma_tumor": "meningioma",
+    "no_tumor": "notumor",
+    "pituitary_tumor": "pituitary",
+}
+
+#: Default architecture (a timm model name) and input size.
+DEFAULT_ARCH = "efficientnet_lite0"
+DEFAULT_IMAGE_SIZE = 224
+
+#: ImageNet statistics: the backbone was pre-trained with them.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = PROJECT_ROOT / "assets"
+DEFAULT_WEIGHTS = ASSETS_DIR / "model.safetensors"
+MODEL_CARD_NAME = "model_card.json"
+
+#: Where the development copy of the dataset lives; ``BTMRI_DATA`` overrides it.
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "brain-tumor-mri"
+
+
+def data_dir() -> Path:
+    """The dataset folder: ``$BTMRI_DATA`` or the shared development copy."""
+    return Path(os.environ.get("BTMRI_DATA", DEFAULT_DATA_DIR))
+
+
+#: Input limits for ``read_scan``.
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # 40 megapixels: far above any MRI slice, far below a decompression bomb
+MIN_SIDE = 32  # pixels; smaller images cannot be a brain MRI slice
+SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")

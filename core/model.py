@@ -1,0 +1,171 @@
+"""The classifier: a timm network wrapped with the shared preprocessing, prediction and Grad-CAM."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+from .constants import CLASS_NAMES, DEFAULT_WEIGHTS
+from .preprocess import eval_transform
+from .weights import WeightsError, load_weights
+
+__all__ = ["Classifier", "Prediction", "build_network", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one scan."""
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
+    """A randomly initialised timm network (weights are loaded separately; nothing is downloaded)."""
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"Unknown architecture {arch!r}; use a timm model name such as 'efficientnet_lite0'."
+        ) from exc
+
+
+def _cam_target_layer(net: torch.nn.Module) -> torch.nn.Module:
+    """The last convolutional stage: where Grad-CAM reads activations and gradients."""
+    for name in ("bn2", "conv_head", "norm_pre"):
+        layer = getattr(net, name, None)
+        if isinstance(layer, torch.nn.Module) and not isinstance(layer, torch.nn.Identity):
+            return layer
+    raise ValueError(f"No Grad-CAM target layer known for {type(net).__name__}.")
+
+
+class Classifier:
+    """A loaded model. ``predict`` and ``explain`` are safe to call from several threads."""
+
+    def __init__(self, net: torch.nn.Module, card: dict[str, Any], device: str | torch.device = "cpu"):
+        self.card = card
+        self.class_names: tuple[str, ...] = tuple(card["class_names"])
+        if self.class_names != CLASS_NAMES:
+            raise WeightsError(
+                f"The model's classes {self.class_names} differ from the expected {CLASS_NAMES}."
+            )
+        self.image_size = int(card["image_size"])
+        self.temperature = float(card.get("temperature", 1.0))
+        self.device = torch.device(device)
+        self.transform = eval_transform(self.image_size, card["mean"], card["std"])
+
+        self.network = net.to(self.device).eval().to(memory_format=torch.channels_last)
+        for param in self.network.parameters():
+            param.requires_grad_(False)
+        # Grad-CAM hooks live on a module, so explanations use their own copy of the network
+        # (predictions never pass through the hooks) and are serialised by a lock.
+        self._cam_net = copy.deepcopy(self.network)
+        self._cam_layer = _cam_target_layer(self._cam_net)
+        # Gradients are needed from the logits back to the target layer only: leave the
+        # backbone frozen so the backward pass stops there (several times cheaper).
+        for param in self._cam_layer.parameters():
+            param.requires_grad_(True)
+        self._cam_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ prediction
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.transform(image) for image in images])
+        return batch.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.network(self.preprocess(images)).float().cpu()
+
+    def _to_prediction(self, logits: torch.Tensor) -> Prediction:
+        probs = torch.softmax(logits.double() / self.temperature, dim=-1)
+        index = int(torch.argmax(probs))
+        probabilities = {name: float(p) for name, p in zip(self.class_names, probs.tolist())}
+        return Prediction(
+            label=self.class_names[index],
+            confidence=probabilities[self.class_names[index]],
+            probabilities=probabilities,
+        )
+
+    def predict(self, image: Image.Image) -> Prediction:
+        """Classify one scan (a PIL image, as returned by :func:`core.read_scan`)."""
+        return self._to_prediction(self.logits([_check_image(image)])[0])
+
+    def predict_batch(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
+        """Classify many scans; equal to calling :meth:`predict` on each."""
+        images = [_check_image(image) for image in images]
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            logits = self.logits(images[start : start + batch_size])
+            results.extend(self._to_prediction(row) for row in logits)
+        return results
+
+    # ------------------------------------------------------------------ explanation
+    def explain(self, image: Image.Image, target: str | None = None) -> np.ndarray:
+        """Grad-CAM heatmap (float32, values in [0, 1], same height and width as ``image``).
+
+        It explains the predicted class, or the class named by ``target``.
+        """
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        image = _check_image(image)
+        if target is not None and target not in self.class_names:
+            raise ValueError(f"Unknown target class {target!r}; choose one of {self.class_names}.")
+        batch = self.preprocess([image])
+        with self._cam_lock:
+            if target is None:
+                with torch.inference_mode():
+                    index = int(self._cam_net(batch).argmax(dim=-1)[0])
+            else:
+                index = self.class_names.index(target)
+            with GradCAM(model=self._cam_net, target_layers=[self._cam_layer]) as cam:
+                heatmap = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
+            self._cam_net.zero_grad(set_to_none=True)
+        resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
+            image.size, Image.Resampling.BILINEAR
+        )
+        return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _check_image(image: Any) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"Expected a PIL image (use core.read_scan to read a file), got {type(image).__name__}."
+        )
+    return image
+
+
+def load_model(
+    weights: str | Path | None = None, device: str | torch.device | None = None
+) -> Classifier:
+    """Load a classifier: the committed default weights, or the safetensors file ``weights``.
+
+    The model card (``model_card.json`` beside the weights) gives the architecture, input
+    size and normalisation; the weights' sha256 must match it.
+    """
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    state, card = load_weights(path)
+    net = build_network(card["arch"], num_classes=len(card["class_names"]))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"Weights file {str(path)!r} does not fit the architecture {card['arch']!r}: {exc}"
+        ) from exc
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    logger.info("loaded %s (%s) on %s", path, card["arch"], device)
+    return Classifier(net, card, device)

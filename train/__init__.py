@@ -1,0 +1,1 @@
+"""Rebuild the classifier's weights: ``python -m train``, ``python -m train.evaluate``, ``python -m train.audit``."""

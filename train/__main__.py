@@ -1,0 +1,5 @@
+import sys
+
+from .train import cli
+
+cli(sys.argv[1:])

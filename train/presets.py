@@ -1,0 +1,136 @@
+"""Training and evaluation transforms, built from ``core``'s preprocessing constants.
+
+The evaluation transform *is* ``core.preprocess.eval_transform``. The training transform
+adds geometric and intensity augmentation (torchvision transforms v2) aimed at scans from
+other scanners and sequences, then ends with the same tensor conversion and normalisation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from core.constants import IMAGENET_MEAN, IMAGENET_STD
+from core.preprocess import ToGrayscale, eval_transform, to_model_tensor
+
+__all__ = [
+    "ClassificationPresetTrain",
+    "ClassificationPresetEval",
+    "RandomGamma",
+    "PERTURBATIONS",
+    "perturbation",
+]
+
+
+class RandomGamma(v2.Transform):
+    """Gamma correction with gamma drawn log-uniformly from ``gamma_range``."""
+
+    def __init__(self, gamma_range: tuple[float, float] = (0.6, 1.6), p: float = 0.5) -> None:
+        super().__init__()
+        self.gamma_range = gamma_range
+        self.p = p
+
+    def transform(self, inpt, params):
+        if random.random() >= self.p:
+            return inpt
+        low, high = (torch.log(torch.tensor(g)) for g in self.gamma_range)
+        gamma = float(torch.exp(low + (high - low) * torch.rand(())))
+        return F.adjust_gamma(inpt, gamma)
+
+
+class ClassificationPresetTrain:
+    """Augmentation for training; ``strength`` 0 gives resize + flip only."""
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        strength: float = 1.0,
+    ) -> None:
+        s = float(strength)
+        steps: list = [ToGrayscale(), v2.PILToTensor()]
+        if s > 0:
+            steps += [
+                v2.RandomResizedCrop(
+                    image_size, scale=(1.0 - 0.35 * s, 1.0), ratio=(1.0 - 0.15 * s, 1.0 + 0.15 * s), antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.RandomAffine(degrees=15 * s, translate=(0.06 * s, 0.06 * s), scale=(1.0 - 0.1 * s, 1.0 + 0.1 * s))], p=0.6),
+                v2.RandomApply([v2.ColorJitter(brightness=0.35 * s, contrast=0.35 * s)], p=0.8),
+                RandomGamma((1.0 - 0.4 * s, 1.0 + 0.6 * s), p=0.5),
+                v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2 * s),
+                v2.RandomApply([v2.JPEG(quality=(25, 95))], p=0.3 * s),
+            ]
+            float_steps: list = [v2.RandomApply([v2.GaussianNoise(mean=0.0, sigma=0.03 * s, clip=True)], p=0.25 * s)]
+        else:
+            steps += [v2.Resize((image_size, image_size), antialias=True), v2.RandomHorizontalFlip()]
+            float_steps = []
+        steps.append(to_model_tensor(mean, std, float_steps))
+        self.transforms = v2.Compose(steps)
+
+    def __call__(self, image):
+        return self.transforms(image)
+
+
+class ClassificationPresetEval:
+    """Exactly the app's preprocessing."""
+
+    def __init__(self, image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.transforms = eval_transform(image_size, mean, std)
+
+    def __call__(self, image):
+        return self.transforms(image)
+
+
+def _scale_crop(image: torch.Tensor, zoom: float) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    ch, cw = int(h / zoom), int(w / zoom)
+    return F.resize(F.center_crop(image, [ch, cw]), [h, w], antialias=True)
+
+
+def _zoom_out(image: torch.Tensor, factor: float) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    small = F.resize(image, [int(h * factor), int(w * factor)], antialias=True)
+    return F.center_crop(small, [h, w])  # pads with black, like a smaller field of view
+
+
+def _noise(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    noisy = image.float() + torch.randn(image.shape, generator=generator) * sigma * 255.0
+    return noisy.clamp(0, 255).to(torch.uint8)
+
+
+#: Deterministic perturbations of a uint8 grey tensor (1, H, W), applied before the shared
+#: preprocessing, to report robustness next to the clean figure. Each mimics a shift seen
+#: between scanners, sequences and exports.
+PERTURBATIONS = {
+    "gamma_0.6": lambda t: F.adjust_gamma(t, 0.6),
+    "gamma_1.6": lambda t: F.adjust_gamma(t, 1.6),
+    "contrast_0.6": lambda t: F.adjust_contrast(t, 0.6),
+    "brightness_1.3": lambda t: F.adjust_brightness(t, 1.3),
+    "blur_sigma1.2": lambda t: F.gaussian_blur(t, kernel_size=7, sigma=1.2),
+    "noise_sigma0.04": lambda t: _noise(t, 0.04),
+    "jpeg_q20": lambda t: F.jpeg(t, quality=20),
+    "zoom_in_1.2": lambda t: _scale_crop(t, 1.2),
+    "zoom_out_0.8": lambda t: _zoom_out(t, 0.8),
+    "rotate_10": lambda t: F.rotate(t, 10.0),
+    "downscale_96px": lambda t: F.resize(F.resize(t, [96, 96], antialias=True), list(t.shape[-2:]), antialias=True),
+}
+
+
+def perturbation(name: str):
+    """A callable PIL -> PIL applying the named perturbation (for evaluation only)."""
+    if name not in PERTURBATIONS:
+        raise ValueError(f"Unknown perturbation {name!r}; choose from {sorted(PERTURBATIONS)}.")
+    fn = PERTURBATIONS[name]
+
+    def apply(image):
+        tensor = F.pil_to_tensor(ToGrayscale()(image))
+        return F.to_pil_image(fn(tensor))
+
+    return apply

@@ -1,0 +1,370 @@
+"""``python -m train``: rebuild the classifier's weights from the Kaggle Brain Tumor MRI Dataset.
+
+Single process (CPU or one GPU)::
+
+    python -m train --data-dir ../shared/datasets/brain-tumor-mri --output assets
+
+Several GPUs or CPU processes (DistributedDataParallel)::
+
+    torchrun --nproc_per_node 4 -m train --data-dir DIR --output runs/ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from core.constants import CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, data_dir
+from core.model import build_network
+from core.weights import save_weights
+
+from . import metrics
+from .data import ScanFolder, class_counts, find_samples, fingerprint, group_split, split_dirs, stratified_split
+from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
+from .presets import ClassificationPresetEval, ClassificationPresetTrain
+from .pretrained import load_imagenet_weights
+
+logger = logging.getLogger("train")
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+HISTORY_NAME = "history.json"
+EVALUATION_NAME = "evaluation.json"
+SPLITS = ("stratified", "group")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train the brain-MRI tumour classifier (EfficientNet-Lite0, transfer learning).",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", type=Path, default=data_dir(), help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
+    parser.add_argument("--output", type=Path, default=Path("runs/train"), help="folder for weights, model card, metrics and checkpoint")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help="timm architecture name")
+    parser.add_argument("--epochs", type=int, default=12, help="total epochs, head-only epochs included")
+    parser.add_argument("--freeze-epochs", type=int, default=1, help="first epochs train the classifier head only")
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size in pixels")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=0.02, help="AdamW weight decay")
+    parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    parser.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = resize and flip only)")
+    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of Training held out for validation")
+    parser.add_argument("--split", default="stratified", help=f"validation split: one of {SPLITS}; 'group' keeps near-duplicate scans on one side")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.safetensors")
+    parser.add_argument("--no-pretrained", action="store_true", help="start from random weights instead of ImageNet")
+    parser.add_argument("--max-per-class", type=int, default=None, help="use at most N images per class and split (smoke tests)")
+    parser.add_argument("--tta", action="store_true", help="also report Testing with horizontal-flip test-time augmentation")
+    parser.add_argument("--no-test", action="store_true", help="skip the final evaluation on Testing")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.split not in SPLITS:
+        raise SystemExit(f"--split {args.split!r} is not one of {SPLITS}.")
+    for name in ("epochs", "image_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if not 0 <= args.freeze_epochs < args.epochs:
+        raise SystemExit(f"--freeze-epochs must be in [0, {args.epochs - 1}], got {args.freeze_epochs}.")
+    if args.lr <= 0:
+        raise SystemExit(f"--lr must be positive, got {args.lr}.")
+
+
+# ---------------------------------------------------------------------- distributed
+def _init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and device_arg != "cpu"
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+        return dist.get_rank(), world, device
+    return 0, 1, torch.device(device_arg or ("cuda" if use_cuda else "cpu"))
+
+
+def _gather(array: np.ndarray, world: int) -> np.ndarray:
+    if world == 1:
+        return array
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+# ---------------------------------------------------------------------- data
+def load_data(args: argparse.Namespace):
+    train_dir, test_dir = split_dirs(args.data_dir, need_testing=not args.no_test)
+    samples = find_samples(train_dir)
+    test_samples = [] if args.no_test else find_samples(test_dir)
+    if args.max_per_class:
+        samples = _limit(samples, args.max_per_class)
+        test_samples = _limit(test_samples, args.max_per_class)
+    if args.split == "group":
+        from .audit import duplicate_groups
+
+        groups = duplicate_groups([s.path for s in samples])
+        train, val = group_split(samples, groups, args.val_fraction, args.seed)
+    else:
+        train, val = stratified_split(samples, args.val_fraction, args.seed)
+    return train, val, test_samples
+
+
+def _limit(samples, n):
+    kept, per_class = [], {}
+    for s in samples:
+        if per_class.get(s.label, 0) < n:
+            kept.append(s)
+            per_class[s.label] = per_class.get(s.label, 0) + 1
+    return kept
+
+
+def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int, sampler=None) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        drop_last=False,
+    )
+
+
+# ---------------------------------------------------------------------- main
+def _set_backbone_trainable(model: torch.nn.Module, trainable: bool) -> None:
+    head = set(id(p) for p in model.get_classifier().parameters())
+    for param in model.parameters():
+        param.requires_grad_(trainable or id(param) in head)
+
+
+def _hardware(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"{world} x {name}" if world > 1 else name
+    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads" + (
+        f", {world} processes" if world > 1 else ""
+    )
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, select the best epoch on validation, save weights and metrics, evaluate on Testing."""
+    _check_args(args)
+    rank, world, device = _init_distributed(args.device)
+    is_main = rank == 0
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(message)s")
+    _seed_everything(args.seed + rank)
+    started = time.perf_counter()
+    output: Path = args.output
+    if is_main:
+        output.mkdir(parents=True, exist_ok=True)
+
+    train_samples, val_samples, test_samples = load_data(args)
+    logger.info(
+        "data: %d train, %d validation, %d test images (%s split)",
+        len(train_samples), len(val_samples), len(test_samples), args.split,
+    )
+    train_set = ScanFolder(train_samples, ClassificationPresetTrain(args.image_size, strength=args.augment))
+    eval_tf = ClassificationPresetEval(args.image_size)
+    val_set = ScanFolder(val_samples, eval_tf)
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        val_set = Subset(val_set, list(range(rank, len(val_set), world)))
+    train_loader = _loader(train_set, args.batch_size, args.workers, True, args.seed + rank, sampler)
+    val_loader = _loader(val_set, args.batch_size * 2, args.workers, False, args.seed)
+
+    model = build_network(args.arch, num_classes=len(CLASS_NAMES))
+    if not args.no_pretrained:
+        load_imagenet_weights(model, args.arch)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = len(train_loader)
+    head_steps = args.freeze_epochs * steps_per_epoch
+    full_steps = (args.epochs - args.freeze_epochs) * steps_per_epoch
+    warmup = max(1, steps_per_epoch // 3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, head_steps, full_steps, warmup)
+    )
+
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_key = (-1.0, float("-inf"))
+    start_epoch = 0
+    elapsed_before = 0.0
+    checkpoint_path = output / CHECKPOINT_NAME
+    if args.resume:
+        best_state, saved = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
+        start_epoch = saved["epoch"] + 1
+        history = saved["history"]
+        best_key = tuple(saved["best_key"])
+        elapsed_before = saved.get("elapsed_s", 0.0)
+        logger.info("resumed from %s at epoch %d", checkpoint_path, start_epoch + 1)
+
+    progress = is_main and not args.no_progress
+    epochs = tqdm(range(start_epoch, args.epochs), desc="epochs", disable=not progress, initial=start_epoch, total=args.epochs)
+    for epoch in epochs:
+        _set_backbone_trainable(model, epoch >= args.freeze_epochs)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        epoch_start = time.perf_counter()
+        train_loss, train_probs, train_targets = train_one_epoch(
+            ddp_model, criterion, optimizer, scheduler, train_loader, device,
+            desc=f"epoch {epoch + 1}", progress=progress,
+        )
+        val_probs, val_targets = predict_probs(model, val_loader, device, desc="validate", progress=progress)
+        train_probs, train_targets = _gather(train_probs, world), _gather(train_targets, world)
+        val_probs, val_targets = _gather(val_probs, world), _gather(val_targets, world)
+        train_m = metrics.summary(train_probs, train_targets)
+        train_m["loss"] = float(np.mean(_gather(np.array([train_loss]), world)))  # the smoothed training loss
+        val_m = metrics.summary(val_probs, val_targets)
+        record = {
+            "epoch": epoch + 1,
+            "phase": "head" if epoch < args.freeze_epochs else "full",
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - epoch_start, 1),
+            "train": train_m,
+            "val": val_m,
+        }
+        history.append(record)
+        key = (val_m["macro_f1"], -val_m["loss"])
+        improved = key > best_key
+        if improved:
+            best_key = key
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if is_main:
+            logger.info(
+                "epoch %d/%d %s | train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f "
+                "prec %.4f rec %.4f f1 %.4f | %.0fs%s",
+                epoch + 1, args.epochs, record["phase"], train_m["loss"], train_m["accuracy"], train_m["macro_f1"],
+                val_m["loss"], val_m["accuracy"], val_m["macro_precision"], val_m["macro_recall"], val_m["macro_f1"],
+                record["seconds"], " *" if improved else "",
+            )
+            _write_json(output / HISTORY_NAME, {"class_names": list(CLASS_NAMES), "epochs": history})
+            save_checkpoint(
+                checkpoint_path, model, optimizer, scheduler, best_state,
+                {
+                    "epoch": epoch,
+                    "history": history,
+                    "best_key": list(best_key),
+                    "elapsed_s": elapsed_before + time.perf_counter() - started,
+                    "args": _args_dict(args),
+                },
+            )
+
+    wall_time = elapsed_before + time.perf_counter() - started
+    if world > 1:
+        dist.barrier()
+    result: dict[str, Any] = {"history": history}
+    if is_main:
+        model.load_state_dict(best_state)
+        best_epoch = max(history, key=lambda r: (r["val"]["macro_f1"], -r["val"]["loss"]))["epoch"]
+        card = {
+            "arch": args.arch,
+            "image_size": args.image_size,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "class_names": list(CLASS_NAMES),
+            "temperature": 1.0,
+            "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "training": {
+                "config": _args_dict(args),
+                "hardware": _hardware(device, world),
+                "wall_time_s": round(wall_time, 1),
+                "best_epoch": best_epoch,
+                "selected_on": "validation macro F1 (ties: lower validation loss)",
+                "torch": torch.__version__,
+            },
+            "data": {
+                "source": "Kaggle Brain Tumor MRI Dataset (Nickparvar): figshare + SARTAJ + Br35H",
+                "train_images": len(train_samples),
+                "val_images": len(val_samples),
+                "test_images": len(test_samples),
+                "train_counts": class_counts(train_samples),
+                "val_counts": class_counts(val_samples),
+                "test_counts": class_counts(test_samples),
+                "split": args.split,
+                "fingerprint_training": fingerprint(sorted(train_samples + val_samples, key=lambda s: str(s.path)), args.data_dir),
+                "fingerprint_testing": fingerprint(test_samples, args.data_dir) if test_samples else None,
+            },
+            "validation": history[best_epoch - 1]["val"],
+        }
+        if not args.no_test:
+            from .evaluate import evaluate_samples
+
+            evaluation = evaluate_samples(
+                model, test_samples, args.image_size, device, args.batch_size * 2, args.workers,
+                tta=args.tta, progress=progress, root=args.data_dir,
+            )
+            _write_json(output / EVALUATION_NAME, evaluation)
+            testing = evaluation["evaluations"]["testing"]
+            card["metrics"] = {"testing_accuracy": testing["accuracy"], "testing_macro_f1": testing["macro_f1"]}
+            logger.info("Testing: accuracy %.4f, macro F1 %.4f (%d images)", testing["accuracy"], testing["macro_f1"], testing["n_images"])
+            result["evaluation"] = evaluation
+        card = save_weights(model, output / "model.safetensors", card)
+        result["card"] = card
+        logger.info("wrote %s in %.0f s", output, wall_time)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    main(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])
