@@ -34,8 +34,20 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = PROJECT_ROOT / "assets"
-DEFAULT_WEIGHTS = ASSETS_DIR / "model.safetensors"
+WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "model_card.json"
+HISTORY_NAME = "history.json"
+EVALUATION_NAME = "evaluation.json"
+AUDIT_NAME = "audit.json"
+
+
+def assets_dir() -> Path:
+    """The folder of the shipped model and its metrics: ``$BTMRI_ASSETS`` or ``assets/``."""
+    return Path(os.environ.get("BTMRI_ASSETS", ASSETS_DIR))
+
+
+def default_weights() -> Path:
+    return assets_dir() / WEIGHTS_NAME
 
 #: Where the development copy of the dataset lives; ``BTMRI_DATA`` overrides it.
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "brain-tumor-mri"

@@ -15,7 +15,7 @@ import timm
 import torch
 from PIL import Image
 
-from .constants import CLASS_NAMES, DEFAULT_WEIGHTS
+from .constants import CLASS_NAMES, default_weights
 from .preprocess import eval_transform
 from .weights import WeightsError, load_weights
 
@@ -151,12 +151,12 @@ def _check_image(image: Any) -> Image.Image:
 def load_model(
     weights: str | Path | None = None, device: str | torch.device | None = None
 ) -> Classifier:
-    """Load a classifier: the committed default weights, or the safetensors file ``weights``.
+    """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
     The model card (``model_card.json`` beside the weights) gives the architecture, input
     size and normalisation; the weights' sha256 must match it.
     """
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    path = Path(weights) if weights is not None else default_weights()
     state, card = load_weights(path)
     net = build_network(card["arch"], num_classes=len(card["class_names"]))
     try:

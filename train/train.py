@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.constants import CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, data_dir
+from core.constants import WEIGHTS_NAME, EVALUATION_NAME, HISTORY_NAME, CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, data_dir
 from core.model import build_network
 from core.weights import save_weights
 
@@ -43,8 +43,6 @@ from .pretrained import load_imagenet_weights
 logger = logging.getLogger("train")
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-HISTORY_NAME = "history.json"
-EVALUATION_NAME = "evaluation.json"
 SPLITS = ("stratified", "group")
 
 
@@ -343,7 +341,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             card["metrics"] = {"testing_accuracy": testing["accuracy"], "testing_macro_f1": testing["macro_f1"]}
             logger.info("Testing: accuracy %.4f, macro F1 %.4f (%d images)", testing["accuracy"], testing["macro_f1"], testing["n_images"])
             result["evaluation"] = evaluation
-        card = save_weights(model, output / "model.safetensors", card)
+        card = save_weights(model, output / WEIGHTS_NAME, card)
         result["card"] = card
         logger.info("wrote %s in %.0f s", output, wall_time)
     if world > 1:
