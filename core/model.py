@@ -31,6 +31,12 @@ class Prediction:
     label: str
     confidence: float
     probabilities: dict[str, float] = field(default_factory=dict)
+    #: False when the input does not look like a brain MRI slice (the label is then withheld).
+    is_brain_mri: bool = True
+    #: Out-of-distribution score: higher is further from the training scans.
+    ood_score: float = 0.0
+    #: Reasons to review this prediction (empty when none), e.g. "low confidence".
+    flags: tuple[str, ...] = ()
 
 
 def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
