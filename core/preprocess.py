@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .constants import DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from .constants import DEFAULT_IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 
 __all__ = ["eval_transform", "to_grayscale", "to_model_tensor", "ToGrayscale"]
 
@@ -33,8 +33,8 @@ class ToGrayscale(v2.Transform):
 
 
 def to_model_tensor(
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = INPUT_MEAN,
+    std: Sequence[float] = INPUT_STD,
     float_steps: Sequence[v2.Transform] = (),
 ) -> v2.Compose:
     """uint8 grey image -> float tensor (3, H, W), grey repeated to 3 channels, normalised.
@@ -65,8 +65,8 @@ class _RepeatChannels(v2.Transform):
 
 def eval_transform(
     image_size: int = DEFAULT_IMAGE_SIZE,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = INPUT_MEAN,
+    std: Sequence[float] = INPUT_STD,
 ) -> v2.Compose:
     """PIL scan -> normalised tensor (3, image_size, image_size) for the network."""
     return v2.Compose(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.constants import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, data_dir
+from core.constants import CLASS_NAMES, INPUT_MEAN, INPUT_STD, data_dir
 from core.model import build_network
 from core.weights import save_weights
 
@@ -35,8 +35,8 @@ def make_model_dir(folder: Path, image_size: int = TINY_IMAGE_SIZE, seed: int = 
     card = {
         "arch": "efficientnet_lite0",
         "image_size": image_size,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(INPUT_MEAN),
+        "std": list(INPUT_STD),
         "class_names": list(CLASS_NAMES),
         "temperature": 1.0,
     }

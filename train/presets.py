@@ -14,7 +14,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from core.constants import IMAGENET_MEAN, IMAGENET_STD
+from core.constants import INPUT_MEAN, INPUT_STD
 from core.preprocess import ToGrayscale, eval_transform, to_model_tensor
 
 __all__ = [
@@ -48,8 +48,8 @@ class ClassificationPresetTrain:
     def __init__(
         self,
         image_size: int,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] = INPUT_MEAN,
+        std: Sequence[float] = INPUT_STD,
         strength: float = 1.0,
     ) -> None:
         s = float(strength)
@@ -80,7 +80,7 @@ class ClassificationPresetTrain:
 class ClassificationPresetEval:
     """Exactly the app's preprocessing."""
 
-    def __init__(self, image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(self, image_size: int, mean: Sequence[float] = INPUT_MEAN, std: Sequence[float] = INPUT_STD):
         self.transforms = eval_transform(image_size, mean, std)
 
     def __call__(self, image):

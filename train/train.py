@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.constants import WEIGHTS_NAME, EVALUATION_NAME, HISTORY_NAME, CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, data_dir
+from core.constants import WEIGHTS_NAME, EVALUATION_NAME, HISTORY_NAME, CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, INPUT_MEAN, INPUT_STD, data_dir
 from core.model import build_network
 from core.weights import save_weights
 
@@ -302,8 +302,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         card = {
             "arch": args.arch,
             "image_size": args.image_size,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "mean": list(INPUT_MEAN),
+            "std": list(INPUT_STD),
             "class_names": list(CLASS_NAMES),
             "temperature": 1.0,
             "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
