@@ -1,0 +1,160 @@
+"""The training pipeline: data discovery, splits, a smoke run, resume, evaluation CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import CLASS_NAMES, load_model
+from core.constants import LEGACY_CLASS_FOLDERS
+from core.weights import sha256_file
+from train import metrics
+from train.data import class_counts, find_samples, split_dirs, stratified_split
+from train.pretrained import load_imagenet_weights
+from train.train import get_args_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+PER_CLASS = 6
+
+
+@pytest.fixture(scope="module")
+def mini_dataset(data_root, tmp_path_factory) -> Path:
+    """A Kaggle-layout copy of a few real scans per class, Training with the *legacy* names."""
+    root = tmp_path_factory.mktemp("mini")
+    legacy = {v: k for k, v in LEGACY_CLASS_FOLDERS.items()}
+    for split, rename in (("Training", True), ("Testing", False)):
+        for name in CLASS_NAMES:
+            target = root / split / (legacy[name] if rename else name)
+            target.mkdir(parents=True)
+            for path in sorted((data_root / split / name).glob("*.jpg"))[:PER_CLASS]:
+                shutil.copy(path, target / path.name)
+    return root
+
+
+def test_find_samples_current_and_legacy_names(mini_dataset):
+    train_dir, test_dir = split_dirs(mini_dataset)
+    assert class_counts(find_samples(train_dir)) == {name: PER_CLASS for name in CLASS_NAMES}
+    assert class_counts(find_samples(test_dir)) == {name: PER_CLASS for name in CLASS_NAMES}
+
+
+def test_find_samples_rejects_unknown_folder(tmp_path):
+    (tmp_path / "tumours").mkdir()
+    with pytest.raises(ValueError, match="'tumours'.*accepted"):
+        find_samples(tmp_path)
+
+
+def test_split_dirs_names_missing_folder(tmp_path):
+    (tmp_path / "Training").mkdir()
+    with pytest.raises(FileNotFoundError, match="Testing"):
+        split_dirs(tmp_path)
+
+
+def test_stratified_split_is_seeded_and_disjoint(data_root):
+    samples = find_samples(data_root / "Training")
+    train_a, val_a = stratified_split(samples, 0.15, seed=3)
+    train_b, val_b = stratified_split(samples, 0.15, seed=3)
+    assert val_a == val_b and train_a == train_b
+    assert not {s.path for s in train_a} & {s.path for s in val_a}
+    assert len(train_a) + len(val_a) == len(samples)
+    total, val = class_counts(samples), class_counts(val_a)
+    for name in CLASS_NAMES:  # class proportions kept within one image
+        assert abs(val[name] - 0.15 * total[name]) <= 1.0
+
+
+def test_imagenet_weights_map_by_order_and_check_shapes():
+    import timm
+
+    net = timm.create_model("efficientnet_lite0", num_classes=4)
+    before = net.conv_stem.weight.clone()
+    copied = load_imagenet_weights(net, "efficientnet_lite0")
+    assert copied == len(net.state_dict()) - 2  # all but the 4-class head
+    assert not torch.equal(before, net.conv_stem.weight)
+    wrong = timm.create_model("efficientnet_b0", num_classes=4)
+    with pytest.raises((RuntimeError, ValueError)):
+        load_imagenet_weights(wrong, "efficientnet_lite0")
+    with pytest.raises(ValueError, match="efficientnet_b0"):
+        load_imagenet_weights(wrong, "efficientnet_b0")
+
+
+def test_metrics_report_is_consistent():
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(4), 25)
+    logits = rng.normal(size=(100, 4)) + 3 * np.eye(4)[targets]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    report = metrics.report(probs, targets)
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() == 100 and report["n_images"] == 100
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / 100)
+    for i, name in enumerate(CLASS_NAMES):
+        assert report["per_class"][name]["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+        assert 0.5 < report["roc"][name]["auc"] <= 1.0
+    bins = report["calibration"]["bins"]
+    assert sum(b["count"] for b in bins) == 100
+    assert 0.0 <= report["calibration"]["ece"] <= 1.0
+
+
+def test_training_smoke_and_resume(mini_dataset, tmp_path, scan_paths):
+    out = tmp_path / "run"
+    base = [
+        "--data-dir", str(mini_dataset), "--output", str(out), "--image-size", "64",
+        "--batch-size", "8", "--workers", "0", "--no-progress", "--val-fraction", "0.25",
+        "--split", "stratified",
+    ]
+    args = get_args_parser().parse_args(base + ["--epochs", "2", "--freeze-epochs", "1"])
+    result = main(args)
+    for name in ("model.safetensors", "model_card.json", "history.json", "evaluation.json", "checkpoint.safetensors"):
+        assert (out / name).is_file(), name
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["weights_sha256"] == sha256_file(out / "model.safetensors")
+    assert card["image_size"] == 64 and card["class_names"] == list(CLASS_NAMES)
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    assert [h["phase"] for h in history] == ["head", "full"]
+    for record in history:
+        for split in ("train", "val"):
+            assert set(record[split]) >= {"loss", "accuracy", "macro_precision", "macro_recall", "macro_f1"}
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["evaluations"]["testing"]["n_images"] == 4 * PER_CLASS
+    assert "clean" in evaluation["testing_perturbed"]
+    assert result["card"]["data"]["test_counts"] == {name: PER_CLASS for name in CLASS_NAMES}
+
+    model = load_model(out / "model.safetensors", device="cpu")
+    assert model.image_size == 64
+    assert model.predict(model_image(scan_paths)).label in CLASS_NAMES
+
+    # --resume continues the interrupted run from its checkpoint to the new total of epochs
+    resumed = main(get_args_parser().parse_args(base + ["--epochs", "3", "--freeze-epochs", "1", "--resume"]))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == history
+
+
+def model_image(scan_paths):
+    from core import read_scan
+
+    return read_scan(scan_paths["glioma"])
+
+
+def test_bad_options_are_named(mini_dataset, tmp_path):
+    args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), "--split", "random", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="random"):
+        main(args)
+
+
+def test_evaluate_cli(mini_dataset, tiny_weights):
+    cmd = [
+        sys.executable, "-m", "train.evaluate", "--data-dir", str(mini_dataset / "Testing"),
+        "--weights", str(tiny_weights), "--workers", "0", "--device", "cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    testing = result["evaluations"]["testing"]
+    assert testing["n_images"] == 4 * PER_CLASS
+    assert np.array(testing["confusion_matrix"]).sum() == 4 * PER_CLASS
+    assert set(testing["per_class"]) == set(CLASS_NAMES)
