@@ -1,0 +1,281 @@
+"""The stored metrics of the shipped model, read for the model-performance page.
+
+The page reads only these files (written by ``python -m train``, ``python -m train.evaluate``
+and ``python -m train.audit``); nothing is recomputed. Layouts: :mod:`train.metrics`.
+A missing or malformed file becomes a plain message in :attr:`Artifacts.problems`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .constants import AUDIT_NAME, EVALUATION_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
+
+__all__ = [
+    "ArtifactError",
+    "Artifacts",
+    "artifact_stamp",
+    "calibration_views",
+    "comparison_rows",
+    "evaluation_title",
+    "load_artifacts",
+    "per_class_rows",
+    "perturbed_rows",
+    "read_artifact",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Keys a report must have for the page to draw it (see :mod:`train.metrics`).
+REPORT_KEYS = ("n_images", "accuracy", "macro_f1", "per_class", "confusion_matrix")
+
+
+class ArtifactError(ValueError):
+    """A stored metrics file is missing or malformed; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What was found in the assets folder: each file's content, or ``None`` with a problem."""
+
+    folder: Path
+    model_card: dict[str, Any] | None = None
+    history: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+    #: File name -> plain message, for each required file that is missing or malformed.
+    problems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        """The stored evaluation reports by name (``testing`` first), valid ones only."""
+        if self.evaluation is None:
+            return {}
+        return dict(self.evaluation["evaluations"])
+
+    @property
+    def testing(self) -> dict[str, Any] | None:
+        return self.evaluations.get("testing")
+
+
+def read_artifact(path: Path) -> dict[str, Any]:
+    """Parse one JSON artifact and check its layout; raises :class:`ArtifactError`."""
+    name = path.name
+    if not path.is_file():
+        raise ArtifactError(f"{name} was not found in {str(path.parent)!r}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{name} is not valid JSON ({exc}).") from exc
+    except OSError as exc:
+        raise ArtifactError(f"{name} could not be read ({exc.strerror or exc}).") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{name} must hold a JSON object, found a {type(data).__name__}.")
+    _CHECKS.get(name, _check_nothing)(name, data)
+    return data
+
+
+def _check_nothing(name: str, data: dict[str, Any]) -> None:
+    return None
+
+
+def _check_card(name: str, data: dict[str, Any]) -> None:
+    for key in ("arch", "image_size", "class_names"):
+        if key not in data:
+            raise ArtifactError(f"{name} lacks the key {key!r}.")
+
+
+def _check_history(name: str, data: dict[str, Any]) -> None:
+    epochs = data.get("epochs")
+    if not isinstance(epochs, list) or not epochs:
+        raise ArtifactError(f"{name} must hold a non-empty list under 'epochs'.")
+    for i, record in enumerate(epochs):
+        if not isinstance(record, Mapping) or not all(
+            isinstance(record.get(split), Mapping) for split in ("train", "val")
+        ):
+            raise ArtifactError(f"{name}: epoch entry {i} lacks its 'train' and 'val' metrics.")
+
+
+def _check_report(name: str, key: str, report: Any) -> None:
+    if not isinstance(report, Mapping):
+        raise ArtifactError(f"{name}: evaluation {key!r} must be an object.")
+    missing = [k for k in REPORT_KEYS if k not in report]
+    if missing:
+        raise ArtifactError(f"{name}: evaluation {key!r} lacks {', '.join(map(repr, missing))}.")
+    for k in ("n_images", "accuracy", "macro_f1"):
+        value = report[k]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ArtifactError(f"{name}: evaluation {key!r} has a non-numeric {k!r}: {value!r}.")
+    matrix = report["confusion_matrix"]
+    if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
+        raise ArtifactError(f"{name}: evaluation {key!r} has a malformed 'confusion_matrix'.")
+
+
+def _check_evaluation(name: str, data: dict[str, Any]) -> None:
+    evaluations = data.get("evaluations")
+    if not isinstance(evaluations, Mapping) or "testing" not in evaluations:
+        raise ArtifactError(f"{name} must hold an 'evaluations' object with a 'testing' report.")
+    for key, report in evaluations.items():
+        _check_report(name, key, report)
+
+
+_CHECKS = {
+    MODEL_CARD_NAME: _check_card,
+    HISTORY_NAME: _check_history,
+    EVALUATION_NAME: _check_evaluation,
+}
+
+
+def artifact_stamp(folder: Path | None = None) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of each artifact: a cache key that changes when a file does."""
+    folder = Path(folder) if folder is not None else assets_dir()
+    stamp = []
+    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME):
+        path = folder / name
+        try:
+            info = path.stat()
+            stamp.append((name, info.st_size, info.st_mtime_ns))
+        except OSError:
+            stamp.append((name, -1, -1))
+    return tuple(stamp)
+
+
+def load_artifacts(folder: Path | None = None) -> Artifacts:
+    """Read every artifact in ``folder`` (default: :func:`core.constants.assets_dir`).
+
+    Never raises for a missing or malformed file: its content is ``None`` and
+    :attr:`Artifacts.problems` says why. ``audit.json`` is optional and is not a problem
+    when absent.
+    """
+    folder = Path(folder) if folder is not None else assets_dir()
+    found: dict[str, dict[str, Any] | None] = {}
+    problems: dict[str, str] = {}
+    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME):
+        path = folder / name
+        if name == AUDIT_NAME and not path.exists():
+            found[name] = None
+            continue
+        try:
+            found[name] = read_artifact(path)
+        except ArtifactError as exc:
+            logger.warning("%s", exc)
+            found[name] = None
+            problems[name] = str(exc)
+    return Artifacts(
+        folder=folder,
+        model_card=found[MODEL_CARD_NAME],
+        history=found[HISTORY_NAME],
+        evaluation=found[EVALUATION_NAME],
+        audit=found[AUDIT_NAME],
+        problems=problems,
+    )
+
+
+def calibration_views(report: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The reliability reports of one evaluation, labelled: before and after temperature
+    scaling where both are stored, else the one there is."""
+    views = []
+    before = report.get("calibration_before")
+    after = report.get("calibration_after")
+    current = report.get("calibration")
+    if isinstance(before, Mapping):
+        views.append(("Before temperature scaling", dict(before)))
+        if isinstance(current, Mapping) and not isinstance(after, Mapping):
+            after = current
+    elif isinstance(after, Mapping) and isinstance(current, Mapping):
+        views.append(("Before temperature scaling", dict(current)))
+    if isinstance(after, Mapping):
+        views.append(("After temperature scaling", dict(after)))
+    if not views and isinstance(current, Mapping):
+        views.append(("Calibration", dict(current)))
+    return [(label, view) for label, view in views if isinstance(view.get("bins"), list)]
+
+
+#: Display names of the evaluations ``train.evaluate`` stores; others are shown by their key.
+EVALUATION_TITLES = {
+    "testing": "Official Testing split",
+    "testing_tta": "Testing, flip test-time augmentation",
+    "testing_leak_free": "Leak-free Testing subset",
+    "group_split_testing": "Group-split model on Testing",
+}
+
+
+def evaluation_title(key: str) -> str:
+    return EVALUATION_TITLES.get(key, key.replace("_", " ").capitalize())
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def comparison_rows(evaluations: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per stored evaluation: its size and headline metrics (percentages), side by side."""
+    rows = []
+    for key, report in evaluations.items():
+        cal = report.get("calibration")
+        ece = _number(cal.get("ece")) if isinstance(cal, Mapping) else None
+        rows.append(
+            {
+                "Evaluation": evaluation_title(key),
+                "Scans": int(report["n_images"]),
+                "Accuracy (%)": 100.0 * float(report["accuracy"]),
+                "Macro F1 (%)": 100.0 * float(report["macro_f1"]),
+                "Macro precision (%)": _pct(report.get("macro_precision")),
+                "Macro recall (%)": _pct(report.get("macro_recall")),
+                "ECE (%)": _pct(ece),
+            }
+        )
+    return rows
+
+
+def _pct(value: Any) -> float | None:
+    number = _number(value)
+    return None if number is None else 100.0 * number
+
+
+def per_class_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 (percentages), support and AUC for each class of one report."""
+    from .constants import CLASS_LABELS
+
+    rows = []
+    per_class = report.get("per_class", {})
+    for name, values in per_class.items():
+        if not isinstance(values, Mapping):
+            continue
+        roc = report.get("roc", {}).get(name, {})
+        rows.append(
+            {
+                "Class": CLASS_LABELS.get(name, name),
+                "Precision (%)": _pct(values.get("precision")),
+                "Recall (%)": _pct(values.get("recall")),
+                "F1 (%)": _pct(values.get("f1")),
+                "Support": values.get("support"),
+                "ROC AUC": _number(roc.get("auc")) if isinstance(roc, Mapping) else None,
+            }
+        )
+    return rows
+
+
+def perturbed_rows(perturbed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy under each stored perturbation, next to the clean figure."""
+    clean = _number(perturbed.get("clean"))
+    rows = []
+    for name, value in perturbed.items():
+        accuracy = _number(value)
+        if accuracy is None:
+            continue
+        rows.append(
+            {
+                "Condition": {"clean": "Clean (no perturbation)", "mean_perturbed": "Mean over perturbations"}.get(
+                    name, name.replace("_", " ").capitalize()
+                ),
+                "Accuracy (%)": 100.0 * accuracy,
+                "Change (points)": None if clean is None or name == "clean" else 100.0 * (accuracy - clean),
+            }
+        )
+    return rows

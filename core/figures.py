@@ -1,0 +1,181 @@
+"""Plotly figures for the app, built from a prediction or from the stored metrics (no recomputation)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from .constants import CLASS_LABELS, CLASS_NAMES
+from .model import Prediction
+
+__all__ = [
+    "ACCENT",
+    "MUTED",
+    "calibration_figure",
+    "confusion_figure",
+    "curve_figure",
+    "history_figure",
+    "normalise_rows",
+    "probability_figure",
+]
+
+logger = logging.getLogger(__name__)
+
+ACCENT = "#1f6f8b"
+MUTED = "#b8c4cc"
+#: One colour per class (colour-blind safe), in the order of ``CLASS_NAMES``.
+CLASS_COLOURS = {"glioma": "#0072b2", "meningioma": "#e69f00", "notumor": "#009e73", "pituitary": "#cc79a7"}
+SPLIT_COLOURS = {"train": "#0072b2", "val": "#d55e00"}
+_FONT = dict(family="sans-serif", size=13, color="#1c2b36")
+
+
+def _layout(fig: go.Figure, height: int, **kwargs: Any) -> go.Figure:
+    fig.update_layout(
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        font=_FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        **kwargs,
+    )
+    fig.update_xaxes(showgrid=True, gridcolor="#e7ecef", zeroline=False)
+    fig.update_yaxes(showgrid=True, gridcolor="#e7ecef", zeroline=False)
+    return fig
+
+
+def _label(name: str) -> str:
+    return CLASS_LABELS.get(name, name)
+
+
+def probability_figure(prediction: Prediction) -> go.Figure:
+    """Horizontal bars of the four class probabilities; the predicted class stands out."""
+    names = list(CLASS_NAMES)[::-1]
+    values = [100.0 * prediction.probabilities.get(n, 0.0) for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=[_label(n) for n in names],
+            orientation="h",
+            marker_color=[ACCENT if n == prediction.label else MUTED for n in names],
+            text=[f"{v:.1f} %" for v in values],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate="%{y}: %{x:.2f} %<extra></extra>",
+        )
+    )
+    fig.update_xaxes(range=[0, 112], title_text="Probability (%)", ticksuffix="")
+    return _layout(fig, 220, title_text="Class probabilities", showlegend=False)
+
+
+def history_figure(epochs: Sequence[Mapping[str, Any]], metric: str, title: str) -> go.Figure:
+    """One metric per epoch, training and validation lines."""
+    fig = go.Figure()
+    for split, name in (("train", "Training"), ("val", "Validation")):
+        xs, ys = [], []
+        for i, record in enumerate(epochs):
+            value = record.get(split, {}).get(metric)
+            if isinstance(value, (int, float)):
+                xs.append(record.get("epoch", i + 1))
+                ys.append(value)
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=SPLIT_COLOURS[split], width=2))
+        )
+    fig.update_xaxes(title_text="Epoch", dtick=1 if len(epochs) <= 20 else None)
+    fig.update_yaxes(title_text=title)
+    return _layout(fig, 300, title_text=title, legend=dict(orientation="h", y=-0.25))
+
+
+def normalise_rows(matrix: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Each row divided by its sum (the rate of each prediction per true class); empty rows stay 0."""
+    out = []
+    for row in matrix:
+        total = float(sum(row))
+        out.append([float(v) / total if total else 0.0 for v in row])
+    return out
+
+
+def confusion_figure(
+    matrix: Sequence[Sequence[float]], class_names: Sequence[str], normalised: bool
+) -> go.Figure:
+    """The confusion matrix as a heatmap (rows: true class, columns: predicted class)."""
+    labels = [_label(n) for n in class_names]
+    values = normalise_rows(matrix) if normalised else [[float(v) for v in row] for row in matrix]
+    text = [[f"{v:.1%}" if normalised else f"{int(v)}" for v in row] for row in values]
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=labels,
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalised else None,
+            hovertemplate="True %{y}, predicted %{x}: %{text}<extra></extra>",
+            showscale=False,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text="True class", showgrid=False)
+    fig.update_xaxes(title_text="Predicted class", side="bottom", showgrid=False)
+    title = "Confusion matrix (row-normalised)" if normalised else "Confusion matrix (counts)"
+    return _layout(fig, 400, title_text=title)
+
+
+def curve_figure(curves: Mapping[str, Mapping[str, Any]], kind: str) -> go.Figure:
+    """Per-class ROC (``kind="roc"``) or precision-recall (``kind="pr"``) curves with their areas."""
+    if kind not in ("roc", "pr"):
+        raise ValueError(f"kind must be 'roc' or 'pr', got {kind!r}.")
+    fig = go.Figure()
+    for name, curve in curves.items():
+        if kind == "roc":
+            xs, ys, area = curve.get("fpr", []), curve.get("tpr", []), curve.get("auc")
+            legend = f"{_label(name)} (AUC {area:.3f})" if isinstance(area, (int, float)) else _label(name)
+        else:
+            xs, ys, area = curve.get("recall", []), curve.get("precision", []), curve.get("average_precision")
+            legend = f"{_label(name)} (AP {area:.3f})" if isinstance(area, (int, float)) else _label(name)
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines", name=legend, line=dict(color=CLASS_COLOURS.get(name), width=2))
+        )
+    if kind == "roc":
+        fig.add_trace(
+            go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="Chance", line=dict(color=MUTED, dash="dash"))
+        )
+        fig.update_xaxes(title_text="False-positive rate", range=[-0.01, 1.01])
+        fig.update_yaxes(title_text="True-positive rate", range=[-0.01, 1.01])
+        title = "ROC curves (one class vs the rest)"
+    else:
+        fig.update_xaxes(title_text="Recall", range=[-0.01, 1.01])
+        fig.update_yaxes(title_text="Precision", range=[-0.01, 1.01])
+        title = "Precision-recall curves"
+    return _layout(fig, 380, title_text=title, legend=dict(orientation="h", y=-0.2))
+
+
+def calibration_figure(views: Sequence[tuple[str, Mapping[str, Any]]]) -> go.Figure:
+    """Reliability diagram: accuracy against confidence per bin, for each stored calibration."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfect calibration", line=dict(color=MUTED, dash="dash"))
+    )
+    colours = [ACCENT, "#d55e00", "#009e73"]
+    for i, (label, cal) in enumerate(views):
+        bins = [b for b in cal.get("bins", []) if b.get("count") and b.get("confidence") is not None]
+        ece = cal.get("ece")
+        name = f"{label} (ECE {ece:.2%})" if isinstance(ece, (int, float)) else label
+        fig.add_trace(
+            go.Scatter(
+                x=[b["confidence"] for b in bins],
+                y=[b["accuracy"] for b in bins],
+                mode="lines+markers",
+                name=name,
+                marker=dict(size=[6 + min(14, b["count"] ** 0.5) for b in bins], color=colours[i % len(colours)]),
+                line=dict(color=colours[i % len(colours)], width=2),
+                customdata=[b["count"] for b in bins],
+                hovertemplate="confidence %{x:.3f}, accuracy %{y:.3f}, %{customdata} scans<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="Mean confidence in bin", range=[0, 1.02])
+    fig.update_yaxes(title_text="Accuracy in bin", range=[0, 1.02])
+    return _layout(fig, 380, title_text="Reliability diagram", legend=dict(orientation="h", y=-0.2))

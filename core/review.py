@@ -1,0 +1,165 @@
+"""One uploaded scan, analysed for the review page: read, predicted, summarised, exported.
+
+Uploads are handled as bytes in memory; nothing is written to disk, and neither file names
+nor DICOM tags are logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .constants import CLASS_LABELS, CLASS_NAMES
+from .model import Classifier, Prediction
+from .scan import ScanError, read_scan
+
+__all__ = [
+    "NOT_BRAIN_MRI_TEXT",
+    "UNEXPECTED_ERROR_TEXT",
+    "ScanAnalysis",
+    "analyse_scan",
+    "digest_of",
+    "results_csv",
+    "summary_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+NOT_BRAIN_MRI_TEXT = "Not recognised as a brain MRI"
+UNEXPECTED_ERROR_TEXT = (
+    "This file could not be analysed because of an unexpected error. "
+    "Try exporting the scan again as PNG or JPEG."
+)
+
+
+@dataclass(frozen=True)
+class ScanAnalysis:
+    """The outcome for one upload: an image and its prediction, or a plain error message."""
+
+    digest: str
+    image: Image.Image | None = None
+    prediction: Prediction | None = None
+    error: str | None = None
+    #: For DICOM: how stored values became grey levels ("stored window" or "percentile stretch").
+    display_transform: str | None = None
+    #: Grad-CAM heatmaps computed so far, by explained class (filled lazily by :meth:`heatmap`).
+    _heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.prediction is not None
+
+    def heatmap(self, model: Classifier, target: str) -> np.ndarray:
+        """The Grad-CAM heatmap for ``target``, computed once per class."""
+        if self.image is None:
+            raise ValueError("This upload has no image to explain.")
+        if target not in CLASS_NAMES:
+            raise ValueError(f"Unknown class {target!r}; choose one of {CLASS_NAMES}.")
+        if target not in self._heatmaps:
+            self._heatmaps[target] = model.explain(self.image, target=target)
+        return self._heatmaps[target]
+
+
+def digest_of(data: bytes) -> str:
+    """The sha256 of an upload's bytes: the cache key of its analysis."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def analyse_scan(model: Classifier, data: bytes) -> ScanAnalysis:
+    """Read and classify one upload; a file that cannot be read gives its message, never raises."""
+    digest = digest_of(data)
+    try:
+        image = read_scan(data)
+    except ScanError as exc:
+        return ScanAnalysis(digest=digest, error=str(exc))
+    except Exception:  # a reader bug must not stop the batch
+        logger.exception("unexpected error reading an upload (sha256 %s)", digest[:12])
+        return ScanAnalysis(digest=digest, error=UNEXPECTED_ERROR_TEXT)
+    try:
+        prediction = model.predict(image)
+    except Exception:
+        logger.exception("unexpected error classifying an upload (sha256 %s)", digest[:12])
+        return ScanAnalysis(digest=digest, image=image, error=UNEXPECTED_ERROR_TEXT)
+    return ScanAnalysis(
+        digest=digest,
+        image=image,
+        prediction=prediction,
+        display_transform=image.info.get("display_transform"),
+    )
+
+
+def _shown_class(analysis: ScanAnalysis) -> str:
+    if analysis.prediction is None:
+        return "Could not be read" if analysis.image is None else "Not analysed"
+    if not analysis.prediction.is_brain_mri:
+        return NOT_BRAIN_MRI_TEXT
+    return CLASS_LABELS[analysis.prediction.label]
+
+
+def _notes(analysis: ScanAnalysis) -> str:
+    if analysis.error is not None:
+        return analysis.error
+    assert analysis.prediction is not None
+    return "; ".join(analysis.prediction.flags)
+
+
+def summary_rows(items: Sequence[tuple[str, ScanAnalysis]]) -> list[dict[str, object]]:
+    """One row per upload for the summary table: file, predicted class, confidence, flags.
+
+    The confidence (a percentage) is left empty where no class is shown.
+    """
+    rows = []
+    for name, analysis in items:
+        shown = analysis.ok and analysis.prediction.is_brain_mri  # type: ignore[union-attr]
+        rows.append(
+            {
+                "File": name,
+                "Predicted class": _shown_class(analysis),
+                "Confidence (%)": round(100.0 * analysis.prediction.confidence, 1) if shown else None,  # type: ignore[union-attr]
+                "Flags / message": _notes(analysis),
+            }
+        )
+    return rows
+
+
+def _cell(text: str) -> str:
+    """Text safe for a spreadsheet: a leading = + - @ would be read as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def results_csv(items: Sequence[tuple[str, ScanAnalysis]]) -> bytes:
+    """The batch's results as UTF-8 CSV: file name, outcome and class probabilities.
+
+    Only the name the user gave the file and the model's outputs are written; no DICOM tag.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["file", "status", "predicted_class", "confidence", "is_brain_mri", "ood_score", "flags"]
+        + [f"p_{name}" for name in CLASS_NAMES]
+    )
+    for name, analysis in items:
+        prediction = analysis.prediction
+        if prediction is None:
+            writer.writerow([_cell(name), "error", "", "", "", "", analysis.error or ""] + [""] * len(CLASS_NAMES))
+            continue
+        writer.writerow(
+            [
+                _cell(name),
+                "ok" if prediction.is_brain_mri else "not_brain_mri",
+                prediction.label if prediction.is_brain_mri else "",
+                f"{prediction.confidence:.4f}" if prediction.is_brain_mri else "",
+                str(prediction.is_brain_mri).lower(),
+                f"{prediction.ood_score:.4f}",
+                "; ".join(prediction.flags),
+            ]
+            + [f"{prediction.probabilities.get(c, float('nan')):.4f}" for c in CLASS_NAMES]
+        )
+    return buffer.getvalue().encode("utf-8")

@@ -1,0 +1,308 @@
+"""Model performance: the shipped model's stored metrics, training curves and model card.
+
+Reads only the stored artifacts (model_card.json, history.json, evaluation.json, audit.json);
+nothing is trained, evaluated or recomputed here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import streamlit as st
+
+from core.artifacts import (
+    Artifacts,
+    artifact_stamp,
+    calibration_views,
+    comparison_rows,
+    evaluation_title,
+    load_artifacts,
+    per_class_rows,
+    perturbed_rows,
+)
+from core.constants import CLASS_LABELS, assets_dir
+from core.figures import calibration_figure, confusion_figure, curve_figure, history_figure
+
+logger = logging.getLogger(__name__)
+
+_CHART_CONFIG = {"displaylogo": False}
+
+LIMITATIONS = """
+- **Single 2D slices.** The model sees one slice at a time, without the rest of the volume,
+  other sequences, prior studies or the clinical history.
+- **Four classes only:** glioma, meningioma, pituitary tumour and no tumour.
+- **"No tumour" means none of the three trained tumour types.** Metastases, lymphoma,
+  haemorrhages (bleeds), infarcts, abscesses and other lesions were never shown to the model
+  and may be called "no tumour" or given a wrong tumour class.
+- **Not clinically validated.** Trained and tested on a public research dataset assembled from
+  several sources; its Testing split contains near-duplicates of training scans, so the
+  official accuracy is optimistic (see the leak-free figures where stored).
+- Scanner types, field strengths, protocols and patient groups outside that dataset are untested.
+"""
+
+INTENDED_USE = (
+    "Research and teaching: a demonstration of a brain-MRI tumour classifier and of how to "
+    "inspect its answers. Not a medical device; not for diagnosis, triage or treatment decisions."
+)
+
+
+@st.cache_data(show_spinner=False)
+def _artifacts(folder: str, stamp: tuple) -> Artifacts:
+    """The stored metrics; the stamp (sizes and modification times) refreshes them when a file changes."""
+    return load_artifacts(folder)
+
+
+def _pct(value: Any, digits: int = 2) -> str:
+    return f"{100.0 * value:.{digits}f} %" if isinstance(value, (int, float)) else "—"
+
+
+def _date(text: Any) -> str:
+    try:
+        return dt.datetime.fromisoformat(str(text)).strftime("%d %b %Y")
+    except ValueError:
+        return "—"
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+# ---------------------------------------------------------------------- sections
+def _headline_ui(artifacts: Artifacts) -> None:
+    testing = artifacts.testing
+    card = artifacts.model_card or {}
+    training = card.get("training", {}) if isinstance(card.get("training"), Mapping) else {}
+    cols = st.columns(5)
+    cols[0].metric("Accuracy (Testing)", _pct(testing["accuracy"]) if testing else "—")
+    cols[1].metric("Macro F1 (Testing)", _pct(testing["macro_f1"]) if testing else "—")
+    cols[2].metric("Test scans", f"{int(testing['n_images']):,}" if testing else "—")
+    cols[3].metric("Trained on", _date(card.get("trained_at")))
+    cols[4].metric("Training wall time", _duration(training.get("wall_time_s")),
+                   help=training.get("hardware"))
+
+
+def _comparison_ui(artifacts: Artifacts) -> str:
+    """The stored evaluations side by side; returns the key of the one to detail below."""
+    evaluations = artifacts.evaluations
+    if len(evaluations) > 1:
+        st.subheader("Evaluations side by side")
+        st.caption(
+            "The official Testing split shares near-identical scans with Training; where stored, the "
+            "leak-free subset (Testing scans with no near-duplicate in Training) is the honest figure."
+        )
+    pct = st.column_config.NumberColumn(format="%.2f %%")
+    st.dataframe(
+        comparison_rows(evaluations),
+        hide_index=True,
+        width="stretch",
+        key="comparison_table",
+        column_config={k: pct for k in ("Accuracy (%)", "Macro F1 (%)", "Macro precision (%)",
+                                         "Macro recall (%)", "ECE (%)")},
+    )
+    if len(evaluations) == 1:
+        return "testing"
+    return st.selectbox(
+        "Evaluation detailed below",
+        options=list(evaluations),
+        format_func=lambda k: f"{evaluation_title(k)} ({int(evaluations[k]['n_images']):,} scans)",
+        key="evaluation_choice",
+    )
+
+
+def _history_ui(artifacts: Artifacts) -> None:
+    if artifacts.history is None:
+        st.warning("No training history is stored, so the training curves cannot be shown.")
+        return
+    epochs = artifacts.history["epochs"]
+    cols = st.columns(3)
+    for col, (metric, title) in zip(cols, (("loss", "Loss"), ("accuracy", "Accuracy"), ("macro_f1", "Macro F1"))):
+        col.plotly_chart(history_figure(epochs, metric, title), width="stretch", key=f"history_{metric}",
+                         config=_CHART_CONFIG)
+    best = (artifacts.model_card or {}).get("training", {}).get("best_epoch")
+    st.caption(
+        "Training loss is the label-smoothed loss being optimised; validation loss is plain cross-entropy."
+        + (f" The shipped weights are those of epoch {best} (best validation macro F1)." if best else "")
+    )
+
+
+def _confusion_ui(report: Mapping[str, Any], key: str) -> None:
+    left, right = st.columns([3, 2])
+    with left:
+        mode = st.radio("Show", ["Counts", "Row-normalised"], horizontal=True, key="cm_mode")
+        names = report.get("class_names") or list(report.get("per_class", {}))
+        st.plotly_chart(confusion_figure(report["confusion_matrix"], names, mode == "Row-normalised"),
+                        width="stretch", key=f"confusion_{key}", config=_CHART_CONFIG)
+    with right:
+        st.markdown("**Per-class metrics**")
+        pct = st.column_config.NumberColumn(format="%.2f %%")
+        st.dataframe(
+            per_class_rows(report),
+            hide_index=True,
+            width="stretch",
+            key="per_class_table",
+            column_config={"Precision (%)": pct, "Recall (%)": pct, "F1 (%)": pct,
+                           "ROC AUC": st.column_config.NumberColumn(format="%.4f")},
+        )
+        st.caption("Rows of the matrix are the true class, columns the predicted class. "
+                   "Recall is the row-normalised diagonal.")
+
+
+def _curves_ui(report: Mapping[str, Any], key: str) -> None:
+    roc, pr = report.get("roc"), report.get("pr")
+    if not roc and not pr:
+        st.info("No ROC or precision-recall curves are stored for this evaluation.")
+        return
+    cols = st.columns(2)
+    if roc:
+        cols[0].plotly_chart(curve_figure(roc, "roc"), width="stretch", key=f"roc_{key}", config=_CHART_CONFIG)
+    if pr:
+        cols[1].plotly_chart(curve_figure(pr, "pr"), width="stretch", key=f"pr_{key}", config=_CHART_CONFIG)
+
+
+def _calibration_ui(report: Mapping[str, Any], key: str, card: Mapping[str, Any]) -> None:
+    views = calibration_views(report)
+    if not views:
+        st.info("No calibration bins are stored for this evaluation.")
+        return
+    left, right = st.columns([3, 2])
+    left.plotly_chart(calibration_figure(views), width="stretch", key=f"calibration_{key}", config=_CHART_CONFIG)
+    with right:
+        for label, view in views:
+            title = "Expected calibration error" + ("" if label == "Calibration" else f" — {label.lower()}")
+            st.metric(title, _pct(view.get("ece")))
+        temperature = card.get("temperature")
+        if isinstance(temperature, (int, float)) and temperature != 1.0:
+            st.caption(f"Confidences are divided by a temperature of {temperature:.3f} fitted on validation.")
+        st.caption(
+            "Each point is a bin of scans with similar confidence; on the diagonal, a confidence of "
+            "90 % is right 90 % of the time. The error is the gap, weighted by the bin's size."
+        )
+
+
+def _robustness_ui(evaluation: Mapping[str, Any] | None) -> None:
+    perturbed = (evaluation or {}).get("testing_perturbed")
+    if not isinstance(perturbed, Mapping):
+        return
+    st.subheader("Accuracy under image perturbations")
+    st.dataframe(
+        perturbed_rows(perturbed),
+        hide_index=True,
+        key="perturbed_table",
+        column_config={"Accuracy (%)": st.column_config.NumberColumn(format="%.2f %%"),
+                       "Change (points)": st.column_config.NumberColumn(format="%+.2f")},
+    )
+
+
+def _audit_ui(audit: Mapping[str, Any] | None) -> None:
+    if not audit:
+        return
+    st.subheader("Dataset audit")
+    summary = audit.get("summary") if isinstance(audit.get("summary"), Mapping) else audit
+    rows = [
+        {"Finding": k.replace("_", " ").capitalize(), "Value": str(v)}
+        for k, v in summary.items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    ]
+    if rows:
+        st.dataframe(rows, hide_index=True, key="audit_table")
+    method = audit.get("method")
+    if isinstance(method, str):
+        st.caption(method)
+
+
+def _model_card_ui(card: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None) -> None:
+    st.subheader("Model card")
+    card = card or {}
+    data = card.get("data", {}) if isinstance(card.get("data"), Mapping) else {}
+    training = card.get("training", {}) if isinstance(card.get("training"), Mapping) else {}
+    config = training.get("config", {}) if isinstance(training.get("config"), Mapping) else {}
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Data**")
+        test_images = data.get("test_images", (evaluation or {}).get("n_images"))
+        st.markdown(
+            f"- Source: {data.get('source', 'not recorded')}\n"
+            f"- Training: {data.get('train_images', '—')} scans · validation: {data.get('val_images', '—')} scans "
+            f"({config.get('split', 'stratified')} split) · Testing: {test_images if test_images is not None else '—'} scans"
+        )
+        counts = data.get("test_counts") or (evaluation or {}).get("counts")
+        if isinstance(counts, Mapping):
+            st.markdown("- Testing per class: " + ", ".join(f"{CLASS_LABELS.get(k, k)} {v}" for k, v in counts.items()))
+        st.markdown("**Intended use**")
+        st.markdown(INTENDED_USE)
+    with right:
+        st.markdown("**Architecture and training**")
+        recipe = ", ".join(
+            f"{label} {config[k]}"
+            for k, label in (("epochs", "epochs"), ("freeze_epochs", "head-only epochs"), ("lr", "peak learning rate"),
+                             ("batch_size", "batch size"), ("weight_decay", "weight decay"),
+                             ("label_smoothing", "label smoothing"), ("augment", "augmentation strength"))
+            if k in config
+        )
+        st.markdown(
+            f"- Architecture: `{card.get('arch', '—')}`, input {card.get('image_size', '—')} × "
+            f"{card.get('image_size', '—')} pixels, {len(card.get('class_names', [])) or 4} classes\n"
+            f"- Recipe: ImageNet-pre-trained backbone fine-tuned with AdamW"
+            + (f"; {recipe}" if recipe else "")
+            + f"\n- Hardware: {training.get('hardware', '—')}; wall time {_duration(training.get('wall_time_s'))}"
+            + f"\n- Selected on: {training.get('selected_on', 'validation macro F1')}"
+            + (f" (epoch {training['best_epoch']})" if "best_epoch" in training else "")
+        )
+    st.markdown("**Limitations**")
+    st.markdown(LIMITATIONS)
+
+
+# ---------------------------------------------------------------------- page
+def main() -> None:
+    st.title("Model performance")
+    st.caption("Figures from the shipped model's stored evaluation; nothing is recomputed on this page.")
+    folder = assets_dir()
+    artifacts = _artifacts(str(folder), artifact_stamp(folder))
+    for name, message in artifacts.problems.items():
+        st.error(f"**Stored metrics unavailable ({name}).** {message}", icon=":material/error:")
+    if artifacts.evaluation is None and artifacts.history is None and artifacts.model_card is None:
+        st.info("Train the model (`python -m train --output assets`) to create these files.")
+        st.stop()
+
+    _headline_ui(artifacts)
+    key = _comparison_ui(artifacts) if artifacts.evaluation is not None else None
+    report = artifacts.evaluations.get(key) if key else None
+
+    tabs = st.tabs(["Training curves", "Confusion matrix", "ROC and PR curves", "Calibration",
+                    "Robustness and audit", "Model card"])
+    with tabs[0]:
+        _history_ui(artifacts)
+    if report is None:
+        for tab in tabs[1:4]:
+            tab.warning("No evaluation is stored, so this section cannot be shown.")
+    else:
+        with tabs[1]:
+            _confusion_ui(report, key)
+        with tabs[2]:
+            _curves_ui(report, key)
+        with tabs[3]:
+            _calibration_ui(report, key, artifacts.model_card or {})
+    with tabs[4]:
+        _robustness_ui(artifacts.evaluation)
+        _audit_ui(artifacts.audit)
+        if not (artifacts.evaluation or {}).get("testing_perturbed") and not artifacts.audit:
+            st.info("No robustness or audit results are stored.")
+    with tabs[5]:
+        _model_card_ui(artifacts.model_card, artifacts.evaluation)
+
+
+try:
+    main()
+except Exception:  # the page never shows a traceback
+    logger.exception("model performance page failed")
+    st.error(
+        "The stored metrics could not be shown: a file in the assets folder has an unexpected layout. "
+        "Re-run the evaluation to regenerate it.",
+        icon=":material/error:",
+    )

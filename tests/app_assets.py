@@ -1,0 +1,87 @@
+"""A small but complete assets folder for the app tests: random weights plus stored metrics.
+
+The metrics are computed by :func:`train.metrics.report` and :func:`train.metrics.summary`
+on synthetic probabilities, exactly as training writes them; no number is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from conftest import make_model_dir
+from core.constants import AUDIT_NAME, CLASS_NAMES, EVALUATION_NAME, HISTORY_NAME, MODEL_CARD_NAME
+from train import metrics
+
+N_EPOCHS = 4
+
+
+def _synthetic(n: int, skill: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of a classifier that puts ``skill`` extra logit mass on the true class."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, len(CLASS_NAMES), size=n)
+    logits = rng.normal(size=(n, len(CLASS_NAMES)))
+    logits[np.arange(n), targets] += skill
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probs, targets
+
+
+def make_assets(folder: Path, image_size: int = 64, leak_free: bool = True, audit: bool = True) -> Path:
+    """Write model.safetensors, model_card.json, history.json, evaluation.json (and audit.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    make_model_dir(folder, image_size=image_size)
+    epochs = []
+    for epoch in range(1, N_EPOCHS + 1):
+        train_probs, train_t = _synthetic(200, 1.0 + epoch, seed=epoch)
+        val_probs, val_t = _synthetic(80, 0.8 + epoch, seed=100 + epoch)
+        epochs.append(
+            {
+                "epoch": epoch,
+                "phase": "head" if epoch == 1 else "full",
+                "lr": 1e-3,
+                "seconds": 1.0,
+                "train": metrics.summary(train_probs, train_t),
+                "val": metrics.summary(val_probs, val_t),
+            }
+        )
+    (folder / HISTORY_NAME).write_text(json.dumps({"class_names": list(CLASS_NAMES), "epochs": epochs}))
+
+    probs, targets = _synthetic(120, 3.0, seed=7)
+    testing = metrics.report(probs, targets)
+    evaluation = {
+        "class_names": list(CLASS_NAMES),
+        "n_images": testing["n_images"],
+        "counts": testing["support"],
+        "evaluations": {"testing": testing},
+        "testing_perturbed": {"clean": testing["accuracy"], "blur": 0.5, "noise": 0.4, "mean_perturbed": 0.45},
+    }
+    if leak_free:
+        leak_probs, leak_targets = _synthetic(60, 2.0, seed=8)
+        evaluation["evaluations"]["testing_leak_free"] = metrics.report(leak_probs, leak_targets)
+    (folder / EVALUATION_NAME).write_text(json.dumps(evaluation))
+
+    card_path = folder / MODEL_CARD_NAME
+    card = json.loads(card_path.read_text())
+    card.update(
+        {
+            "trained_at": "2025-01-02T03:04:05+00:00",
+            "training": {
+                "config": {"epochs": N_EPOCHS, "lr": 1e-3, "batch_size": 32, "label_smoothing": 0.1, "augment": 1.0,
+                           "freeze_epochs": 1, "weight_decay": 0.02, "split": "stratified"},
+                "hardware": "CPU (test)",
+                "wall_time_s": 4321.0,
+                "best_epoch": N_EPOCHS,
+            },
+            "data": {
+                "source": "synthetic test fixture",
+                "train_images": 200, "val_images": 80, "test_images": testing["n_images"],
+            },
+            "metrics": {"testing_accuracy": testing["accuracy"], "testing_macro_f1": testing["macro_f1"]},
+        }
+    )
+    card_path.write_text(json.dumps(card, indent=2))
+    if audit:
+        (folder / AUDIT_NAME).write_text(json.dumps({"summary": {"exact_duplicates_across": 3, "near_duplicates_across": 9}}))
+    return folder
