@@ -219,3 +219,301 @@ def duplicate_groups(paths: Sequence[str | Path], threshold: float = THRESHOLD) 
         len(paths), len(set(groups)), threshold, max(np.bincount(groups)),
     )
     return groups
+
+
+# --------------------------------------------------------------------- audit
+def audit(data_dir: str | Path, threshold: float = THRESHOLD, compare: bool = False) -> dict:
+    """Audit ``DIR/Training`` and ``DIR/Testing``; returns the report described in the module doc."""
+    root = Path(data_dir)
+    train_dir, test_dir = split_dirs(root)
+    train_samples, test_samples = find_samples(train_dir), find_samples(test_dir)
+    samples = train_samples + test_samples
+    n_train = len(train_samples)
+    names = [s.path.relative_to(root).as_posix() for s in samples]
+    labels = np.array([s.label for s in samples])
+    in_test = np.arange(len(samples)) >= n_train
+
+    started = time.perf_counter()
+    features = thumbnails([s.path for s in samples])
+    hashes = file_hashes([s.path for s in samples])
+    logger.info("thumbnails and hashes of %d scans: %.1f s", len(samples), time.perf_counter() - started)
+    near_i, near_j, near_s, near_m = similar_pairs(features, threshold)
+    exact = np.array(_exact_pairs(hashes), dtype=np.int64).reshape(-1, 2)
+    logger.info("%d near-duplicate pairs, %d identical pairs", len(near_i), len(exact))
+
+    def split_counts(i: np.ndarray, j: np.ndarray) -> tuple[int, int, int]:
+        ti, tj = in_test[i], in_test[j]
+        return int(np.sum(~ti & ~tj)), int(np.sum(ti & tj)), int(np.sum(ti != tj))
+
+    near_tr, near_te, near_x = split_counts(near_i, near_j)
+    exact_tr, exact_te, exact_x = split_counts(exact[:, 0], exact[:, 1])
+
+    # The closest Training scan of every Testing scan with a near (or identical) duplicate there.
+    matches: dict[int, tuple[int, float, bool]] = {}
+    cross = in_test[near_i] != in_test[near_j]
+    for a, b, score, mirrored in zip(near_i[cross], near_j[cross], near_s[cross], near_m[cross]):
+        test, train = (b, a) if in_test[b] else (a, b)
+        if test not in matches or score > matches[test][1]:
+            matches[int(test)] = (int(train), float(score), bool(mirrored))
+    exact_in_training: set[int] = set()
+    for a, b in exact:
+        if in_test[a] != in_test[b]:
+            test, train = (b, a) if in_test[b] else (a, b)
+            exact_in_training.add(int(test))
+            matches[int(test)] = (int(train), 1.0, False)
+
+    groups = _components(
+        len(samples), np.concatenate([near_i, exact[:, 0]]), np.concatenate([near_j, exact[:, 1]])
+    )
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    multi = [m for m in members.values() if len(m) > 1]
+
+    leak_free = [s for k, s in enumerate(test_samples, start=n_train) if k not in matches]
+    report = {
+        "data_fingerprint": fingerprint(samples, root),
+        "method": {
+            "features": "48x48 grey thumbnail (Pillow bilinear), zero-mean unit-norm; score = "
+            "max(NC(a, b), NC(a, mirror(b))); exact = sha256 of the file bytes",
+            "thumbnail_size": THUMBNAIL_SIZE,
+            "mirror": True,
+            "threshold": threshold,
+            "comparison": compare_methods(samples) if compare else None,
+        },
+        "counts": {
+            "training": n_train,
+            "testing": len(test_samples),
+            "exact_pairs_training_testing": exact_x,
+            "exact_pairs_within_training": exact_tr,
+            "exact_pairs_within_testing": exact_te,
+            "near_pairs_training_testing": near_x,
+            "near_pairs_within_training": near_tr,
+            "near_pairs_within_testing": near_te,
+            "testing_with_near_duplicate_in_training": len(matches),
+            "testing_with_exact_duplicate_in_training": len(exact_in_training),
+            "groups": len(multi),
+            "cross_split_groups": sum(1 for m in multi if len(set(in_test[m].tolist())) > 1),
+            "cross_class_groups": sum(1 for m in multi if len(set(labels[m].tolist())) > 1),
+        },
+        "leak_free_testing": {
+            "count": len(leak_free),
+            "per_class": class_counts(leak_free),
+            "files": [s.path.relative_to(root).as_posix() for s in leak_free],
+        },
+        "testing_matches": {
+            names[test]: {"training": names[train], "score": round(score, 4), "mirrored": mirrored}
+            for test, (train, score, mirrored) in sorted(matches.items())
+        },
+        "exact_pairs": [[names[a], names[b]] for a, b in exact.tolist()],
+        "groups": [
+            {"files": [names[k] for k in m], "classes": [CLASS_NAMES[labels[k]] for k in m]} for m in multi
+        ],
+    }
+    logger.info("audit of %d scans: %.1f s", len(samples), time.perf_counter() - started)
+    return report
+
+
+def leak_free_testing(report: dict | str | Path) -> set[str]:
+    """The Testing files (posix, relative to the data folder) with no near duplicate in Training.
+
+    ``report`` is an audit report (:func:`audit`) or the path of its JSON file.
+    """
+    if not isinstance(report, dict):
+        path = Path(report)
+        if not path.is_file():
+            raise FileNotFoundError(f"Audit report {str(path)!r} does not exist; run python -m train.audit.")
+        report = json.loads(path.read_text())
+    if "leak_free_testing" not in report:
+        raise ValueError(f"Not an audit report: no 'leak_free_testing' entry among keys {sorted(report)}.")
+    return set(report["leak_free_testing"]["files"])
+
+
+# ---------------------------------------------------------- method comparison
+def phash_bits(images: Sequence[Image.Image], hash_size: int = 8, size: int = 32) -> np.ndarray:
+    """DCT perceptual hash (as ``imagehash.phash``): ``(N, hash_size**2)`` array of +-1."""
+    from scipy.fft import dctn
+
+    if not images:
+        return np.zeros((0, hash_size * hash_size), dtype=np.float32)
+    small = np.stack(
+        [np.asarray(to_grayscale(im).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) for im in images]
+    )
+    low = dctn(small, type=2, axes=(1, 2), norm="ortho")[:, :hash_size, :hash_size].reshape(len(images), -1)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.where(bits, 1.0, -1.0).astype(np.float32)
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a.shape[1] - a @ b.T) / 2.0
+
+
+def _same_scan_variants(image: Image.Image) -> dict[str, Image.Image]:
+    """Constructed copies of one scan (the ways copies in this dataset differ)."""
+    from PIL import ImageOps
+
+    grey = to_grayscale(image)
+    w, h = grey.size
+    arr = np.asarray(grey, dtype=np.float32) / 255.0
+
+    def jpeg(im: Image.Image, quality: int) -> Image.Image:
+        import io
+
+        buffer = io.BytesIO()
+        im.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("L")
+
+    def crop(fraction: float) -> Image.Image:
+        cx, cy = round(w * fraction), round(h * fraction)
+        return grey.crop((cx, cy, w - cx, h - cy)).resize((w, h), Image.Resampling.BICUBIC)
+
+    return {
+        "jpeg_q40": jpeg(grey, 40),
+        "jpeg_q95": jpeg(grey, 95),
+        "gamma_0.7": jpeg(Image.fromarray((arr**0.7 * 255).astype(np.uint8)), 90),
+        "gamma_1.4": jpeg(Image.fromarray((arr**1.4 * 255).astype(np.uint8)), 90),
+        "contrast_0.6": jpeg(Image.fromarray((arr * 0.6 * 255 + 30).astype(np.uint8)), 90),
+        "resize_160": jpeg(grey.resize((w * 160 // 224, h * 160 // 224), Image.Resampling.BICUBIC), 90),
+        "resize_288": jpeg(grey.resize((w * 288 // 224, h * 288 // 224), Image.Resampling.BICUBIC), 90),
+        "mirror": jpeg(ImageOps.mirror(grey), 90),
+        "crop_1pct": jpeg(crop(0.01), 90),
+        "crop_2pct": jpeg(crop(0.02), 90),
+    }
+
+
+def compare_methods(samples: Sequence, n: int = 200, seed: int = 0) -> dict:
+    """Measure how NC of thumbnails and a DCT pHash separate same-scan from different-scan pairs.
+
+    Same scan: ``n`` sampled scans against their constructed variants
+    (:func:`_same_scan_variants`). Different scans: each sampled scan against its most similar
+    scan (by that method) carrying another diagnosis, i.e. a different patient (a few of these
+    are mislabelled copies of the same scan, which the audit reports as cross-class groups).
+    """
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(samples), size=min(n, len(samples)), replace=False).tolist())
+    images = [to_grayscale(read_scan(samples[k].path)) for k in chosen]
+    labels = np.array([s.label for s in samples])
+
+    # Features of every scan, for the hardest different-diagnosis neighbour.
+    all_images = [to_grayscale(read_scan(s.path)) for s in samples]
+    nc_all = _normalise(
+        np.stack([np.asarray(im.resize((THUMBNAIL_SIZE,) * 2, Image.Resampling.BILINEAR), np.float32).reshape(-1) for im in all_images])
+    )
+    ph_all = phash_bits(all_images)
+    from PIL import ImageOps
+
+    ph_all_m = phash_bits([ImageOps.mirror(im) for im in all_images])
+    del all_images
+    nc_all_m = mirror(nc_all)
+
+    results: dict = {"n_scans": len(chosen), "same_scan": {}, "different_scan": {}}
+    base_nc = nc_all[chosen]
+    base_ph = ph_all[chosen]
+    for kind in _same_scan_variants(images[0]):
+        variants = [_same_scan_variants(im)[kind] for im in images]
+        v_nc = _normalise(
+            np.stack([np.asarray(v.resize((THUMBNAIL_SIZE,) * 2, Image.Resampling.BILINEAR), np.float32).reshape(-1) for v in variants])
+        )
+        v_ph, v_ph_m = phash_bits(variants), phash_bits([ImageOps.mirror(v) for v in variants])
+        nc = np.einsum("ij,ij->i", base_nc, v_nc)
+        nc = np.maximum(nc, np.einsum("ij,ij->i", base_nc, mirror(v_nc)))
+        ham = (base_ph.shape[1] - np.maximum(
+            np.einsum("ij,ij->i", base_ph, v_ph), np.einsum("ij,ij->i", base_ph, v_ph_m)
+        )) / 2.0
+        results["same_scan"][kind] = {"nc": nc.tolist(), "phash": ham.tolist()}
+
+    other = labels[None, :] != labels[chosen][:, None]
+    nc_neg = np.maximum(base_nc @ nc_all.T, base_nc @ nc_all_m.T)
+    ph_neg = np.minimum(_hamming(base_ph, ph_all), _hamming(base_ph, ph_all_m))
+    results["different_scan"] = {
+        "nc": np.where(other, nc_neg, -np.inf).max(axis=1).tolist(),
+        "phash": np.where(other, ph_neg, np.inf).min(axis=1).tolist(),
+    }
+    return _summarise(results)
+
+
+def _summarise(raw: dict) -> dict:
+    """Per method and threshold: share of same-scan pairs found, share of different scans matched."""
+    same_nc = np.concatenate([np.array(v["nc"]) for v in raw["same_scan"].values()])
+    same_ph = np.concatenate([np.array(v["phash"]) for v in raw["same_scan"].values()])
+    diff_nc, diff_ph = np.array(raw["different_scan"]["nc"]), np.array(raw["different_scan"]["phash"])
+    summary: dict = {"n_scans": raw["n_scans"], "nc": {}, "phash": {}}
+    for t in (0.90, 0.93, 0.95, 0.97, 0.98, 0.99):
+        summary["nc"][f">={t:.2f}"] = {
+            "same_scan_found": round(float(np.mean(same_nc >= t)), 4),
+            "same_scan_found_by_kind": {
+                k: round(float(np.mean(np.array(v["nc"]) >= t)), 3) for k, v in raw["same_scan"].items()
+            },
+            "different_scan_matched": round(float(np.mean(diff_nc >= t)), 4),
+        }
+    for d in (4, 6, 8, 10, 12, 14):
+        summary["phash"][f"<={d}"] = {
+            "same_scan_found": round(float(np.mean(same_ph <= d)), 4),
+            "same_scan_found_by_kind": {
+                k: round(float(np.mean(np.array(v["phash"]) <= d)), 3) for k, v in raw["same_scan"].items()
+            },
+            "different_scan_matched": round(float(np.mean(diff_ph <= d)), 4),
+        }
+    summary["different_scan_quantiles"] = {
+        "nc_p50_p90_p99_max": [round(float(q), 4) for q in np.quantile(diff_nc, [0.5, 0.9, 0.99, 1.0])],
+        "phash_min_p01_p10_p50": [round(float(q), 1) for q in np.quantile(diff_ph, [0.0, 0.01, 0.1, 0.5])],
+    }
+    return summary
+
+
+# ----------------------------------------------------------------------- CLI
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
+    parser.add_argument("--data-dir", required=True, help="folder holding Training/ and Testing/")
+    parser.add_argument(
+        "--output", default=None, help=f"JSON report (default: assets/{AUDIT_NAME}); '-' writes none"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=THRESHOLD, help=f"NC at or above which scans match (default {THRESHOLD})"
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="also measure NC against a DCT pHash on constructed pairs (slower)"
+    )
+    return parser
+
+
+def _summary(report: dict, seconds: float) -> str:
+    c = report["counts"]
+    lf = report["leak_free_testing"]
+    t = report["method"]["threshold"]
+    lines = [
+        f"Audited {c['training']} Training and {c['testing']} Testing scans in {seconds:.1f} s "
+        f"(near duplicate: NC >= {t} on 48x48 thumbnails, mirror included).",
+        f"  byte-identical pairs Training-Testing:        {c['exact_pairs_training_testing']}",
+        f"  byte-identical pairs within Training/Testing: {c['exact_pairs_within_training']} / {c['exact_pairs_within_testing']}",
+        f"  Testing scans with a near duplicate in Training: {c['testing_with_near_duplicate_in_training']} of {c['testing']}",
+        f"  near-duplicate pairs Training-Testing:        {c['near_pairs_training_testing']}",
+        f"  near-duplicate pairs within Testing:          {c['near_pairs_within_testing']}",
+        f"  near-duplicate pairs within Training:         {c['near_pairs_within_training']}",
+        f"  duplicate groups: {c['groups']} ({c['cross_split_groups']} cross the split, "
+        f"{c['cross_class_groups']} hold different labels)",
+        f"  leak-free Testing subset: {lf['count']} scans {lf['per_class']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict:
+    if not -1.0 <= args.threshold <= 1.0:
+        raise SystemExit(f"--threshold must be between -1 and 1, got {args.threshold}.")
+    started = time.perf_counter()
+    report = audit(args.data_dir, threshold=args.threshold, compare=args.compare)
+    seconds = time.perf_counter() - started
+    print(_summary(report, seconds))
+    if args.compare:
+        print(json.dumps(report["method"]["comparison"], indent=1))
+    if args.output != "-":
+        output = Path(args.output) if args.output else assets_dir() / AUDIT_NAME
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"Report written to {output}")
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(get_args_parser().parse_args(sys.argv[1:]))
