@@ -60,11 +60,11 @@ def _analyse_ui(model: Classifier, uploads: list) -> list[tuple[str, ScanAnalysi
     cache: dict[str, ScanAnalysis] = st.session_state.setdefault(ANALYSES_KEY, {})
     contents = [(upload.name, upload.getvalue()) for upload in uploads]
     digests = [digest_of(data) for _, data in contents]
-    todo = [i for i, digest in enumerate(digests) if digest not in cache]
+    todo = {digest: data for (_, data), digest in zip(contents, digests) if digest not in cache}
     if todo:
         bar = st.progress(0.0, text=f"Analysing {len(todo)} scan(s)…")
-        for done, i in enumerate(todo, start=1):
-            cache[digests[i]] = analyse_scan(model, contents[i][1])
+        for done, (digest, data) in enumerate(todo.items(), start=1):
+            cache[digest] = analyse_scan(model, data)
             bar.progress(done / len(todo), text=f"Analysed {done} of {len(todo)} scan(s)")
     for stale in set(cache) - set(digests):  # files removed from the uploader
         del cache[stale]

@@ -1,0 +1,282 @@
+"""The scan review page, driven through Streamlit's AppTest with real scans.
+
+Runs against a fixture model always, and against the shipped model when assets/ holds one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import core.model
+import core.review
+from app_assets import make_assets
+from core import CLASS_LABELS, CLASS_NAMES, load_model, read_scan
+from core.constants import ASSETS_DIR, WEIGHTS_NAME
+from core.review import NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv, summary_rows
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+BANNER = "Research demonstration — not for diagnostic use"
+TIMEOUT = 120
+PATIENT_NAME = "DOE^JANE"
+
+ASSET_KINDS = ["fixture"] + (["shipped"] if (ASSETS_DIR / WEIGHTS_NAME).is_file() else [])
+
+
+@pytest.fixture(scope="module")
+def fixture_assets(tmp_path_factory) -> Path:
+    return make_assets(tmp_path_factory.mktemp("app_assets"))
+
+
+@pytest.fixture(scope="module", params=ASSET_KINDS)
+def assets(request, fixture_assets) -> Path:
+    """The assets folder the app reads: the fixture, then (when present) the shipped one."""
+    return fixture_assets if request.param == "fixture" else ASSETS_DIR
+
+
+@pytest.fixture(scope="module")
+def model(assets):
+    return load_model(assets / WEIGHTS_NAME, device="cpu")
+
+
+@pytest.fixture
+def app(assets, monkeypatch) -> AppTest:
+    monkeypatch.setenv("BTMRI_ASSETS", str(assets))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
+    at.file_uploader(key="uploads").set_value([(name, data, "application/octet-stream") for name, data in files])
+    at.run()
+    return at
+
+
+def _metric(at: AppTest, label: str) -> str | None:
+    values = [m.value for m in at.metric if m.label == label]
+    return values[0] if values else None
+
+
+def _texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "header", "subheader"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    parts.extend(str(m.value) for m in at.metric)
+    return "\n".join(parts)
+
+
+def _dicom_bytes(window: bool = False) -> bytes:
+    """A small single-frame MR DICOM, built in memory, with a patient name that must never show."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = "ID-123456"
+    yy, xx = np.mgrid[:96, :96]
+    pixels = (1500 * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / 800.0)).astype(np.uint16)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 700, 1400
+    ds.PixelData = pixels.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------- page
+def test_empty_page_has_banner_and_upload_prompt(app):
+    assert any(BANNER in w.value for w in app.warning)
+    uploader = app.file_uploader(key="uploads")
+    assert uploader.accept_multiple_files
+    assert {"jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "dcm"} <= {t.lstrip(".") for t in uploader.allowed_type}
+    assert any("Drag and drop" in i.value for i in app.info)
+    assert not app.get("plotly_chart")
+
+
+def test_batch_of_real_scans_matches_core(app, model, scan_paths):
+    files = [(f"{name}.jpg", path.read_bytes()) for name, path in scan_paths.items()]
+    _upload(app, files)
+    assert not app.exception and not app.error
+    assert app.get("progress"), "a progress bar is shown while scans are processed"
+
+    expected = [model.predict(read_scan(data)) for _, data in files]
+    table = app.dataframe[0].value
+    assert list(table["File"]) == [name for name, _ in files]
+    assert list(table["Predicted class"]) == [CLASS_LABELS[p.label] for p in expected]
+    assert np.allclose(table["Confidence (%)"].astype(float), [round(100 * p.confidence, 1) for p in expected])
+
+    # the first scan is under review: class in words, confidence, chart, three images
+    assert _metric(app, "Predicted class") == CLASS_LABELS[expected[0].label]
+    assert _metric(app, "Confidence") == f"{expected[0].confidence:.1%}"
+    assert len(app.get("plotly_chart")) == 1
+    captions = [c for img in app.get("image") for c in img.captions]
+    assert len(captions) == 3 and captions[0] == "Original" and captions[1].startswith("Grad-CAM")
+    assert any("not a tumour outline" in i.value for i in app.info)
+    assert [b.label for b in app.get("download_button")] == ["Download results (CSV)", "Download overlay (PNG)"]
+    assert app.selectbox(key=f"explain_{core.review.digest_of(files[0][1])}").value == expected[0].label
+
+    # review another row of the batch
+    app.selectbox(key="review_index").set_value(2)
+    app.run()
+    assert not app.exception
+    assert app.header[0].value == f"Review: {files[2][0]}"
+    assert _metric(app, "Predicted class") == CLASS_LABELS[expected[2].label]
+
+
+def test_bad_file_gets_its_row_and_the_batch_goes_on(app, model, scan_paths):
+    good = scan_paths["pituitary"].read_bytes()
+    files = [("notes.png", b"these are my notes, not a scan"), ("scan.jpg", good), ("empty.jpg", b"")]
+    _upload(app, files)
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table["Predicted class"]) == [
+        "Could not be read", CLASS_LABELS[model.predict(read_scan(good)).label], "Could not be read"
+    ]
+    assert table["Flags / message"][0] == "The file holds text, not an image."
+    assert table["Flags / message"][2] == "The file is empty (0 bytes)."
+    # the bad file under review shows its message, not a traceback
+    assert app.selectbox(key="review_index").value == 0
+    assert any("The file holds text, not an image." in e.value for e in app.error)
+    assert "Traceback" not in _texts(app)
+    # the good one in the same batch is reviewed in full
+    app.selectbox(key="review_index").set_value(1)
+    app.run()
+    assert not app.exception and not app.error
+    assert _metric(app, "Predicted class") == CLASS_LABELS[model.predict(read_scan(good)).label]
+    assert len(app.get("image")) == 3
+
+
+def test_reruns_reuse_the_analysis(app, scan_paths, monkeypatch):
+    calls = []
+    original = core.review.analyse_scan
+
+    def counting(model, data):
+        calls.append(len(data))
+        return original(model, data)
+
+    monkeypatch.setattr(core.review, "analyse_scan", counting)
+    data = scan_paths["glioma"].read_bytes()
+    _upload(app, [("a.jpg", data), ("same-bytes.jpg", data)])
+    assert len(calls) == 1  # identical bytes are analysed once
+    app.slider(key="opacity").set_value(0.9).run()
+    app.slider(key="brightness").set_value(1.4).run()
+    assert not app.exception and len(calls) == 1
+    assert app.get("image")[2].captions[0] == "Overlay at 90% opacity"
+
+
+def test_display_controls_never_change_the_model_input(app, model, scan_paths):
+    data = scan_paths["meningioma"].read_bytes()
+    _upload(app, [("m.jpg", data)])
+    before = _metric(app, "Predicted class"), _metric(app, "Confidence")
+    app.slider(key="brightness").set_value(1.8)
+    app.slider(key="contrast").set_value(0.6)
+    app.run()
+    assert not app.exception
+    assert (_metric(app, "Predicted class"), _metric(app, "Confidence")) == before
+    analysis = app.session_state["scan_analyses"][core.review.digest_of(data)]
+    assert analysis.image.tobytes() == read_scan(data).tobytes()
+
+
+def test_explained_class_can_be_chosen(app, model, scan_paths):
+    data = scan_paths["notumor"].read_bytes()
+    _upload(app, [("n.jpg", data)])
+    digest = core.review.digest_of(data)
+    other = next(n for n in CLASS_NAMES if n != model.predict(read_scan(data)).label)
+    app.selectbox(key=f"explain_{digest}").set_value(other)
+    app.run()
+    assert not app.exception
+    assert app.get("image")[1].captions[0].startswith(f"Grad-CAM for {CLASS_LABELS[other]}")
+    analysis = app.session_state["scan_analyses"][digest]
+    assert np.allclose(analysis.heatmap(model, other), model.explain(read_scan(data), target=other), atol=1e-5)
+
+
+def test_not_a_brain_mri_withholds_the_prediction(app, scan_paths, monkeypatch):
+    original = core.model.Classifier.predict
+
+    def gated(self, image):
+        return replace(original(self, image), is_brain_mri=False, ood_score=42.0, flags=("outside the training data",))
+
+    monkeypatch.setattr(core.model.Classifier, "predict", gated)
+    data = scan_paths["glioma"].read_bytes()
+    _upload(app, [("photo.jpg", data)])
+    assert not app.exception
+    assert any("not recognised as a brain MRI" in w.value for w in app.warning)
+    assert _metric(app, "Predicted class") is None and not app.get("plotly_chart")
+    assert app.dataframe[0].value["Predicted class"][0] == NOT_BRAIN_MRI_TEXT
+    assert app.dataframe[0].value["Flags / message"][0] == "outside the training data"
+
+    app.toggle(key=f"reveal_{core.review.digest_of(data)}").set_value(True)
+    app.run()
+    assert not app.exception
+    assert _metric(app, "Predicted class") in set(CLASS_LABELS.values())
+    assert any("Unreliable" in e.value for e in app.error)
+    assert any("Review advised: outside the training data" in w.value for w in app.warning)
+
+
+@pytest.mark.parametrize("window, transform", [(False, "percentile stretch"), (True, "stored window")])
+def test_dicom_is_announced_and_patient_tags_stay_hidden(app, window, transform, caplog):
+    caplog.set_level(logging.DEBUG)
+    _upload(app, [("DOE_JANE_slice.dcm", _dicom_bytes(window))])
+    assert not app.exception and not app.error
+    assert any(transform in i.value for i in app.info)
+    assert _metric(app, "Predicted class") in set(CLASS_LABELS.values())
+    assert PATIENT_NAME not in _texts(app) and "ID-123456" not in _texts(app)
+    assert PATIENT_NAME not in caplog.text and "DOE_JANE_slice" not in caplog.text
+
+
+def test_model_missing_gives_a_message(tmp_path, monkeypatch, scan_paths):
+    monkeypatch.setenv("BTMRI_ASSETS", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    _upload(at, [("a.jpg", scan_paths["glioma"].read_bytes())])
+    assert not at.exception
+    assert any("model could not be loaded" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------------- helpers
+def test_results_csv_has_outcomes_and_no_patient_tags(model, scan_paths):
+    good = scan_paths["glioma"].read_bytes()
+    items = [
+        ("=cmd|calc.jpg", analyse_scan(model, good)),
+        ("bad.png", analyse_scan(model, b"not an image")),
+        ("x.dcm", analyse_scan(model, _dicom_bytes())),
+    ]
+    text = results_csv(items).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    prediction = model.predict(read_scan(good))
+    assert rows[0]["file"] == "'=cmd|calc.jpg"  # no spreadsheet formula injection
+    assert rows[0]["status"] == "ok" and rows[0]["predicted_class"] == prediction.label
+    assert float(rows[0]["confidence"]) == pytest.approx(prediction.confidence, abs=1e-4)
+    assert sum(float(rows[0][f"p_{n}"]) for n in CLASS_NAMES) == pytest.approx(1.0, abs=1e-3)
+    assert rows[1]["status"] == "error" and rows[1]["flags"] == "The file holds text, not an image."
+    assert PATIENT_NAME not in text and "ID-123456" not in text
+    assert [r["File"] for r in summary_rows(items)] == [name for name, _ in items]
+
+
+def test_analyse_scan_turns_unexpected_errors_into_a_message(model, monkeypatch):
+    def broken(data):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(core.review, "read_scan", broken)
+    analysis = analyse_scan(model, b"anything")
+    assert not analysis.ok and analysis.error == core.review.UNEXPECTED_ERROR_TEXT
+    assert "internal detail" not in analysis.error
