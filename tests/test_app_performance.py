@@ -1,0 +1,240 @@
+"""The model performance page and the artifact reader, from fixture metrics and the shipped ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_assets import make_assets
+from core.artifacts import (
+    ArtifactError,
+    calibration_views,
+    comparison_rows,
+    evaluation_title,
+    load_artifacts,
+    read_artifact,
+)
+from core.constants import ASSETS_DIR, AUDIT_NAME, EVALUATION_NAME, HISTORY_NAME, MODEL_CARD_NAME
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGE = "pages/model_performance.py"
+TIMEOUT = 60
+
+ASSET_KINDS = ["fixture"] + (["shipped"] if (ASSETS_DIR / EVALUATION_NAME).is_file() else [])
+
+
+@pytest.fixture(scope="module")
+def fixture_assets(tmp_path_factory) -> Path:
+    return make_assets(tmp_path_factory.mktemp("perf_assets"))
+
+
+@pytest.fixture(params=ASSET_KINDS)
+def assets(request, fixture_assets) -> Path:
+    return fixture_assets if request.param == "fixture" else ASSETS_DIR
+
+
+def _page(folder: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("BTMRI_ASSETS", str(folder))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    return at
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _table(at: AppTest, column: str):
+    """The first table on the page with ``column`` (read-only tables carry no key in AppTest)."""
+    for frame in at.dataframe:
+        value = frame.value
+        if column in value.columns:
+            return value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def _chart_titles(at: AppTest) -> list[str]:
+    titles = []
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        titles.append(spec.get("layout", {}).get("title", {}).get("text", ""))
+    return titles
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME):
+        if (src / name).is_file():
+            (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+# ---------------------------------------------------------------------- page
+def test_page_renders_stored_metrics(assets, monkeypatch):
+    at = _page(assets, monkeypatch)
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Model performance"
+    evaluation = json.loads((assets / EVALUATION_NAME).read_text())
+    card = json.loads((assets / MODEL_CARD_NAME).read_text())
+    testing = evaluation["evaluations"]["testing"]
+
+    assert _metric(at, "Accuracy (Testing)") == f"{100 * testing['accuracy']:.2f} %"
+    assert _metric(at, "Macro F1 (Testing)") == f"{100 * testing['macro_f1']:.2f} %"
+    assert _metric(at, "Test scans") == f"{testing['n_images']:,}"
+    assert _metric(at, "Trained on") != "—" if "trained_at" in card else True
+
+    titles = _chart_titles(at)
+    for expected in ("Loss", "Accuracy", "Macro F1", "Confusion matrix (counts)", "ROC curves (one class vs the rest)",
+                     "Precision-recall curves", "Reliability diagram"):
+        assert expected in titles
+
+    comparison = _table(at, "Evaluation")
+    assert list(comparison["Scans"]) == [r["n_images"] for r in evaluation["evaluations"].values()]
+    per_class = _table(at, "Support")
+    assert list(per_class["Support"]) == [testing["per_class"][n]["support"] for n in testing["per_class"]]
+    assert per_class["Recall (%)"].tolist() == pytest.approx(
+        [100 * testing["per_class"][n]["recall"] for n in testing["per_class"]]
+    )
+    text = "\n".join(m.value for m in at.markdown)
+    assert "Single 2D slices" in text and "Not clinically validated" in text
+    assert "metastases" in text.lower() or "Metastases" in text
+
+
+def test_fixture_headline_values(fixture_assets, monkeypatch):
+    at = _page(fixture_assets, monkeypatch)
+    assert _metric(at, "Trained on") == "02 Jan 2025"
+    assert _metric(at, "Training wall time") == "1 h 12 min"  # 4321 s
+    assert "Expected calibration error" in [m.label for m in at.metric]
+    perturbed = _table(at, "Condition")
+    stored = json.loads((fixture_assets / EVALUATION_NAME).read_text())["testing_perturbed"]
+    assert perturbed["Accuracy (%)"].tolist() == pytest.approx([100 * v for v in stored.values()])
+    assert not _table(at, "Finding").empty
+
+
+def test_confusion_switch_and_evaluation_choice(fixture_assets, monkeypatch):
+    at = _page(fixture_assets, monkeypatch)
+    at.radio(key="cm_mode").set_value("Row-normalised").run()
+    assert not at.exception
+    assert "Confusion matrix (row-normalised)" in _chart_titles(at)
+
+    evaluation = json.loads((fixture_assets / EVALUATION_NAME).read_text())
+    leak_free = evaluation["evaluations"]["testing_leak_free"]
+    chooser = at.selectbox(key="evaluation_choice")
+    assert chooser.options[1].startswith(evaluation_title("testing_leak_free"))
+    chooser.set_value("testing_leak_free").run()
+    assert not at.exception
+    per_class = _table(at, "Support")
+    assert list(per_class["Support"]) == [leak_free["per_class"][n]["support"] for n in leak_free["per_class"]]
+    # the headline stays the official Testing figure
+    testing = evaluation["evaluations"]["testing"]
+    assert _metric(at, "Accuracy (Testing)") == f"{100 * testing['accuracy']:.2f} %"
+
+
+def test_single_evaluation_has_no_chooser(tmp_path, fixture_assets, monkeypatch):
+    folder = _copy(fixture_assets, tmp_path / "one")
+    evaluation = json.loads((folder / EVALUATION_NAME).read_text())
+    evaluation["evaluations"] = {"testing": evaluation["evaluations"]["testing"]}
+    del evaluation["testing_perturbed"]
+    (folder / EVALUATION_NAME).write_text(json.dumps(evaluation))
+    (folder / AUDIT_NAME).unlink()
+    at = _page(folder, monkeypatch)
+    assert not at.exception and not at.error
+    assert not [s for s in at.selectbox if s.key == "evaluation_choice"]
+    assert any("No robustness or audit results" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (EVALUATION_NAME, None, "evaluation.json was not found"),
+        (EVALUATION_NAME, "{not json", "evaluation.json is not valid JSON"),
+        (EVALUATION_NAME, "[1, 2]", "must hold a JSON object"),
+        (EVALUATION_NAME, '{"evaluations": {}}', "'testing' report"),
+        (EVALUATION_NAME, '{"evaluations": {"testing": {"n_images": 3}}}', "lacks 'accuracy'"),
+        (HISTORY_NAME, None, "history.json was not found"),
+        (HISTORY_NAME, '{"epochs": [{"train": 1}]}', "epoch entry 0"),
+        (MODEL_CARD_NAME, "", "model_card.json is not valid JSON"),
+    ],
+)
+def test_missing_or_malformed_file_gives_a_clear_message(tmp_path, fixture_assets, monkeypatch, name, content, message):
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    if content is None:
+        (folder / name).unlink()
+    else:
+        (folder / name).write_text(content)
+    at = _page(folder, monkeypatch)
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(message in e and name in e for e in errors), errors
+    if name != HISTORY_NAME:  # the other files still draw what they can
+        assert "Loss" in _chart_titles(at)
+
+
+def test_non_numeric_metric_gives_a_message(tmp_path, fixture_assets, monkeypatch):
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    evaluation = json.loads((folder / EVALUATION_NAME).read_text())
+    evaluation["evaluations"]["testing"]["accuracy"] = "high"
+    (folder / EVALUATION_NAME).write_text(json.dumps(evaluation))
+    at = _page(folder, monkeypatch)
+    assert not at.exception
+    assert any("non-numeric 'accuracy'" in e.value for e in at.error)
+
+
+def test_no_artifacts_at_all(tmp_path, monkeypatch):
+    at = _page(tmp_path, monkeypatch)
+    assert not at.exception
+    assert len(at.error) == 3
+    assert any("python -m train" in i.value for i in at.info)
+
+
+def test_unexpected_layout_deep_inside_never_shows_a_traceback(tmp_path, fixture_assets, monkeypatch):
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    evaluation = json.loads((folder / EVALUATION_NAME).read_text())
+    evaluation["evaluations"]["testing"]["roc"] = {"glioma": {"fpr": "x", "tpr": None, "auc": "?"}}
+    evaluation["evaluations"]["testing"]["calibration"] = {"bins": [{"count": 3}]}
+    evaluation["evaluations"]["testing"]["per_class"] = {"glioma": 5}
+    (folder / EVALUATION_NAME).write_text(json.dumps(evaluation))
+    at = _page(folder, monkeypatch)
+    assert not at.exception
+
+
+# ---------------------------------------------------------------------- reader
+def test_load_artifacts_without_audit_is_fine(tmp_path, fixture_assets):
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    (folder / AUDIT_NAME).unlink()
+    artifacts = load_artifacts(folder)
+    assert artifacts.problems == {} and artifacts.audit is None
+    assert artifacts.testing["n_images"] == 120
+    assert list(artifacts.evaluations) == ["testing", "testing_leak_free"]
+
+
+def test_read_artifact_names_the_file(tmp_path):
+    path = tmp_path / EVALUATION_NAME
+    with pytest.raises(ArtifactError, match="evaluation.json was not found"):
+        read_artifact(path)
+    path.write_text('{"evaluations": {"testing": []}}')
+    with pytest.raises(ArtifactError, match="'testing' must be an object"):
+        read_artifact(path)
+
+
+def test_calibration_views_before_and_after(fixture_assets):
+    report = load_artifacts(fixture_assets).testing
+    assert [label for label, _ in calibration_views(report)] == ["Calibration"]
+    after = dict(report["calibration"], ece=0.01)
+    labels = [label for label, _ in calibration_views({**report, "calibration_after": after})]
+    assert labels == ["Before temperature scaling", "After temperature scaling"]
+    labels = [label for label, _ in calibration_views({**report, "calibration_before": after})]
+    assert labels == ["Before temperature scaling", "After temperature scaling"]
+    assert calibration_views({}) == []
+
+
+def test_comparison_rows_are_percentages(fixture_assets):
+    evaluations = load_artifacts(fixture_assets).evaluations
+    rows = comparison_rows(evaluations)
+    assert [r["Scans"] for r in rows] == [e["n_images"] for e in evaluations.values()]
+    assert rows[0]["Accuracy (%)"] == pytest.approx(100 * evaluations["testing"]["accuracy"])
