@@ -1,18 +1,19 @@
 """DICOM reading with pydicom: one 2D slice to an 8-bit grey image.
 
-Only pixel data and the few display tags are used; no patient tag is read, logged or kept.
+Only pixel data and the few display tags are used; no patient tag is read, logged or kept,
+and no error message quotes a tag value.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import warnings
 
 import numpy as np
 from PIL import Image
 
-from .constants import MAX_PIXELS, MIN_SIDE
-from .scan import ScanError, stretch_to_uint8
+from .scan import WARNINGS_LOCK, ScanError, check_dimensions, stretch_to_uint8
 
 __all__ = ["read_dicom", "STORED_WINDOW", "PERCENTILE_STRETCH"]
 
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 STORED_WINDOW = "stored window"
 PERCENTILE_STRETCH = "percentile stretch"
 
+_DAMAGED = "The DICOM file is damaged and could not be read."
+
 
 def read_dicom(data: bytes) -> Image.Image:
     """Decode one single-frame DICOM image.
@@ -29,69 +32,163 @@ def read_dicom(data: bytes) -> Image.Image:
     Rescale slope and intercept are applied, then the stored window (centre and width) if
     the file has one, else a 0.5-99.5 percentile stretch; MONOCHROME1 is inverted. The
     choice is recorded in ``image.info["display_transform"]`` so the app can announce it.
+
+    Raises:
+        ScanError: the file is damaged, holds no image or several frames, or its pixel data
+            is compressed in a way no installed decoder handles.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
 
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ScanError("The DICOM file is damaged and could not be read.") from exc
+        with WARNINGS_LOCK, warnings.catch_warnings():
+            # pydicom warns about odd values and quotes them (a malformed birth date, say):
+            # keep them out of the logs.
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(io.BytesIO(data))
+            return _to_image(dataset)
+    except ScanError:
+        raise
     except Exception as exc:  # pydicom raises many types on hostile files
-        raise ScanError("The DICOM file is damaged and could not be read.") from exc
+        raise ScanError(_DAMAGED) from exc
 
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+
+def _to_image(dataset) -> Image.Image:
+    from pydicom.pixels import apply_modality_lut
+
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset and (
+        "DoubleFloatPixelData" not in dataset
+    ):
         raise ScanError("The DICOM file holds no image (it has no pixel data).")
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    frames = _int_tag(dataset, "NumberOfFrames", default=1)
     if frames > 1:
         raise ScanError(
             f"The DICOM file holds {frames} frames (a series or a volume); "
             "export and upload one 2D slice."
         )
-    rows, cols = int(getattr(dataset, "Rows", 0) or 0), int(getattr(dataset, "Columns", 0) or 0)
-    if rows * cols > MAX_PIXELS:
-        raise ScanError(f"The DICOM image is {cols} x {rows} pixels; that is not a single MRI slice.")
-    try:
-        pixels = dataset.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", None) or "an unknown encoding"
-        raise ScanError(
-            f"The DICOM image is stored with a compression ({name}) that this app cannot "
-            "decode. Export it uncompressed or as PNG."
-        ) from exc
+    rows, cols = _int_tag(dataset, "Rows"), _int_tag(dataset, "Columns")
+    check_dimensions(cols, rows, "DICOM image")
+    pixels = _pixel_array(dataset)
 
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4) and str(
-        getattr(dataset, "PhotometricInterpretation", "")
-    ).startswith(("RGB", "YBR")):
+    photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4) and photometric.startswith(("RGB", "YBR")):
         pixels = pixels[..., :3].mean(axis=-1)
     if pixels.ndim != 2:
         raise ScanError("The DICOM file does not hold a single 2D slice.")
-    if min(pixels.shape) < MIN_SIDE:
-        raise ScanError(
-            f"The DICOM image is only {pixels.shape[1]} x {pixels.shape[0]} pixels; "
-            f"a brain MRI slice needs at least {MIN_SIDE} x {MIN_SIDE}."
-        )
+    check_dimensions(pixels.shape[1], pixels.shape[0], "DICOM image")
 
-    values = apply_modality_lut(pixels, dataset).astype(np.float64)
+    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
     window = _stored_window(dataset)
     if window is not None:
-        low, high = window
-        grey = (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        grey = _apply_window(values, *window)
         transform = STORED_WINDOW
     else:
         grey = stretch_to_uint8(values)
         transform = PERCENTILE_STRETCH
-    if str(getattr(dataset, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":  # stored so that high values are dark
         grey = 255 - grey
     image = Image.fromarray(grey, mode="L")
     image.info["display_transform"] = transform
     return image
 
 
+def _int_tag(dataset, keyword: str, default: int = 0) -> int:
+    value = dataset.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ScanError(_DAMAGED) from exc
+
+
+def _pixel_array(dataset) -> np.ndarray:
+    """Decode the pixel data; a compression without a decoder gets its own message."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and getattr(syntax, "is_compressed", False) and not _can_decode(syntax):
+        raise ScanError(
+            f"The DICOM image is stored with a compression ({_syntax_name(syntax)}) that this "
+            "app cannot decode. Export it uncompressed or as PNG."
+        )
+    if syntax is not None and _would_hang(dataset, syntax):
+        raise ScanError(
+            f"The DICOM image data ({_syntax_name(syntax)}) is damaged and could not be decoded."
+        )
+    try:
+        return dataset.pixel_array
+    except Exception as exc:
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            message = (
+                f"The DICOM image data ({_syntax_name(syntax)}) is damaged and could not be "
+                "decoded. Export it uncompressed or as PNG."
+            )
+        else:
+            message = "The DICOM image data is damaged or incomplete (the file may be truncated)."
+        raise ScanError(message) from exc
+
+
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+
+
+def _would_hang(dataset, syntax) -> bool:
+    """True for JPEG 2000 data on which pydicom's parameter parser never returns.
+
+    pydicom (3.0) walks the boxes of a JP2 file by their lengths to find the codestream; a box
+    length of 0 (or a last box cut to under 4 bytes) makes it loop forever. A 300-byte upload
+    must not freeze a worker, so such data is refused before decoding.
+    """
+    from pydicom.encaps import generate_fragments, generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes
+
+    if syntax not in JPEG2000TransferSyntaxes or "PixelData" not in dataset:
+        return False
+    pixel_data = dataset.PixelData
+    offsets = None
+    if "ExtendedOffsetTable" in dataset and "ExtendedOffsetTableLengths" in dataset:
+        offsets = (dataset.ExtendedOffsetTable, dataset.ExtendedOffsetTableLengths)
+    chunks = [*generate_fragments(pixel_data)]
+    chunks += generate_frames(pixel_data, number_of_frames=1, extended_offsets=offsets)
+    return any(not _jp2_box_walk_ends(chunk) for chunk in chunks)
+
+
+def _jp2_box_walk_ends(codestream: bytes) -> bool:
+    """Replays pydicom's walk over the JP2 boxes; False where it would not end."""
+    if not codestream.startswith(_JP2_SIGNATURE):
+        return True
+    offset, total = 12, len(codestream)
+    while offset < total:
+        length = int.from_bytes(codestream[offset : offset + 4], byteorder="big")
+        if codestream[offset + 4 : offset + 8] == b"jp2c":
+            return True
+        if length == 0:
+            return False
+        offset += length
+    return True
+
+
+def _can_decode(syntax) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except Exception:  # no decoder known for this transfer syntax
+        return False
+
+
+def _syntax_name(syntax) -> str:
+    name = str(getattr(syntax, "name", "") or "")
+    return name if name and name != str(syntax) else "an unknown encoding"
+
+
+def _apply_window(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def _stored_window(dataset) -> tuple[float, float] | None:
-    """The first stored (centre, width) window as (low, high), or None if absent or unusable."""
+    """The first stored (centre, width) window as (low, high), or None if absent or unusable.
+
+    The bounds follow the DICOM linear VOI function (PS3.3 C.11.2.1.2.1): values up to
+    ``c - 0.5 - (w - 1) / 2`` are black, values above ``c - 0.5 + (w - 1) / 2`` white.
+    """
     try:
         centre, width = dataset.WindowCenter, dataset.WindowWidth
     except AttributeError:
@@ -102,7 +199,7 @@ def _stored_window(dataset) -> tuple[float, float] | None:
         return None
     if not np.isfinite(centre) or not np.isfinite(width) or width <= 1:
         return None
-    return centre - width / 2.0, centre + width / 2.0
+    return centre - 0.5 - (width - 1) / 2.0, centre - 0.5 + (width - 1) / 2.0
 
 
 def _first(value):

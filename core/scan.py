@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -26,11 +27,21 @@ ScanSource = Union[bytes, bytearray, memoryview, str, Path, BinaryIO]
 #: Larger images are downscaled on reading (the model sees 224 px; the viewer needs no more).
 MAX_SIDE = 2048
 
-_PIL_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"}
+#: Pillow plugins tried on an upload (MPO, a multi-picture JPEG, is opened by the JPEG plugin);
+#: no other parser ever sees the bytes.
+_PIL_OPEN_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+_PIL_FORMATS = {*_PIL_OPEN_FORMATS, "MPO"}
 _FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP or DICOM"
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+#: A slice is roughly square; a longer side over 10 times the shorter is a strip, not a scan.
+MAX_ASPECT = 10
+_KEPT_INFO = ("display_transform",)
 
-# Pillow refuses (rather than warns about) anything above twice its limit; we refuse above ours.
+#: ``warnings.catch_warnings`` swaps process-wide state; reads that use it take turns, so two
+#: threads cannot leave each other's filter behind.
+WARNINGS_LOCK = threading.Lock()
+
+# Pillow refuses (rather than warns about) anything above twice its limit; between the two,
+# read_scan makes its own decision (a large JPEG is decoded at reduced scale).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -45,7 +56,8 @@ def read_scan(source: ScanSource) -> Image.Image:
     object. JPEG, PNG, BMP, TIFF and WebP are read with Pillow (EXIF orientation honoured,
     16-bit data stretched to 8 bits, transparency flattened onto black); DICOM with pydicom
     (see :func:`core.dicom.read_dicom`). For DICOM the returned image's ``info`` holds
-    ``"display_transform"``: how the stored values were mapped to grey levels.
+    ``"display_transform"``: how the stored values were mapped to grey levels; no other
+    metadata is kept. Images larger than ``MAX_SIDE`` are downscaled.
 
     Raises:
         ScanError: the data is empty, damaged, too large, too small, not an image, a
@@ -60,7 +72,11 @@ def read_scan(source: ScanSource) -> Image.Image:
         image = read_dicom(data)
     else:
         image = _read_pil(data)
-    return _limit_size(image)
+    image = _limit_size(image)
+    # Only our own key travels with the image: EXIF, comments and other embedded text (which
+    # may name the patient) are dropped here.
+    image.info = {key: image.info[key] for key in _KEPT_INFO if key in image.info}
+    return image
 
 
 def _read_bytes(source: ScanSource) -> bytes:
@@ -102,6 +118,25 @@ def _is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def check_dimensions(width: int, height: int, what: str = "image") -> None:
+    """Refuse sizes that cannot be one MRI slice: too small, too many pixels, or a thin strip."""
+    if width * height > MAX_PIXELS:
+        raise ScanError(
+            f"The {what} is {width} x {height} pixels; images up to "
+            f"{MAX_PIXELS // 1_000_000} million pixels are accepted."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ScanError(
+            f"The {what} is only {width} x {height} pixels; a brain MRI slice needs at least "
+            f"{MIN_SIDE} x {MIN_SIDE}."
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ScanError(
+            f"The {what} is {width} x {height} pixels, a long thin strip rather than one MRI "
+            "slice; upload a single slice."
+        )
+
+
 def _describe_non_image(data: bytes) -> str:
     head = data[:1024].lstrip().lower()
     if head.startswith(b"%pdf"):
@@ -109,13 +144,8 @@ def _describe_non_image(data: bytes) -> str:
     if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
         return "The file is a web page (HTML), not an image."
     if head.startswith(b"gif8"):
-        return "GIF files are not supported; use " + _FORMATS_TEXT + "."
-    try:
-        head.decode("utf-8")
-        printable = True
-    except UnicodeDecodeError:
-        printable = False
-    if printable:
+        return "GIF files (still or animated) are not supported; use " + _FORMATS_TEXT + "."
+    if _looks_like_text(data[:1024]):
         return "The file holds text, not an image."
     return (
         "The file is not an image in a supported format "
@@ -123,53 +153,70 @@ def _describe_non_image(data: bytes) -> str:
     )
 
 
-def _read_pil(data: bytes) -> Image.Image:
+def _looks_like_text(head: bytes) -> bool:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            raise ScanError(
-                f"The image declares more than {MAX_PIXELS // 1_000_000} million pixels; "
-                "that is not a single MRI slice."
-            ) from exc
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the sample
+            return False
+        text = head[: exc.start].decode("utf-8")
+    text = text.removeprefix("\ufeff")  # byte-order mark
+    return bool(text.strip()) and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+
+
+def _bomb_message() -> str:
+    return (
+        f"The image declares more than {2 * MAX_PIXELS // 1_000_000} million pixels; "
+        "that is not a single MRI slice."
+    )
+
+
+def _open_pil(data: bytes) -> Image.Image:
+    """Parse the header only (no pixel is decoded), with the supported plugins only."""
+    try:
+        with WARNINGS_LOCK, warnings.catch_warnings():
+            # Between Pillow's warning and error limits read_scan decides itself (below).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=_PIL_OPEN_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ScanError(_bomb_message()) from exc
+    except UnidentifiedImageError as exc:
         raise ScanError(_describe_non_image(data)) from exc
     except Exception as exc:  # Pillow raises many types on hostile headers
         raise ScanError(_describe_non_image(data)) from exc
 
-    if image.format not in _PIL_FORMATS:
-        raise ScanError(
-            f"{image.format or 'This'} files are not supported; use {_FORMATS_TEXT}."
-        )
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ScanError(
-            f"The image is {width} x {height} pixels; images up to "
-            f"{MAX_PIXELS // 1_000_000} million pixels are accepted."
-        )
-    if min(width, height) < MIN_SIDE:
-        raise ScanError(
-            f"The image is only {width} x {height} pixels; a brain MRI slice needs at least "
-            f"{MIN_SIDE} x {MIN_SIDE}."
-        )
-    n_frames = getattr(image, "n_frames", 1)
-    if n_frames > 1 and image.format != "MPO":
-        raise ScanError(
-            f"The file holds {n_frames} frames (an animation or a stack); upload one 2D slice."
-        )
-    if image.format == "JPEG" and max(width, height) > 2 * MAX_SIDE:
-        image.draft("RGB" if image.mode not in ("L",) else "L", (MAX_SIDE, MAX_SIDE))
+
+def _read_pil(data: bytes) -> Image.Image:
+    image = _open_pil(data)
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_8bit(image)
+        return _decode_pil(image)
     except ScanError:
         raise
-    except Exception as exc:  # truncated or corrupt pixel data
+    except Image.DecompressionBombError as exc:
+        raise ScanError(_bomb_message()) from exc
+    except Exception as exc:  # truncated or corrupt data (Pillow raises many types)
         raise ScanError(
             "The image data is damaged or incomplete (the file may be truncated)."
         ) from exc
+
+
+def _decode_pil(image: Image.Image) -> Image.Image:
+    if image.format not in _PIL_FORMATS:  # unreachable with formats=..., kept as a guard
+        raise ScanError(f"{image.format or 'This'} files are not supported; use {_FORMATS_TEXT}.")
+    if image.format in ("JPEG", "MPO") and max(image.size) > 2 * MAX_SIDE:
+        # Let the decoder skip detail we would throw away (1/2, 1/4 or 1/8 scale, keeping both
+        # sides >= MAX_SIDE): a large photo of a scan decodes in a fraction of the time and memory.
+        image.draft(image.mode, (MAX_SIDE, MAX_SIDE))
+    check_dimensions(*image.size)  # the size that will be decoded
+    n_frames = getattr(image, "n_frames", 1)
+    if n_frames > 1 and image.format != "MPO":
+        raise ScanError(
+            f"The file holds {n_frames} frames (an animation or a stack of slices); "
+            "upload one 2D slice."
+        )
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
+    return _to_8bit(image)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -190,25 +237,46 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     raise ScanError(f"Images with colour mode {mode} are not supported.")
 
 
+#: Percentiles are estimated on at most this many evenly strided values (exact below it).
+_STRETCH_SAMPLE = 1_000_000
+
+
 def stretch_to_uint8(array: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
     """Map an array of any range to 0..255 with a percentile stretch (robust to outliers)."""
-    array = np.asarray(array, dtype=np.float64)
-    finite = array[np.isfinite(array)]
-    if finite.size == 0:
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        array = array.astype(np.float64)
+    sample = array.ravel()
+    if sample.size > _STRETCH_SAMPLE:
+        sample = sample[:: -(-sample.size // _STRETCH_SAMPLE)]
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
         return np.zeros(array.shape, dtype=np.uint8)
-    low, high = np.percentile(finite, [low_pct, high_pct])
+    low, high = (float(v) for v in np.percentile(sample, [low_pct, high_pct]))
     if high <= low:
-        low, high = float(finite.min()), float(finite.max())
+        low, high = float(sample.min()), float(sample.max())
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)
-    scaled = (np.nan_to_num(array, nan=low) - low) / (high - low)
-    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    scaled = np.array(array, dtype=np.float64)  # a copy, then in place
+    if array.dtype.kind == "f":
+        scaled[np.isnan(scaled)] = low  # infinities are clipped below
+    scaled -= low
+    scaled *= 255.0 / (high - low)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    scaled += 0.5
+    return scaled.astype(np.uint8)
 
 
 def _limit_size(image: Image.Image) -> Image.Image:
-    if max(image.size) > MAX_SIDE:
-        info = dict(image.info)
-        image = image.copy()
-        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-        image.info.update(info)
-    return image
+    """Downscale so that the longer side is at most ``MAX_SIDE`` (aspect ratio kept)."""
+    width, height = image.size
+    if max(width, height) <= MAX_SIDE:
+        return image
+    scale = MAX_SIDE / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # reducing_gap=1: box-average by an integer factor first, then Lanczos over the rest;
+    # several times faster than Lanczos over the full image, and as free of aliasing.
+    resized = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0)
+    resized.info.update(image.info)
+    return resized
