@@ -28,6 +28,7 @@ __all__ = [
     "digest_of",
     "results_csv",
     "summary_rows",
+    "warm_up",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,17 @@ class ScanAnalysis:
         if target not in self._heatmaps:
             self._heatmaps[target] = model.explain(self.image, target=target)
         return self._heatmaps[target]
+
+
+def warm_up(model: Classifier) -> None:
+    """Run one prediction and one explanation on a synthetic image, so that the first real scan
+    does not pay the one-off start-up costs (lazy imports, kernel selection: seconds on a CPU)."""
+    size = max(model.image_size, 64)
+    yy, xx = np.mgrid[:size, :size]
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 2.5) ** 2).astype(np.uint8) * 120
+    image = Image.fromarray(disc, mode="L")
+    model.predict(image)
+    model.explain(image, target=CLASS_NAMES[0])
 
 
 def digest_of(data: bytes) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from app_frame import ensure_frame
 from core.artifacts import (
     Artifacts,
     artifact_stamp,
@@ -297,6 +298,7 @@ def main() -> None:
         _model_card_ui(artifacts.model_card, artifacts.evaluation)
 
 
+ensure_frame()
 try:
     main()
 except Exception:  # the page never shows a traceback

@@ -9,16 +9,18 @@ import logging
 
 import streamlit as st
 
+from app_frame import ensure_frame
 from core import CLASS_LABELS, CLASS_NAMES, load_model
 from core.constants import MAX_UPLOAD_BYTES, SUPPORTED_EXTENSIONS, default_weights
 from core.figures import probability_figure
 from core.model import Classifier
 from core.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
-from core.review import ScanAnalysis, analyse_scan, digest_of, results_csv, summary_rows
+from core.review import ScanAnalysis, analyse_scan, digest_of, results_csv, summary_rows, warm_up
 
 logger = logging.getLogger(__name__)
 
 ANALYSES_KEY = "scan_analyses"  # digest -> ScanAnalysis, kept across reruns
+SEEN_KEY = "seen_digests"  # the uploads of the previous run, to bring new ones under review
 REVIEW_KEY = "review_index"
 TABLE_KEY = "summary_table"
 
@@ -33,7 +35,9 @@ HEATMAP_NOTE = (
 @st.cache_resource(show_spinner="Loading the model…")
 def _model(weights: str) -> Classifier:
     """The classifier, loaded once per process and shared by all sessions (it is thread-safe)."""
-    return load_model(weights)
+    model = load_model(weights)
+    warm_up(model)
+    return model
 
 
 # ---------------------------------------------------------------------- widgets
@@ -62,12 +66,17 @@ def _analyse_ui(model: Classifier, uploads: list) -> list[tuple[str, ScanAnalysi
     digests = [digest_of(data) for _, data in contents]
     todo = {digest: data for (_, data), digest in zip(contents, digests) if digest not in cache}
     if todo:
-        bar = st.progress(0.0, text=f"Analysing {len(todo)} scan(s)…")
+        bar = st.progress(0.0, text=f"Analysing {len(todo)} new scan(s)…")
         for done, (digest, data) in enumerate(todo.items(), start=1):
             cache[digest] = analyse_scan(model, data)
-            bar.progress(done / len(todo), text=f"Analysed {done} of {len(todo)} scan(s)")
+            bar.progress(done / len(todo), text=f"Analysed {done} of {len(todo)} new scan(s)")
     for stale in set(cache) - set(digests):  # files removed from the uploader
         del cache[stale]
+    seen = st.session_state.get(SEEN_KEY, [])
+    new = [i for i, digest in enumerate(digests) if digest not in seen]
+    if new and seen:  # files added to a batch already on screen: review the first new one
+        st.session_state[REVIEW_KEY] = new[0]
+    st.session_state[SEEN_KEY] = digests
     return [(name, cache[digest]) for (name, _), digest in zip(contents, digests)]
 
 
@@ -89,7 +98,7 @@ def _summary_ui(items: list[tuple[str, ScanAnalysis]]) -> int:
     )
     st.download_button(
         "Download results (CSV)",
-        data=results_csv(items),
+        data=lambda: results_csv(items),  # built only when clicked
         file_name="scan_results.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -127,7 +136,7 @@ def _prediction_ui(analysis: ScanAnalysis) -> bool:
     left, right = st.columns([1, 2], vertical_alignment="center")
     with left:
         st.metric("Predicted class", CLASS_LABELS[prediction.label])
-        st.metric("Confidence", f"{prediction.confidence:.1%}")
+        st.metric("Confidence", f"{100 * prediction.confidence:.1f} %")
     with right:
         st.plotly_chart(probability_figure(prediction), width="stretch", key=f"probs_{analysis.digest}",
                         config={"displayModeBar": False})
@@ -173,7 +182,7 @@ def _viewer_ui(model: Classifier, analysis: ScanAnalysis, show_heatmap: bool) ->
     columns[2].image(overlay, caption=f"Overlay at {opacity:.0%} opacity", width="stretch")
     st.download_button(
         "Download overlay (PNG)",
-        data=to_png_bytes(overlay),
+        data=lambda: to_png_bytes(overlay),  # encoded only when clicked
         file_name=f"overlay_{target}_{analysis.digest[:8]}.png",
         mime="image/png",
         icon=":material/download:",
@@ -221,6 +230,7 @@ def main() -> None:
     _review_ui(model, *items[index])
 
 
+ensure_frame()
 try:
     main()
 except Exception:  # the page never shows a traceback

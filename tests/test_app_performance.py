@@ -203,6 +203,21 @@ def test_unexpected_layout_deep_inside_never_shows_a_traceback(tmp_path, fixture
     assert not at.exception
 
 
+def test_page_opened_without_the_main_script_keeps_the_banner(fixture_assets, monkeypatch):
+    """Streamlit's legacy pages/ mode can run a page alone; the banner must still be there."""
+    monkeypatch.setenv("BTMRI_ASSETS", str(fixture_assets))
+    at = AppTest.from_file(str(Path(APP).parent / PAGE), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert any("Research demonstration — not for diagnostic use" in w.value for w in at.warning)
+    assert _metric(at, "Test scans") == "120"
+
+
+def test_banner_is_drawn_once_per_page(fixture_assets, monkeypatch):
+    at = _page(fixture_assets, monkeypatch)
+    assert sum("Research demonstration" in w.value for w in at.warning) == 1
+
+
 # ---------------------------------------------------------------------- reader
 def test_load_artifacts_without_audit_is_fine(tmp_path, fixture_assets):
     folder = _copy(fixture_assets, tmp_path / "assets")

@@ -126,7 +126,7 @@ def test_batch_of_real_scans_matches_core(app, model, scan_paths):
 
     # the first scan is under review: class in words, confidence, chart, three images
     assert _metric(app, "Predicted class") == CLASS_LABELS[expected[0].label]
-    assert _metric(app, "Confidence") == f"{expected[0].confidence:.1%}"
+    assert _metric(app, "Confidence") == f"{100 * expected[0].confidence:.1f} %"
     assert len(app.get("plotly_chart")) == 1
     captions = [c for img in app.get("image") for c in img.captions]
     assert len(captions) == 3 and captions[0] == "Original" and captions[1].startswith("Grad-CAM")
