@@ -94,16 +94,17 @@ def test_matching_sha_but_not_safetensors(weights):
 def test_pickle_disguised_as_weights_never_runs(weights, tmp_path):
     """A malicious torch pickle, renamed and with a matching card, is refused unexecuted."""
     marker = tmp_path / "pwned"
-    weights.write_bytes(_malicious_torch_file(tmp_path, marker))
+    evil = _malicious_torch_file(tmp_path, marker)
+    weights.write_bytes(evil.read_bytes())
     update_card(weights, weights_sha256=sha256_file(weights))
     refused(weights, weights, "not a valid safetensors")
     assert not marker.exists()
     # The file is a real attack: an unrestricted unpickler runs it.
-    torch.load(weights, weights_only=False)
+    torch.load(evil, weights_only=False)
     assert marker.exists()
 
 
-def _malicious_torch_file(tmp_path: Path, marker: Path) -> bytes:
+def _malicious_torch_file(tmp_path: Path, marker: Path) -> Path:
     import pickle  # only here, to build the attack; the library never imports it
 
     class Payload:
@@ -113,7 +114,7 @@ def _malicious_torch_file(tmp_path: Path, marker: Path) -> bytes:
     source = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(2), "payload": Payload()}, source, pickle_module=pickle)
     assert not marker.exists()
-    return source.read_bytes()
+    return source
 
 
 def test_weights_of_another_architecture(tmp_path):
