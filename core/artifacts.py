@@ -275,7 +275,7 @@ def perturbed_rows(perturbed: Mapping[str, Any]) -> list[dict[str, Any]]:
                     name, name.replace("_", " ").capitalize()
                 ),
                 "Accuracy (%)": 100.0 * accuracy,
-                "Change (points)": None if clean is None or name == "clean" else 100.0 * (accuracy - clean),
+                "Change (points)": None if clean is None else 100.0 * (accuracy - clean),
             }
         )
     return rows

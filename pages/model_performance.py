@@ -140,18 +140,23 @@ def _confusion_ui(report: Mapping[str, Any], key: str) -> None:
         st.plotly_chart(confusion_figure(report["confusion_matrix"], names, mode == "Row-normalised"),
                         width="stretch", key=f"confusion_{key}", config=_CHART_CONFIG)
     with right:
-        st.markdown("**Per-class metrics**")
-        pct = st.column_config.NumberColumn(format="%.2f %%")
-        st.dataframe(
-            per_class_rows(report),
-            hide_index=True,
-            width="stretch",
-            key="per_class_table",
-            column_config={"Precision (%)": pct, "Recall (%)": pct, "F1 (%)": pct,
-                           "ROC AUC": st.column_config.NumberColumn(format="%.4f")},
+        st.markdown("**Reading the matrix**")
+        st.caption(
+            "Rows are the true class, columns the class the model predicted; the diagonal holds the "
+            "correct answers. Row-normalised, each row shows where the scans of one true class went: "
+            "its diagonal cell is that class's recall. Scans of a tumour predicted as \"no tumour\" "
+            "(the No tumour column) are the most consequential errors."
         )
-        st.caption("Rows of the matrix are the true class, columns the predicted class. "
-                   "Recall is the row-normalised diagonal.")
+    st.markdown("**Per-class metrics**")
+    pct = st.column_config.NumberColumn(format="%.2f %%")
+    st.dataframe(
+        per_class_rows(report),
+        hide_index=True,
+        width="stretch",
+        key="per_class_table",
+        column_config={"Precision (%)": pct, "Recall (%)": pct, "F1 (%)": pct,
+                       "ROC AUC": st.column_config.NumberColumn(format="%.4f")},
+    )
 
 
 def _curves_ui(report: Mapping[str, Any], key: str) -> None:
@@ -218,7 +223,6 @@ def _audit_ui(audit: Mapping[str, Any] | None) -> None:
 
 
 def _model_card_ui(card: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None) -> None:
-    st.subheader("Model card")
     card = card or {}
     data = card.get("data", {}) if isinstance(card.get("data"), Mapping) else {}
     training = card.get("training", {}) if isinstance(card.get("training"), Mapping) else {}
@@ -227,14 +231,17 @@ def _model_card_ui(card: Mapping[str, Any] | None, evaluation: Mapping[str, Any]
     with left:
         st.markdown("**Data**")
         test_images = data.get("test_images", (evaluation or {}).get("n_images"))
-        st.markdown(
-            f"- Source: {data.get('source', 'not recorded')}\n"
-            f"- Training: {data.get('train_images', '—')} scans · validation: {data.get('val_images', '—')} scans "
-            f"({config.get('split', 'stratified')} split) · Testing: {test_images if test_images is not None else '—'} scans"
-        )
+        lines = [
+            f"- Source: {data.get('source', 'not recorded')}",
+            f"- Training: {data.get('train_images', '—')} scans",
+            f"- Validation: {data.get('val_images', '—')} scans ({config.get('split', 'stratified')} split "
+            "held out from Training)",
+            f"- Testing: {test_images if test_images is not None else '—'} scans (the dataset's Testing folder)",
+        ]
         counts = data.get("test_counts") or (evaluation or {}).get("counts")
         if isinstance(counts, Mapping):
-            st.markdown("- Testing per class: " + ", ".join(f"{CLASS_LABELS.get(k, k)} {v}" for k, v in counts.items()))
+            lines.append("- Testing per class: " + ", ".join(f"{CLASS_LABELS.get(k, k)} {v}" for k, v in counts.items()))
+        st.markdown("\n".join(lines))
         st.markdown("**Intended use**")
         st.markdown(INTENDED_USE)
     with right:
