@@ -147,6 +147,12 @@ def test_upload_a_scan_and_see_the_prediction(server, browser, assets, scan_path
     print("\n" + report)
     (tmp_path / "timings.txt").write_text(report)
 
+    # picking a row of the summary table brings that scan under review
+    grid = page.get_by_test_id("stDataFrame").first.bounding_box()
+    row_height = 35  # Streamlit's default: header and rows alike
+    page.mouse.click(grid["x"] + 15, grid["y"] + row_height + row_height / 2)  # row 1's selection box
+    page.get_by_role("heading", name=f"Review: {warm_path.name}").wait_for(timeout=60_000)
+
     page.get_by_role("link", name="Model performance").click()
     started = time.perf_counter()
     page.get_by_text("Accuracy (Testing)").wait_for(timeout=30_000)
