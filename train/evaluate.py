@@ -6,6 +6,10 @@ preprocessing the app uses. The JSON holds one report per evaluation (layout in
 
 - ``testing``: the folder given, as it is;
 - ``testing_tta``: the same with horizontal-flip test-time augmentation (``--tta``);
+- ``testing_leak_free`` (and ``testing_leak_free_tta``): the Testing scans that have no near
+  duplicate in Training according to the audit report (``--audit``, default
+  ``assets/audit.json``; see :mod:`train.audit`), with their per-class sizes in
+  ``leak_free_counts``;
 - ``testing_perturbed``: accuracy under each perturbation of :data:`train.presets.PERTURBATIONS`
   (``--perturb``), next to the clean figure.
 """
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from core.constants import CLASS_NAMES, data_dir
+from core.constants import AUDIT_NAME, CLASS_NAMES, assets_dir, data_dir
 from core.model import load_model
 
 from . import metrics
@@ -62,8 +66,13 @@ def evaluate_samples(
     perturb: bool = True,
     progress: bool = False,
     root: str | Path | None = None,
+    leak_free: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Reports for ``samples`` (clean, optionally flip-TTA, and accuracy under perturbations)."""
+    """Reports for ``samples`` (clean, optionally flip-TTA, and accuracy under perturbations).
+
+    ``leak_free``: names (posix, relative to ``root``'s parent, as in the audit report) of the
+    samples that form the leak-free subset; its reports reuse the same predictions.
+    """
     device = torch.device(device)
     transform = ClassificationPresetEval(image_size)
     probs, targets = _probs(model, samples, transform, device, batch_size, workers, progress=progress, desc="test")
@@ -74,9 +83,27 @@ def evaluate_samples(
         "data_fingerprint": fingerprint(samples, root) if root is not None else None,
         "evaluations": {"testing": metrics.report(probs, targets)},
     }
+    tta_probs = None
     if tta:
         tta_probs, _ = _probs(model, samples, transform, device, batch_size, workers, tta=True, progress=progress, desc="test+flip")
         out["evaluations"]["testing_tta"] = metrics.report(tta_probs, targets)
+    if leak_free is not None:
+        if root is None:
+            raise ValueError("root is needed to match samples with the audit report's names")
+        base = Path(root).resolve().parent
+        mask = np.array([s.path.resolve().relative_to(base).as_posix() in leak_free for s in samples])
+        if not mask.any():
+            logger.warning(
+                "none of the %d scans in %s is in the audit's leak-free list (an audit of other "
+                "data?): leak-free figures skipped", len(samples), root,
+            )
+            leak_free = None
+    if leak_free is not None:
+        subset = [s for s, keep in zip(samples, mask) if keep]
+        out["leak_free_counts"] = class_counts(subset)
+        out["evaluations"]["testing_leak_free"] = metrics.report(probs[mask], targets[mask])
+        if tta_probs is not None:
+            out["evaluations"]["testing_leak_free_tta"] = metrics.report(tta_probs[mask], targets[mask])
     if perturb:
         perturbed: dict[str, float] = {"clean": out["evaluations"]["testing"]["accuracy"]}
         for name in PERTURBATIONS:
@@ -86,6 +113,20 @@ def evaluate_samples(
         perturbed["mean_perturbed"] = float(np.mean([perturbed[n] for n in names]))
         out["testing_perturbed"] = perturbed
     return out
+
+
+def load_leak_free(path: Path | None) -> set[str] | None:
+    """The leak-free Testing names from an audit report; None when no report is available."""
+    from .audit import leak_free_testing
+
+    if path is None:
+        path = assets_dir() / AUDIT_NAME
+        if not path.is_file():
+            logger.warning("no audit report at %s: leak-free figures skipped", path)
+            return None
+    if not Path(path).is_file():
+        raise SystemExit(f"Audit report {str(path)!r} not found; run python -m train.audit first.")
+    return leak_free_testing(path)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -100,6 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None)
     parser.add_argument("--tta", action="store_true", help="also report horizontal-flip test-time augmentation")
     parser.add_argument("--perturb", action="store_true", help="also report accuracy under each perturbation")
+    parser.add_argument("--audit", type=Path, default=None, help="audit report for the leak-free subset (default: assets/audit.json when present)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON to this file")
     parser.add_argument("--max-per-class", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -118,6 +160,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = evaluate_samples(
         classifier.network, samples, classifier.image_size, classifier.device, args.batch_size,
         args.workers, tta=args.tta, perturb=args.perturb, root=folder,
+        leak_free=load_leak_free(args.audit),
     )
     result["weights_sha256"] = classifier.card["weights_sha256"]
     text = json.dumps(result, indent=1)

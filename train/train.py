@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.constants import WEIGHTS_NAME, EVALUATION_NAME, HISTORY_NAME, CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, INPUT_MEAN, INPUT_STD, data_dir
+from core.constants import AUDIT_NAME, assets_dir, WEIGHTS_NAME, EVALUATION_NAME, HISTORY_NAME, CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, INPUT_MEAN, INPUT_STD, data_dir
 from core.model import build_network
 from core.weights import save_weights
 
@@ -43,7 +43,7 @@ from .pretrained import load_imagenet_weights
 logger = logging.getLogger("train")
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-SPLITS = ("stratified", "group")
+SPLITS = ("group", "stratified", "group-strict")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -65,7 +65,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     parser.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = resize and flip only)")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of Training held out for validation")
-    parser.add_argument("--split", default="stratified", help=f"validation split: one of {SPLITS}; 'group' keeps near-duplicate scans on one side")
+    parser.add_argument(
+        "--split", default="group",
+        help=f"one of {SPLITS}. group: validation carved from Training so that no near-duplicate group "
+        "crosses train/validation; stratified: plain stratified split; group-strict: as group, and "
+        "Training scans that the audit report puts in a group with a Testing scan are left out, so "
+        "no group crosses train/validation/test either",
+    )
+    parser.add_argument("--audit", type=Path, default=None, help="audit report for --split group-strict (default: assets/audit.json; run python -m train.audit)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -133,14 +140,40 @@ def load_data(args: argparse.Namespace):
     if args.max_per_class:
         samples = _limit(samples, args.max_per_class)
         test_samples = _limit(test_samples, args.max_per_class)
-    if args.split == "group":
-        from .audit import duplicate_groups
-
-        groups = duplicate_groups([s.path for s in samples])
-        train, val = group_split(samples, groups, args.val_fraction, args.seed)
-    else:
+    if args.split == "stratified":
         train, val = stratified_split(samples, args.val_fraction, args.seed)
+        return train, val, test_samples
+    from .audit import duplicate_groups
+
+    if args.split == "group-strict":
+        leaked = _training_duplicates_of_testing(args, train_dir)
+        kept = [s for s in samples if s.path.resolve() not in leaked]
+        logger.info("group-strict: left out %d Training scans that duplicate a Testing scan", len(samples) - len(kept))
+        samples = kept
+    groups = duplicate_groups([s.path for s in samples])
+    train, val = group_split(samples, groups, args.val_fraction, args.seed)
     return train, val, test_samples
+
+
+def _training_duplicates_of_testing(args: argparse.Namespace, train_dir: Path) -> set[Path]:
+    """Training scans in a duplicate group with a Testing scan, according to the audit report."""
+    path = args.audit or (assets_dir() / AUDIT_NAME)
+    if not path.is_file():
+        raise SystemExit(f"--split group-strict needs the audit report {str(path)!r}: run python -m train.audit --data-dir DIR.")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    n_training = len(find_samples(train_dir))
+    if report["counts"]["training"] != n_training:
+        raise SystemExit(
+            f"The audit report {str(path)!r} describes {report['counts']['training']} Training scans, "
+            f"but {str(train_dir)!r} holds {n_training}: rerun python -m train.audit on this data."
+        )
+    root = Path(args.data_dir).resolve()
+    leaked: set[Path] = set()
+    for group in report["groups"]:
+        files = group["files"]
+        if any(f.startswith("Testing/") for f in files):
+            leaked.update(root / f for f in files if f.startswith("Training/"))
+    return leaked
 
 
 def _limit(samples, n):
@@ -214,6 +247,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = build_network(args.arch, num_classes=len(CLASS_NAMES))
     if not args.no_pretrained:
         load_imagenet_weights(model, args.arch)
+    # timm initialises a classifier in +-1/sqrt(num_classes): +-0.5 for four classes, which gives
+    # logits of +-20 on pre-trained features. Start from uniform predictions instead.
+    torch.nn.init.zeros_(model.get_classifier().weight)
+    torch.nn.init.zeros_(model.get_classifier().bias)
     model = model.to(device).to(memory_format=torch.channels_last)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
@@ -330,11 +367,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "validation": history[best_epoch - 1]["val"],
         }
         if not args.no_test:
-            from .evaluate import evaluate_samples
+            from .evaluate import evaluate_samples, load_leak_free
 
             evaluation = evaluate_samples(
                 model, test_samples, args.image_size, device, args.batch_size * 2, args.workers,
-                tta=args.tta, progress=progress, root=args.data_dir,
+                tta=args.tta, progress=progress, root=split_dirs(args.data_dir)[1],
+                leak_free=load_leak_free(args.audit),
             )
             _write_json(output / EVALUATION_NAME, evaluation)
             testing = evaluation["evaluations"]["testing"]
