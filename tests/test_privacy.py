@@ -1,0 +1,205 @@
+"""Privacy (issue 8): a DICOM with patient tags leaves no trace on disk, in logs or in outputs.
+
+``read_scan`` + ``predict`` + ``explain`` on an identifiable DICOM must write nothing under
+the temporary folder, log none of the tag values (at DEBUG, from any logger), warn none of
+them, and return an image whose ``info`` holds none of them. (The CSV export is tested with
+the app.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import ScanError, read_scan
+
+PATIENT_TAGS = {
+    "PatientName": "Quillfeather^Marguerite",
+    "PatientID": "PID-7731-XQZ",
+    "PatientBirthDate": "19620415",
+    "PatientSex": "F",
+    "PatientAddress": "12 Larkspur Lane, Wexbury",
+    "InstitutionName": "St Oswin Infirmary",
+    "ReferringPhysicianName": "Thistlewood^Ambrose",
+    "AccessionNumber": "ACC99017342",
+    "StudyDescription": "MRI HEAD Quillfeather follow-up",
+    "OperatorsName": "Brackenridge^Ottoline",
+    "StudyID": "STUDY-55821",
+}
+#: Strings that must appear nowhere (each tag value, and the parts of the names).
+SECRETS = sorted(
+    {value for key, value in PATIENT_TAGS.items() if len(value) > 2}
+    | {part for value in PATIENT_TAGS.values() for part in value.split("^") if len(part) > 3}
+)
+LOGGERS = ("", "core", "core.scan", "core.dicom", "core.model", "pydicom", "PIL", "torch")
+
+
+def make_identifiable_dicom(pixels: np.ndarray | None, frames: int | None = None, **extra) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deliberately malformed values below
+        for keyword, value in {**PATIENT_TAGS, **extra}.items():
+            setattr(ds, keyword, value)
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.WindowCenter, ds.WindowWidth = 2040.5, 4081
+        if frames:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.astype("<u2").tobytes()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert PATIENT_TAGS["PatientName"].encode() in data  # the file really is identifiable
+    return data
+
+
+@pytest.fixture(scope="module")
+def pixels(scan_paths) -> np.ndarray:
+    with Image.open(scan_paths["meningioma"]) as image:
+        return np.asarray(image.convert("L"), dtype=np.uint16) * 16
+
+
+def _snapshot(*folders: Path) -> dict[str, tuple[int, float]]:
+    listing = {}
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            for name in dirs + files:
+                path = Path(root, name)
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                listing[str(path)] = (stat.st_size, stat.st_mtime)
+    return listing
+
+
+def _leaks(text: str) -> list[str]:
+    return [secret for secret in SECRETS if secret.lower() in text.lower()]
+
+
+@contextlib.contextmanager
+def watch(tmp_path: Path, monkeypatch, caplog):
+    """Fails on exit if anything was written under TMPDIR or ``tmp_path``, or if a patient tag
+    value shows in a log record (any logger, DEBUG up), a warning, or a new file in /tmp."""
+    system_tmp = Path(tempfile.gettempdir())
+    fresh_tmp = tmp_path / "tmpdir"
+    fresh_tmp.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(fresh_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert Path(tempfile.gettempdir()) == fresh_tmp
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    caplog.clear()
+
+    before = _snapshot(tmp_path)
+    system_before = {path.name for path in system_tmp.iterdir()}
+    started = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+
+    assert list(fresh_tmp.iterdir()) == [], "files written under TMPDIR"
+    assert _snapshot(tmp_path) == before, "files written under tmp_path"
+    for path in system_tmp.iterdir():  # other processes share /tmp: only our secrets count
+        if path.name in system_before or not path.is_file():
+            continue
+        if path.stat().st_mtime >= started and path.stat().st_size < 50_000_000:
+            assert not _leaks(path.read_bytes().decode("latin-1")), f"patient data in {path}"
+    logged = "\n".join(
+        f"{record.name} {record.getMessage()} {record.exc_text or ''}" for record in caplog.records
+    )
+    assert not _leaks(logged), f"patient data logged: {_leaks(logged)}"
+    warned = "\n".join(str(warning.message) for warning in caught)
+    assert not _leaks(warned), f"patient data in warnings: {_leaks(warned)}"
+
+
+@pytest.fixture
+def watched(tmp_path, monkeypatch, caplog, tiny_model, scan_paths):
+    # Warm-up on an ordinary image first: one-off import caches are not uploads.
+    warm = read_scan(scan_paths["glioma"])
+    tiny_model.predict(warm)
+    tiny_model.explain(warm)
+    with watch(tmp_path, monkeypatch, caplog):
+        yield
+
+
+@pytest.mark.parametrize("leak", ["log", "warning", "tempfile"])
+def test_the_watch_catches_leaks(tmp_path, monkeypatch, caplog, leak):
+    """The checks above can fail: each kind of leak is caught."""
+    with pytest.raises(AssertionError):
+        with watch(tmp_path, monkeypatch, caplog):
+            if leak == "log":
+                logging.getLogger("core.dicom").debug("read %s", PATIENT_TAGS["PatientID"])
+            elif leak == "warning":
+                warnings.warn(f"odd value {PATIENT_TAGS['PatientBirthDate']!r}")
+            else:
+                with tempfile.NamedTemporaryFile(delete=False) as handle:
+                    handle.write(b"upload")
+
+
+def test_dicom_with_patient_tags_leaves_no_trace(watched, pixels, tiny_model):
+    image = read_scan(make_identifiable_dicom(pixels))
+    prediction = tiny_model.predict(image)
+    heatmap = tiny_model.explain(image)
+    assert heatmap.shape == pixels.shape
+    assert image.info == {"display_transform": "stored window"}
+    assert not _leaks(repr(image.info)) and not _leaks(repr(prediction))
+    assert not _leaks(" ".join(str(getattr(image, name, "")) for name in ("filename", "format")))
+
+
+def test_dicom_read_from_an_identifying_path(watched, pixels, tiny_model, tmp_path):
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    path = folder / "Quillfeather_Marguerite_PID-7731-XQZ.dcm"
+    path.write_bytes(make_identifiable_dicom(pixels))
+    image = read_scan(path)
+    tiny_model.explain(image, target="glioma")
+    assert not _leaks(repr(image.info))
+    path.unlink()
+    folder.rmdir()
+
+
+def test_malformed_tag_values_are_not_echoed(watched, pixels, tiny_model):
+    """Invalid values (which pydicom quotes in its warnings when they are read) stay quiet."""
+    data = make_identifiable_dicom(
+        pixels, PatientBirthDate="1962-04-15 Quillfeather", PatientSex="Quillfeather"
+    )
+    image = read_scan(data)
+    tiny_model.predict(image)
+    assert image.info["display_transform"] == "stored window"
+
+
+@pytest.mark.parametrize("case", ["no pixels", "several frames", "truncated"])
+def test_refusals_do_not_quote_patient_tags(watched, pixels, case):
+    if case == "no pixels":
+        data = make_identifiable_dicom(None)
+    elif case == "several frames":
+        data = make_identifiable_dicom(np.stack([pixels, pixels]), frames=2)
+    else:
+        data = make_identifiable_dicom(pixels)[:-1000]
+    with pytest.raises(ScanError) as info:
+        read_scan(data)
+    assert not _leaks(str(info.value))
