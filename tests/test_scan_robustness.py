@@ -599,4 +599,6 @@ def test_converted_scans_match_the_original(scan_paths, name, tiny_model):
         image = assert_read(data, tiny_model).convert("L")
         if image.size != reference.size:
             image = image.resize(reference.size, Image.Resampling.BILINEAR)
-        assert np.abs(grey(image) - grey(reference)).mean() < 2.0, variant
+        # Up- and downscaling the large copy costs a little sharpness; the rest is near-lossless.
+        tolerance = 3.0 if variant == "large-jpeg" else 1.0
+        assert np.abs(grey(image) - grey(reference)).mean() < tolerance, variant
