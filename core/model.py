@@ -61,8 +61,16 @@ def _cam_target_layer(net: torch.nn.Module) -> torch.nn.Module:
 class Classifier:
     """A loaded model. ``predict`` and ``explain`` are safe to call from several threads."""
 
-    def __init__(self, net: torch.nn.Module, card: dict[str, Any], device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        card: dict[str, Any],
+        device: str | torch.device = "cpu",
+        tta: bool = False,
+    ):
         self.card = card
+        #: Test-time augmentation: average the probabilities of the scan and its mirror image.
+        self.tta = bool(tta)
         self.class_names: tuple[str, ...] = tuple(card["class_names"])
         if self.class_names != CLASS_NAMES:
             raise WeightsError(
@@ -92,11 +100,23 @@ class Classifier:
         return batch.to(self.device).contiguous(memory_format=torch.channels_last)
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Raw network outputs (N, classes) for the scans as they are (no mirror)."""
         with torch.inference_mode():
             return self.network(self.preprocess(images)).float().cpu()
 
-    def _to_prediction(self, logits: torch.Tensor) -> Prediction:
-        probs = torch.softmax(logits.double() / self.temperature, dim=-1)
+    def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Calibrated class probabilities (N, classes), float64; mirror-averaged when ``tta``."""
+        batch = self.preprocess(images)
+        if self.tta:  # one forward pass over the scans and their mirror images
+            batch = torch.cat([batch, torch.flip(batch, dims=[3])])
+        with torch.inference_mode():
+            logits = self.network(batch).double().cpu()
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.tta:
+            probs = (probs[: len(images)] + probs[len(images) :]) / 2
+        return probs
+
+    def _to_prediction(self, probs: torch.Tensor) -> Prediction:
         index = int(torch.argmax(probs))
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs.tolist())}
         return Prediction(
@@ -107,15 +127,15 @@ class Classifier:
 
     def predict(self, image: Image.Image) -> Prediction:
         """Classify one scan (a PIL image, as returned by :func:`core.read_scan`)."""
-        return self._to_prediction(self.logits([_check_image(image)])[0])
+        return self._to_prediction(self.probabilities([_check_image(image)])[0])
 
     def predict_batch(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
         """Classify many scans; equal to calling :meth:`predict` on each."""
         images = [_check_image(image) for image in images]
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            logits = self.logits(images[start : start + batch_size])
-            results.extend(self._to_prediction(row) for row in logits)
+            probs = self.probabilities(images[start : start + batch_size])
+            results.extend(self._to_prediction(row) for row in probs)
         return results
 
     # ------------------------------------------------------------------ explanation
@@ -155,12 +175,15 @@ def _check_image(image: Any) -> Image.Image:
 
 
 def load_model(
-    weights: str | Path | None = None, device: str | torch.device | None = None
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+    tta: bool = False,
 ) -> Classifier:
     """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
     The model card (``model_card.json`` beside the weights) gives the architecture, input
-    size and normalisation; the weights' sha256 must match it.
+    size and normalisation; the weights' sha256 must match it. ``tta=True`` averages each
+    prediction with that of the mirrored scan (twice the compute).
     """
     path = Path(weights) if weights is not None else default_weights()
     state, card = load_weights(path)
@@ -174,4 +197,4 @@ def load_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     logger.info("loaded %s (%s) on %s", path, card["arch"], device)
-    return Classifier(net, card, device)
+    return Classifier(net, card, device, tta=tta)

@@ -35,7 +35,8 @@ from core.model import build_network
 from core.weights import save_weights
 
 from . import metrics
-from .data import ScanFolder, class_counts, find_samples, fingerprint, group_split, split_dirs, stratified_split
+from .data import ScanFolder, find_samples, group_split, split_dirs, stratified_split
+from .finalize import finalize
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .pretrained import load_imagenet_weights
@@ -361,34 +362,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "selected_on": "validation macro F1 (ties: lower validation loss)",
                 "torch": torch.__version__,
             },
-            "data": {
-                "source": "Kaggle Brain Tumor MRI Dataset (Nickparvar): figshare + SARTAJ + Br35H",
-                "train_images": len(train_samples),
-                "val_images": len(val_samples),
-                "test_images": len(test_samples),
-                "train_counts": class_counts(train_samples),
-                "val_counts": class_counts(val_samples),
-                "test_counts": class_counts(test_samples),
-                "split": args.split,
-                "fingerprint_training": fingerprint(sorted(train_samples + val_samples, key=lambda s: str(s.path)), args.data_dir),
-                "fingerprint_testing": fingerprint(test_samples, args.data_dir) if test_samples else None,
-            },
-            "validation": history[best_epoch - 1]["val"],
         }
-        if not args.no_test:
-            from .evaluate import evaluate_samples, load_leak_free
-
-            evaluation = evaluate_samples(
-                model, test_samples, args.image_size, device, args.batch_size * 2, args.workers,
-                tta=args.tta, progress=progress, root=split_dirs(args.data_dir)[1],
-                leak_free=load_leak_free(args.audit),
-            )
-            _write_json(output / EVALUATION_NAME, evaluation)
-            testing = evaluation["evaluations"]["testing"]
-            card["metrics"] = {"testing_accuracy": testing["accuracy"], "testing_macro_f1": testing["macro_f1"]}
-            logger.info("Testing: accuracy %.4f, macro F1 %.4f (%d images)", testing["accuracy"], testing["macro_f1"], testing["n_images"])
-            result["evaluation"] = evaluation
-        card = save_weights(model, output / WEIGHTS_NAME, card)
+        card = finalize(model, card, args, output, device, history, progress, (train_samples, val_samples, test_samples))
         result["card"] = card
         logger.info("wrote %s in %.0f s", output, wall_time)
     if world > 1:
