@@ -280,3 +280,24 @@ def test_analyse_scan_turns_unexpected_errors_into_a_message(model, monkeypatch)
     analysis = analyse_scan(model, b"anything")
     assert not analysis.ok and analysis.error == core.review.UNEXPECTED_ERROR_TEXT
     assert "internal detail" not in analysis.error
+
+
+def test_two_sessions_in_a_row_bad_then_good(assets, monkeypatch, scan_paths):
+    """Issue 8: one session uploads a bad file, the next a good one; both behave, sharing the cached model."""
+    monkeypatch.setenv("BTMRI_ASSETS", str(assets))
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    first.run()
+    _upload(first, [("broken.jpg", b"\xff\xd8\xff\xe0 truncated")])
+    assert not first.exception
+    assert list(first.dataframe[0].value["Predicted class"]) == ["Could not be read"]
+    assert first.error and "Traceback" not in _texts(first)
+
+    second = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    second.run()
+    good = scan_paths["glioma"].read_bytes()
+    _upload(second, [("scan.jpg", good)])
+    assert not second.exception and not second.error
+    expected = load_model(assets / WEIGHTS_NAME, device="cpu").predict(read_scan(good))
+    assert _metric(second, "Predicted class") == CLASS_LABELS[expected.label]
+    # the first session's state did not leak into the second
+    assert list(second.dataframe[0].value["File"]) == ["scan.jpg"]
