@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .constants import CLASS_NAMES, default_weights
+from .optimize import optimize_for_inference
 from .preprocess import eval_transform
 from .weights import WeightsError, load_weights
 
@@ -93,6 +94,7 @@ class Classifier:
         for param in self._cam_layer.parameters():
             param.requires_grad_(True)
         self._cam_lock = threading.Lock()
+        self.network = optimize_for_inference(self.network, self.image_size)  # not the CAM copy
 
     # ------------------------------------------------------------------ prediction
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
