@@ -115,6 +115,23 @@ def evaluate_samples(
     return out
 
 
+def _merge(path: Path, name: str | None, result: dict[str, Any], card: dict[str, Any]) -> None:
+    """Store ``result``'s Testing report in the evaluation file ``path`` under ``name``."""
+    if not name:
+        raise SystemExit("--merge-into needs --name, e.g. --name group_split_testing.")
+    target = json.loads(path.read_text(encoding="utf-8"))
+    if target.get("data_fingerprint") != result.get("data_fingerprint"):
+        raise SystemExit(f"{str(path)!r} was computed on other Testing data; refusing to merge.")
+    report = dict(result["evaluations"]["testing"])
+    report["model"] = {
+        "weights_sha256": card["weights_sha256"],
+        "split": card["training"]["config"]["split"],
+        "train_images": card.get("data", {}).get("train_images"),
+    }
+    target["evaluations"][name] = report
+    path.write_text(json.dumps(target, indent=1) + "\n", encoding="utf-8")
+
+
 def load_leak_free(path: Path | None) -> set[str] | None:
     """The leak-free Testing names from an audit report; None when no report is available."""
     from .audit import leak_free_testing
@@ -143,6 +160,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--perturb", action="store_true", help="also report accuracy under each perturbation")
     parser.add_argument("--audit", type=Path, default=None, help="audit report for the leak-free subset (default: assets/audit.json when present)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON to this file")
+    parser.add_argument(
+        "--merge-into", type=Path, default=None,
+        help="add this model's Testing report to an existing evaluation.json under --name "
+        "(e.g. the group-strict model next to the shipped one)",
+    )
+    parser.add_argument("--name", default=None, help="key for --merge-into, e.g. group_split_testing")
     parser.add_argument("--max-per-class", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -163,6 +186,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         leak_free=load_leak_free(args.audit),
     )
     result["weights_sha256"] = classifier.card["weights_sha256"]
+    if args.merge_into is not None:
+        _merge(args.merge_into, args.name, result, classifier.card)
     text = json.dumps(result, indent=1)
     if args.output:
         args.output.write_text(text + "\n", encoding="utf-8")

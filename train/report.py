@@ -84,7 +84,7 @@ def render(folder: Path | None = None) -> str:
         "",
         f"Training: {config['epochs']} epochs ({config['freeze_epochs']} head-only) at {card['image_size']} px, "
         f"batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
-        f"augmentation strength {config['augment']}, {config['split']} split (seed {config['seed']}): "
+        f"augmentation strength {config.get('augment')}, {config.get('split')} split (seed {config.get('seed', 0)}): "
         f"{data['train_images']} training and {data['val_images']} validation scans; best epoch "
         f"{training['best_epoch']} on validation. Trained on {training['hardware']} in "
         f"{training['wall_time_s'] / 60:.1f} min (trained {card.get('trained_at', '?')}).",

@@ -1,0 +1,52 @@
+"""The README's results section is generated from assets/ and must match it exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.constants import ASSETS_DIR, EVALUATION_NAME, MODEL_CARD_NAME, PROJECT_ROOT
+from core.weights import sha256_file
+from train.data import class_counts, find_samples
+from train.report import END, START, render, update_readme
+
+needs_assets = pytest.mark.skipif(
+    not (ASSETS_DIR / EVALUATION_NAME).is_file(), reason="no stored evaluation in assets/ yet"
+)
+
+
+@needs_assets
+def test_readme_results_match_assets():
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+    assert section == render(ASSETS_DIR), "README results are stale: run python -m train.report --update-readme"
+
+
+@needs_assets
+def test_committed_artifacts_are_consistent(data_root):
+    """Model card sha256 matches the weights; stored metrics match the Testing folder layout."""
+    card = json.loads((ASSETS_DIR / MODEL_CARD_NAME).read_text())
+    assert card["weights_sha256"] == sha256_file(ASSETS_DIR / card["weights_file"])
+    evaluation = json.loads((ASSETS_DIR / EVALUATION_NAME).read_text())
+    counts = class_counts(find_samples(data_root / "Testing"))
+    assert evaluation["class_names"] == card["class_names"]
+    assert evaluation["counts"] == counts
+    testing = evaluation["evaluations"]["testing"]
+    assert testing["support"] == counts
+    assert sum(map(sum, testing["confusion_matrix"])) == sum(counts.values()) == testing["n_images"]
+    assert card["data"]["test_counts"] == counts
+
+
+def test_update_readme_replaces_only_the_section(tmp_path, monkeypatch):
+    from app_assets import make_assets
+
+    assets = make_assets(tmp_path / "assets")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    assert update_readme(readme, assets)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert "old table" not in text and render(assets) in text
+    assert not update_readme(readme, assets)  # idempotent
