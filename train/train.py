@@ -45,6 +45,7 @@ logger = logging.getLogger("train")
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 SPLITS = ("group", "stratified", "group-strict")
+DIST_TIMEOUT = dt.timedelta(minutes=60)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -108,18 +109,34 @@ def _init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            # Rank 0 alone evaluates on Testing and writes the artifacts at the end while the
+            # others wait at a barrier: allow for that longer than the default 10 minutes.
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=DIST_TIMEOUT)
         device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
         return dist.get_rank(), world, device
     return 0, 1, torch.device(device_arg or ("cuda" if use_cuda else "cpu"))
 
 
 def _gather(array: np.ndarray, world: int) -> np.ndarray:
+    """The concatenation of every rank's ``array`` (in rank order), on every rank."""
     if world == 1:
         return array
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, array)
     return np.concatenate(parts)
+
+
+def _sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics).
+
+    DDP broadcasts them at the start of each training forward pass only, so after an epoch each
+    rank holds statistics updated by its own last batch; validation, split across the ranks,
+    must run the weights rank 0 saves.
+    """
+    if world == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def _seed_everything(seed: int) -> None:
@@ -241,6 +258,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
     if world > 1:
+        if len(val_set) < world:
+            raise SystemExit(f"{len(val_set)} validation scans cannot be shared by {world} processes; use fewer processes or more data.")
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
         val_set = Subset(val_set, list(range(rank, len(val_set), world)))
     train_loader = _loader(train_set, args.batch_size, args.workers, True, args.seed + rank, sampler)
@@ -297,12 +316,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             desc=f"epoch {epoch + 1}", progress=progress, ema=ema,
         )
         selected = ema.module if ema is not None else model
+        _sync_buffers(selected, world)
         val_probs, val_targets = predict_probs(selected, val_loader, device, desc="validate", progress=progress)
         train_probs, train_targets = _gather(train_probs, world), _gather(train_targets, world)
         val_probs, val_targets = _gather(val_probs, world), _gather(val_targets, world)
         train_m = metrics.summary(train_probs, train_targets)
         train_m["loss"] = float(np.mean(_gather(np.array([train_loss]), world)))  # the smoothed training loss
         val_m = metrics.summary(val_probs, val_targets)
+        # over all ranks: the whole validation set; the training set as the sampler dealt it
+        # (DistributedSampler repeats a few scans so that every rank gets as many)
+        train_m["n_images"], val_m["n_images"] = len(train_targets), len(val_targets)
         record = {
             "epoch": epoch + 1,
             "phase": "head" if epoch < args.freeze_epochs else "full",
