@@ -1,0 +1,51 @@
+"""``python -m benchmarks``: runs end to end (tiny model, few repeats) and writes comparable JSON.
+
+The figures themselves are not asserted here: timings belong to the benchmark, not to unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.inference import TARGETS, cli, scan_files
+
+
+@pytest.fixture()
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_writes_json(tiny_weights, data_root, tmp_path, capsys, keep_threads):
+    out = tmp_path / "results.json"
+    status = cli(["--weights", str(tiny_weights), "--data-dir", str(data_root), "--threads", "1",
+                  "--repeats", "2", "--memory-calls", "3", "--output", str(out), "--quiet"])
+    assert status == 0
+    report = json.loads(out.read_text())
+    env = report["environment"]
+    for key in ("torch", "threads", "cpu_model", "git_commit", "load_average_1min"):
+        assert key in env
+    assert env["threads"] == 1
+    res = report["results"]
+    for name in ("read_scan", "predict", "explain", "page"):
+        assert res[name]["p50_ms"] > 0 and res[name]["p95_ms"] >= res[name]["p50_ms"]
+    assert res["predict_batch"]["batch_size"] == 32 and res["predict_batch"]["scans_per_s"] > 0
+    assert res["memory"]["calls"] == 3 and res["memory"]["peak_rss_mb"] > 0
+    assert set(report["targets"]) == set(TARGETS)
+    assert "predict_p50_ms" in capsys.readouterr().out
+
+
+def test_scan_files_take_turns_between_classes(data_root):
+    files = scan_files(data_root, 8)
+    assert len(files) == 8
+    assert [f.parent.name for f in files[:4]] == ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+@pytest.mark.parametrize("argv, words", [(["--threads", "0"], "--threads"), (["--repeats", "0"], "--repeats")])
+def test_bad_options(argv, words):
+    with pytest.raises(SystemExit, match=words):
+        cli(argv)
