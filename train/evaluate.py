@@ -109,6 +109,7 @@ def evaluate_samples(
         for name in PERTURBATIONS:
             p, t = _probs(model, samples, _Perturbed(name, transform), device, batch_size, workers, progress=progress, desc=name)
             perturbed[name] = float((p.argmax(1) == t).mean())
+            logger.info("perturbation %s: accuracy %.4f", name, perturbed[name])
         names = [n for n in perturbed if n != "clean"]
         perturbed["mean_perturbed"] = float(np.mean([perturbed[n] for n in names]))
         out["testing_perturbed"] = perturbed
