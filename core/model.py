@@ -15,7 +15,8 @@ import timm
 import torch
 from PIL import Image
 
-from .constants import CLASS_NAMES, default_weights
+from .constants import CLASS_LABELS, CLASS_NAMES, default_weights
+from .ood import NOT_BRAIN_MRI_FLAG, FeatureGate, ImageLimits, forward_with_taps, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .preprocess import eval_transform
 from .weights import WeightsError, load_weights
@@ -34,10 +35,26 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     #: False when the input does not look like a brain MRI slice (the label is then withheld).
     is_brain_mri: bool = True
-    #: Out-of-distribution score: higher is further from the training scans.
+    #: Out-of-distribution score: distance to the Training scans in feature space over the
+    #: rejection threshold (above 1 is rejected); 0.0 when the model has no feature gate.
     ood_score: float = 0.0
-    #: Reasons to review this prediction (empty when none), e.g. "low confidence".
+    #: Reasons to review this prediction, in plain words (empty when none): low confidence,
+    #: disagreement with the mirrored scan, not recognised as a brain MRI.
     flags: tuple[str, ...] = ()
+
+
+#: Calibrated confidence under which a prediction is flagged, when the model card sets none.
+DEFAULT_LOW_CONFIDENCE = 0.7
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """One forward pass over scans and their mirror images."""
+
+    probs: torch.Tensor  # (N, C) calibrated, mirror-averaged when tta
+    plain: torch.Tensor  # (N, C) calibrated, scans as they are
+    mirror: torch.Tensor  # (N, C) calibrated, mirror images
+    features: torch.Tensor | None  # (N, D) gate features of the scans as they are (None: no gate)
 
 
 def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
@@ -68,8 +85,13 @@ class Classifier:
         card: dict[str, Any],
         device: str | torch.device = "cpu",
         tta: bool = False,
+        gate: FeatureGate | None = None,
     ):
         self.card = card
+        #: Out-of-distribution gate on the pooled features (None: image checks only).
+        self.gate = gate
+        self.image_limits = ImageLimits()
+        self.low_confidence = float(card.get("uncertainty", {}).get("low_confidence_below", DEFAULT_LOW_CONFIDENCE))
         #: Test-time augmentation: average the probabilities of the scan and its mirror image.
         self.tta = bool(tta)
         self.class_names: tuple[str, ...] = tuple(card["class_names"])
@@ -106,38 +128,75 @@ class Classifier:
         with torch.inference_mode():
             return self.network(self.preprocess(images)).float().cpu()
 
+    def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
+        """One forward pass over the scans and their mirror images: probabilities, and the gate's
+        features tapped on the way (no second pass)."""
+        n = len(images)
+        batch = self.preprocess(images)
+        batch = torch.cat([batch, torch.flip(batch, dims=[3])])
+        stages = self.gate.stages if self.gate is not None else ()
+        with torch.inference_mode():
+            logits, taps = forward_with_taps(self.network, batch, stages)
+            logits = logits.double().cpu()
+            features = taps[:n].double().cpu() if taps is not None else None
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        plain, mirror = probs[:n], probs[n:]
+        averaged = (plain + mirror) / 2 if self.tta else plain
+        return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features)
+
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Calibrated class probabilities (N, classes), float64; mirror-averaged when ``tta``."""
-        batch = self.preprocess(images)
-        if self.tta:  # one forward pass over the scans and their mirror images
-            batch = torch.cat([batch, torch.flip(batch, dims=[3])])
-        with torch.inference_mode():
-            logits = self.network(batch).double().cpu()
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        if self.tta:
-            probs = (probs[: len(images)] + probs[len(images) :]) / 2
-        return probs
+        return self._outputs(images).probs
 
-    def _to_prediction(self, probs: torch.Tensor) -> Prediction:
+    def _flags(self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None) -> tuple[str, ...]:
+        flags = []
+        if ood is not None:
+            flags.append(f"{NOT_BRAIN_MRI_FLAG} ({ood})")
+        confidence = float(probs.max())
+        if confidence < self.low_confidence:
+            flags.append(f"low confidence ({confidence:.0%}, below {self.low_confidence:.0%})")
+        plain_label, mirror_label = (self.class_names[int(p.argmax())] for p in (plain, mirror))
+        if plain_label != mirror_label:
+            flags.append(
+                f"the mirror image of the scan is classified differently "
+                f"({CLASS_LABELS[plain_label]} vs {CLASS_LABELS[mirror_label]})"
+            )
+        return tuple(flags)
+
+    def _predictions(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        out = self._outputs(images)
+        scores = self.gate.score(out.features) if self.gate is not None and out.features is not None else torch.zeros(len(images))
+        results = []
+        for i, image in enumerate(images):
+            score = float(scores[i])
+            ood = image_problem(image, self.image_limits)
+            if ood is None and score > 1.0:
+                ood = f"far from the training scans: out-of-distribution score {score:.2f} > 1"
+            results.append(self._to_prediction(out.probs[i], score, ood, self._flags(out.probs[i], out.plain[i], out.mirror[i], ood)))
+        return results
+
+    def _to_prediction(self, probs: torch.Tensor, ood_score: float, ood: str | None, flags: tuple[str, ...]) -> Prediction:
         index = int(torch.argmax(probs))
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs.tolist())}
         return Prediction(
             label=self.class_names[index],
             confidence=probabilities[self.class_names[index]],
             probabilities=probabilities,
+            is_brain_mri=ood is None,
+            ood_score=ood_score,
+            flags=flags,
         )
 
     def predict(self, image: Image.Image) -> Prediction:
         """Classify one scan (a PIL image, as returned by :func:`core.read_scan`)."""
-        return self._to_prediction(self.probabilities([_check_image(image)])[0])
+        return self._predictions([_check_image(image)])[0]
 
     def predict_batch(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
         """Classify many scans; equal to calling :meth:`predict` on each."""
         images = [_check_image(image) for image in images]
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            probs = self.probabilities(images[start : start + batch_size])
-            results.extend(self._to_prediction(row) for row in probs)
+            results.extend(self._predictions(images[start : start + batch_size]))
         return results
 
     # ------------------------------------------------------------------ explanation
@@ -184,7 +243,8 @@ def load_model(
     """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
     The model card (``model_card.json`` beside the weights) gives the architecture, input
-    size and normalisation; the weights' sha256 must match it. ``tta=True`` averages each
+    size, normalisation, temperature and the out-of-distribution gate file (``ood.safetensors``);
+    the sha256 of the weights and of the gate must match it. ``tta=True`` averages each
     prediction with that of the mirrored scan (twice the compute).
     """
     path = Path(weights) if weights is not None else default_weights()
@@ -198,5 +258,6 @@ def load_model(
         ) from exc
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    logger.info("loaded %s (%s) on %s", path, card["arch"], device)
-    return Classifier(net, card, device, tta=tta)
+    gate = load_gate(path.parent, card)
+    logger.info("loaded %s (%s) on %s; feature gate: %s", path, card["arch"], device, gate is not None)
+    return Classifier(net, card, device, tta=tta, gate=gate)

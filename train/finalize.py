@@ -1,4 +1,5 @@
-"""The steps after training: data description, Testing evaluation, model card, artifacts.
+"""The steps after training: data description, calibration, out-of-distribution gate, Testing
+evaluation, model card, artifacts.
 
 ``python -m train`` ends with :func:`finalize`. The same steps can be run on weights that were
 trained elsewhere (for example on a GPU machine without the Testing folder)::
@@ -16,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from core.weights import load_weights, save_weights
 
 from .data import class_counts, fingerprint, split_dirs
 
-__all__ = ["finalize", "get_args_parser", "main"]
+__all__ = ["TrustResult", "finalize", "get_args_parser", "main", "trust_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,118 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    """What the calibration, gate and flag steps add to the model card and the evaluation."""
+
+    card: dict[str, Any]
+    #: Testing reliability reports before and after temperature scaling (None without Testing).
+    testing_calibration: dict[str, Any] | None
+    #: Testing rejection rates and flag rates (None without Testing).
+    testing_trust: dict[str, Any] | None
+
+
+def _flag_rates(outputs, temperature: float, low_confidence: float) -> dict[str, float]:
+    """Shares of a split flagged for low confidence or mirror disagreement, and their accuracy."""
+    from .calibrate import apply_temperature
+
+    probs = apply_temperature(outputs.logits, temperature)
+    correct = probs.argmax(1) == outputs.targets
+    low = probs.max(1) < low_confidence
+    rates = {"low_confidence": float(low.mean()), "accuracy_flagged_low": float(correct[low].mean()) if low.any() else None,
+             "accuracy_not_flagged": float(correct[~low].mean()) if (~low).any() else None}
+    if outputs.mirror_logits is not None:
+        disagree = outputs.mirror_logits.argmax(1) != outputs.logits.argmax(1)
+        flagged = low | disagree
+        rates.update(
+            mirror_disagreement=float(disagree.mean()),
+            any_flag=float(flagged.mean()),
+            errors_flagged=float(flagged[~correct].mean()) if (~correct).any() else None,
+        )
+    return rates
+
+
+def trust_steps(
+    model: torch.nn.Module,
+    card: dict[str, Any],
+    args: argparse.Namespace,
+    output: Path,
+    device: torch.device,
+    splits: tuple[list, list, list],
+    progress: bool = False,
+) -> TrustResult:
+    """Temperature (validation), out-of-distribution gate (Training; threshold on validation),
+    low-confidence threshold (validation); measured on Testing, which fits nothing."""
+    from core.ood import OOD_NAME, save_gate
+
+    from .calibrate import apply_temperature, calibration_summary, choose_confidence_threshold, fit_temperature
+    from .ood import VAL_REJECT_RATE, extract, fit_gate, rejection_rate
+
+    train_samples, val_samples, test_samples = splits
+    if not val_samples:
+        raise ValueError("Calibration and the out-of-distribution gate need validation scans; the split gave none.")
+    size, batch = card["image_size"], args.batch_size * 2
+    train_out = extract(model, train_samples, size, device, batch, args.workers, progress, "features: train")
+    val_out = extract(model, val_samples, size, device, batch, args.workers, progress, "features: validation", mirror=True)
+    temperature = fit_temperature(val_out.logits, val_out.targets)
+    val_cal = calibration_summary(val_out.logits, val_out.targets, temperature)
+    gate = fit_gate(train_out.features, train_out.targets, val_out.features, len(card["class_names"]))
+    sha = save_gate(gate, output / OOD_NAME, {"arch": str(card["arch"]), "image_size": str(size)})
+    low_confidence = choose_confidence_threshold(apply_temperature(val_out.logits, temperature).max(1))
+    calibration = {
+        "method": "temperature scaling: one T minimising the validation cross-entropy (L-BFGS on log T)",
+        "validation": {"n_images": len(val_samples), "ece_before": val_cal["ece_before"], "ece_after": val_cal["ece_after"]},
+    }
+    ood = {
+        "file": OOD_NAME,
+        "sha256": sha,
+        "method": "Mahalanobis distance of the per-channel mean and std of network blocks "
+        f"{list(gate.stages)} to the nearest Training class mean (shared Ledoit-Wolf covariance), "
+        "plus image checks (blank or near-constant, coloured, extreme aspect ratio)",
+        "stages": list(gate.stages),
+        "threshold": gate.threshold,
+        "threshold_rule": f"{1 - VAL_REJECT_RATE:.1%} quantile of the validation distances",
+        "train_images": len(train_samples),
+        "training_rejected_by_image_checks": float(train_out.image_rejected.mean()),
+        "validation_rejected": rejection_rate(gate, val_out),
+    }
+    uncertainty = {
+        "low_confidence_below": low_confidence,
+        "rule": "highest of 0.50-0.90 (step 0.05) flagging at most 5% of the validation scans",
+        "mirror_disagreement": "flagged when the scan and its mirror image get different classes",
+        "validation": _flag_rates(val_out, temperature, low_confidence),
+    }
+    testing_calibration = testing_trust = None
+    if test_samples:
+        test_out = extract(model, test_samples, size, device, batch, args.workers, progress, "features: testing", mirror=True)
+        test_cal = calibration_summary(test_out.logits, test_out.targets, temperature)
+        calibration["testing"] = {"n_images": len(test_samples), "ece_before": test_cal["ece_before"], "ece_after": test_cal["ece_after"]}
+        ood["testing_rejected"] = rejection_rate(gate, test_out)
+        uncertainty["testing"] = _flag_rates(test_out, temperature, low_confidence)
+        testing_calibration = test_cal
+        testing_trust = {"temperature": temperature, "ood": ood, "uncertainty": uncertainty}
+        logger.info(
+            "Testing: ECE %.4f -> %.4f (T = %.3f); %.2f%% rejected as not brain MRI",
+            test_cal["ece_before"], test_cal["ece_after"], temperature, 100 * ood["testing_rejected"]["either"],
+        )
+    logger.info("validation: ECE %.4f -> %.4f (T = %.3f)", val_cal["ece_before"], val_cal["ece_after"], temperature)
+    new_card = {"temperature": temperature, "calibration": calibration, "ood": ood, "uncertainty": uncertainty}
+    return TrustResult(new_card, testing_calibration, testing_trust)
+
+
+def _add_trust(evaluation: dict[str, Any], trust: TrustResult) -> None:
+    """Testing's reliability before and after temperature scaling, as the performance page reads
+    them (``calibration_before`` / ``calibration_after``; ``calibration`` is what the app serves)."""
+    if trust.testing_calibration is None:
+        return
+    testing = evaluation["evaluations"]["testing"]
+    testing["calibration_before"] = testing["calibration"]
+    testing["calibration_after"] = trust.testing_calibration["after"]
+    testing["calibration"] = trust.testing_calibration["after"]
+    testing["temperature"] = trust.testing_trust["temperature"]
+    evaluation["trust"] = {"ood": trust.testing_trust["ood"], "uncertainty": trust.testing_trust["uncertainty"]}
 
 
 def finalize(
@@ -47,7 +161,8 @@ def finalize(
     progress: bool = False,
     splits: tuple[list, list, list] | None = None,
 ) -> dict[str, Any]:
-    """Describe the data, evaluate on Testing, write weights, card, history and evaluation.
+    """Describe the data, calibrate, fit the out-of-distribution gate, evaluate on Testing,
+    write weights, card, history, evaluation and the gate (``ood.safetensors``).
 
     ``args`` holds the training options (``data_dir``, ``split``, ``seed``, ``val_fraction``,
     ``audit``, ``batch_size``, ``workers``, ``tta``, ``no_test``, ``max_per_class``).
@@ -76,6 +191,8 @@ def finalize(
         best = card["training"]["best_epoch"]
         card["validation"] = history[best - 1]["val"]
     model.eval()
+    trust = trust_steps(model, card, args, output, device, (train_samples, val_samples, test_samples), progress)
+    card.update(trust.card)
     if test_samples:
         from .evaluate import evaluate_samples, load_leak_free
 
@@ -84,6 +201,7 @@ def finalize(
             tta=args.tta, progress=progress, root=split_dirs(args.data_dir)[1],
             leak_free=load_leak_free(args.audit),
         )
+        _add_trust(evaluation, trust)
         write_json(output / EVALUATION_NAME, evaluation)
         card["metrics"] = {
             name: {"n_images": report["n_images"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
@@ -132,7 +250,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     model = build_network(card["arch"], num_classes=len(card["class_names"]))
     model.load_state_dict(state)
-    model = model.to(device)
+    model = model.to(device).to(memory_format=torch.channels_last)
     if history is None:
         logger.warning("no history.json found at %s", history_path)
     return finalize(model, card, train_args, args.output, device, history)

@@ -1,0 +1,222 @@
+"""Trust (issue 7): temperature scaling, the out-of-distribution gate, uncertainty flags.
+
+Unit tests run on synthetic data; the gate is also checked with the shipped model on constructed
+non-MRI images (rejected) and on real Testing scans (accepted) when assets/ and the dataset exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.non_mri import KINDS, non_mri_images
+from core import load_model, read_scan
+from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, WEIGHTS_NAME
+from core.model import Classifier
+from core.ood import OOD_NAME, FeatureGate, forward_with_taps, image_problem, load_gate, save_gate
+from core.review import analyse_scan, results_csv
+from core.weights import WeightsError
+from train import metrics
+from train.calibrate import apply_temperature, choose_confidence_threshold, fit_temperature
+from train.ood import fit_gate
+
+SHIPPED_GATE = (ASSETS_DIR / OOD_NAME).is_file()
+
+
+# ---------------------------------------------------------------------- calibration
+def _overconfident(n: int, sharpen: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(z); logits ``sharpen * z``: calibrated at T = sharpen only."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, size=(n, len(CLASS_NAMES)))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    targets = np.array([rng.choice(len(CLASS_NAMES), p=row) for row in p])
+    return sharpen * z, targets
+
+
+@pytest.mark.parametrize("sharpen", [0.5, 3.0])
+def test_temperature_fitted_on_one_half_lowers_ece_on_the_other(sharpen):
+    logits, targets = _overconfident(4000, sharpen, seed=1)
+    fit, held = slice(0, 2000), slice(2000, None)
+    temperature = fit_temperature(logits[fit], targets[fit])
+    assert temperature == pytest.approx(sharpen, rel=0.15)
+    before = metrics.calibration(apply_temperature(logits[held], 1.0), targets[held])["ece"]
+    after = metrics.calibration(apply_temperature(logits[held], temperature), targets[held])["ece"]
+    assert after < before / 2
+
+
+def test_temperature_keeps_the_predicted_class():
+    logits, _ = _overconfident(200, 3.0, seed=2)
+    assert (apply_temperature(logits, 2.7).argmax(1) == logits.argmax(1)).all()
+
+
+def test_fit_temperature_rejects_mismatched_input():
+    with pytest.raises(ValueError, match="N targets"):
+        fit_temperature(np.zeros((3, 4)), [0, 1])
+
+
+def test_confidence_threshold_caps_the_flag_rate():
+    confidence = np.r_[np.full(90, 0.99), np.linspace(0.5, 0.9, 10)]
+    threshold = choose_confidence_threshold(confidence, max_flag_rate=0.05)
+    assert (confidence < threshold).mean() <= 0.05
+    assert threshold > 0.5  # the cap allows more than the lowest grid value
+
+
+# ---------------------------------------------------------------------- feature gate
+def test_gate_accepts_the_training_distribution_and_rejects_far_points():
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 3, size=(4, 16))
+    targets = rng.integers(0, 4, 3000)
+    features = means[targets] + rng.normal(size=(3000, 16))
+    gate = fit_gate(features[:2000], targets[:2000], features[2000:2500], num_classes=4, val_reject_rate=0.01)
+    held = gate.score(torch.as_tensor(features[2500:])).numpy()
+    assert (held > 1).mean() < 0.05
+    far = gate.score(torch.as_tensor(rng.normal(0, 1, size=(50, 16)) + 20)).numpy()
+    assert (far > 1).all()
+
+
+def test_gate_file_round_trip_and_tamper(tmp_path):
+    gate = FeatureGate(torch.zeros(4, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64), 2.0)
+    sha = save_gate(gate, tmp_path / OOD_NAME)
+    card = {"ood": {"file": OOD_NAME, "sha256": sha}}
+    loaded = load_gate(tmp_path, card)
+    assert loaded is not None and loaded.threshold == 2.0
+    assert torch.allclose(loaded.distance(torch.tensor([[3.0, 4.0, 0.0]])), torch.tensor([5.0], dtype=torch.float64))
+    with open(tmp_path / OOD_NAME, "r+b") as handle:
+        handle.seek(-1, 2)
+        handle.write(b"\x00")
+    with pytest.raises(WeightsError, match="does not match"):
+        load_gate(tmp_path, card)
+    assert load_gate(tmp_path, {}) is None
+
+
+# ---------------------------------------------------------------------- image checks
+@pytest.mark.parametrize(
+    "image, reason",
+    [
+        (Image.new("L", (256, 256), 0), "blank"),
+        (Image.fromarray(np.full((200, 200), 128, np.uint8) + np.random.default_rng(0).integers(0, 3, (200, 200), dtype=np.uint8)), "blank"),
+        (Image.new("RGB", (256, 256), (200, 40, 40)), "blank"),
+        (Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)), "coloured"),
+        (Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (40, 4))), "aspect"),
+    ],
+)
+def test_image_checks_reject_constructed_non_mri(image, reason):
+    problem = image_problem(image)
+    assert problem is not None and reason in problem
+
+
+def test_image_checks_accept_real_scans(data_root):
+    files = [f for name in CLASS_NAMES for f in sorted((data_root / "Testing" / name).glob("*.jpg"))[:15]]
+    problems = [(f.name, image_problem(read_scan(f))) for f in files]
+    assert [p for p in problems if p[1] is not None] == []
+
+
+def test_non_mri_set_covers_every_kind(data_root):
+    items = non_mri_images(data_root=data_root, n_fragment_scans=4)
+    assert {kind for kind, _ in items} == set(KINDS)
+    assert all(image.mode in ("L", "RGB") for _, image in items)
+
+
+# ---------------------------------------------------------------------- flags
+def test_flags_low_confidence_and_mirror_disagreement(tiny_model):
+    low = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    other = torch.tensor([0.1, 0.7, 0.1, 0.1], dtype=torch.float64)
+    flags = tiny_model._flags(low, low, other, None)
+    assert any(f.startswith("low confidence") for f in flags)
+    assert any("mirror image" in f for f in flags)
+    sure = torch.tensor([0.97, 0.01, 0.01, 0.01], dtype=torch.float64)
+    assert tiny_model._flags(sure, sure, sure, None) == ()
+    assert tiny_model._flags(sure, sure, sure, "blank image")[0].startswith("not recognised as a brain MRI")
+
+
+def test_prediction_carries_the_gate_and_flags(tiny_weights):
+    model = load_model(tiny_weights, device="cpu")
+    blank = model.predict(Image.new("L", (128, 128), 0))
+    assert blank.is_brain_mri is False and blank.flags[0].startswith("not recognised as a brain MRI")
+    card = dict(model.card, uncertainty={"low_confidence_below": 1.01})  # every prediction is below
+    strict = Classifier(model.network, card, "cpu")
+    scan = Image.fromarray((np.random.default_rng(0).random((128, 128)) ** 3 * 255).astype(np.uint8))
+    assert any(f.startswith("low confidence") for f in strict.predict(scan).flags)
+
+
+def test_tapped_pass_gives_the_network_logits(tiny_model):
+    batch = tiny_model.preprocess([Image.new("L", (80, 80), 90), Image.new("L", (64, 90), 10)])
+    with torch.inference_mode():
+        logits, taps = forward_with_taps(tiny_model.network, batch, (2, 4))
+        assert torch.allclose(logits, tiny_model.network(batch), atol=1e-5)
+    assert taps.shape == (2, 2 * (40 + 112))
+
+
+def test_one_pass_gives_the_network_outputs(tiny_model):
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 80), dtype=np.uint8)) for i in range(3)]
+    outputs = tiny_model._outputs(images)
+    expected = torch.softmax(tiny_model.logits(images).double() / tiny_model.temperature, dim=-1)
+    assert torch.allclose(outputs.plain, expected, atol=1e-5)
+    mirrored = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]
+    assert torch.allclose(outputs.mirror, torch.softmax(tiny_model.logits(mirrored).double(), dim=-1), atol=1e-4)
+
+
+# ---------------------------------------------------------------------- shipped model
+needs_gate = pytest.mark.skipif(not SHIPPED_GATE, reason="no out-of-distribution gate in assets/ yet")
+
+
+@needs_gate
+def test_shipped_gate_rejects_non_mri_and_accepts_real_scans(shipped_model, data_root):
+    items = non_mri_images(data_root=data_root, n_fragment_scans=4)
+    predictions = shipped_model.predict_batch([image for _, image in items])
+    missed = [kind for (kind, _), p in zip(items, predictions) if p.is_brain_mri]
+    assert len(missed) <= 0.05 * len(items), missed
+    files = [f for name in CLASS_NAMES for f in sorted((data_root / "Testing" / name).glob("*.jpg"))[::40]]
+    scans = shipped_model.predict_batch([read_scan(f) for f in files])
+    rejected = [f.name for f, p in zip(files, scans) if not p.is_brain_mri]
+    assert len(rejected) <= max(1, 0.02 * len(files)), rejected
+    assert all(p.ood_score > 0 for p in scans)
+
+
+@needs_gate
+def test_shipped_predict_batch_equals_predict(shipped_model, scan_paths):
+    images = [read_scan(p) for p in scan_paths.values()] + [Image.new("L", (200, 200), 30)]
+    batch = shipped_model.predict_batch(images)
+    for image, together in zip(images, batch):
+        alone = shipped_model.predict(image)
+        assert alone.label == together.label and alone.flags == together.flags
+        assert alone.is_brain_mri == together.is_brain_mri
+        assert alone.ood_score == pytest.approx(together.ood_score, abs=1e-4)
+        for name in CLASS_NAMES:
+            assert alone.probabilities[name] == pytest.approx(together.probabilities[name], abs=1e-4)
+
+
+@needs_gate
+def test_shipped_card_records_calibration_and_gate():
+    card = json.loads((ASSETS_DIR / MODEL_CARD_NAME).read_text())
+    assert card["temperature"] > 0 and card["ood"]["file"] == OOD_NAME
+    for split in ("validation", "testing"):
+        assert set(card["calibration"][split]) >= {"ece_before", "ece_after"}
+
+
+def test_tampered_shipped_gate_is_refused(tmp_path):
+    if not SHIPPED_GATE:
+        pytest.skip("no out-of-distribution gate in assets/ yet")
+    for name in (WEIGHTS_NAME, MODEL_CARD_NAME, OOD_NAME):
+        shutil.copy(ASSETS_DIR / name, tmp_path / name)
+    data = bytearray((tmp_path / OOD_NAME).read_bytes())
+    data[-8] ^= 0xFF
+    (tmp_path / OOD_NAME).write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="ood.safetensors"):
+        load_model(tmp_path / WEIGHTS_NAME, device="cpu")
+
+
+def test_csv_export_carries_the_gate_and_flags(tiny_model):
+    buffer = io.BytesIO()
+    Image.new("L", (128, 128), 0).save(buffer, format="PNG")
+    rows = list(csv.DictReader(io.StringIO(results_csv([("blank.png", analyse_scan(tiny_model, buffer.getvalue()))]).decode())))
+    assert rows[0]["status"] == "not_brain_mri" and rows[0]["is_brain_mri"] == "false"
+    assert rows[0]["predicted_class"] == "" and rows[0]["flags"].startswith("not recognised as a brain MRI")

@@ -1,0 +1,139 @@
+"""Fit the out-of-distribution gate of :mod:`core.ood` and collect what calibration needs.
+
+One pass per split gives, for every scan, the gate's features (statistics of intermediate
+blocks, :func:`core.ood.forward_with_taps`), the logits and
+whether :func:`core.ood.image_problem` objects to the image: the Training features fit the
+gate (class means, Ledoit-Wolf-shrunk shared covariance), the validation features set its
+threshold, the validation logits fit the temperature (:mod:`train.calibrate`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from core.ood import FeatureGate, forward_with_taps, image_problem
+from core.preprocess import eval_transform
+from core.scan import read_scan
+
+from .data import Sample
+
+__all__ = ["SplitOutputs", "extract", "fit_gate", "rejection_rate"]
+
+logger = logging.getLogger(__name__)
+
+#: Share of validation scans the feature gate may reject: its threshold is this quantile.
+VAL_REJECT_RATE = 0.005
+#: Blocks whose output statistics the gate reads (measured: see :mod:`core.ood`).
+GATE_STAGES = (2, 4)
+
+
+@dataclass(frozen=True)
+class SplitOutputs:
+    features: np.ndarray  # (N, D) float64 gate features (statistics of the tapped blocks)
+    logits: np.ndarray  # (N, C) float64
+    targets: np.ndarray  # (N,) int
+    image_rejected: np.ndarray  # (N,) bool: the image checks object
+    mirror_logits: np.ndarray | None = None  # (N, C) logits of the mirror images, when asked for
+
+
+class _Scans(Dataset):
+    """Scans read as the app reads them: tensor, label and whether the image checks object."""
+
+    def __init__(self, samples: Sequence[Sample], image_size: int):
+        self.samples = list(samples)
+        self.transform = eval_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = read_scan(sample.path)
+        return self.transform(image), sample.label, image_problem(image) is not None
+
+
+@torch.inference_mode()
+def extract(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = False,
+    desc: str = "features",
+    mirror: bool = False,
+    stages: tuple[int, ...] = GATE_STAGES,
+) -> SplitOutputs:
+    """Gate features and logits of ``samples`` in one forward pass (float32, as the app runs);
+    with ``mirror``, the mirror images go through the same pass, as in ``core``."""
+    if not samples:
+        raise ValueError("No samples to extract features from.")
+    model.eval()
+    loader = DataLoader(_Scans(samples, image_size), batch_size=batch_size, num_workers=workers)
+    features, logits, mirrored, targets, rejected = [], [], [], [], []
+    for images, labels, problems in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        n = len(images)
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        if mirror:
+            images = torch.cat([images, torch.flip(images, dims=[3])])
+        out, taps = forward_with_taps(model, images, stages)
+        out = out.double().cpu()
+        features.append(taps[:n].double().cpu())
+        logits.append(out[:n])
+        mirrored.append(out[n:])
+        targets.append(torch.as_tensor(labels))
+        rejected.append(torch.as_tensor(problems))
+    return SplitOutputs(
+        features=torch.cat(features).numpy(),
+        logits=torch.cat(logits).numpy(),
+        targets=torch.cat(targets).numpy(),
+        image_rejected=torch.cat(rejected).numpy().astype(bool),
+        mirror_logits=torch.cat(mirrored).numpy() if mirror else None,
+    )
+
+
+def fit_gate(
+    train_features: np.ndarray,
+    train_targets: np.ndarray,
+    val_features: np.ndarray,
+    num_classes: int,
+    val_reject_rate: float = VAL_REJECT_RATE,
+    stages: tuple[int, ...] = GATE_STAGES,
+) -> FeatureGate:
+    """Class means and shrunk shared covariance from Training; threshold from validation."""
+    from sklearn.covariance import LedoitWolf
+
+    train_features = np.asarray(train_features, dtype=np.float64)
+    train_targets = np.asarray(train_targets)
+    if not 0 < val_reject_rate < 1:
+        raise ValueError(f"val_reject_rate must be in (0, 1), got {val_reject_rate!r}.")
+    missing = sorted(set(range(num_classes)) - set(train_targets.tolist()))
+    if missing:
+        raise ValueError(f"Training features lack the classes {missing}; cannot fit class means.")
+    means = np.stack([train_features[train_targets == c].mean(axis=0) for c in range(num_classes)])
+    centred = train_features - means[train_targets]
+    estimator = LedoitWolf(assume_centered=True).fit(centred)
+    logger.info("feature gate: %d features, Ledoit-Wolf shrinkage %.3f", train_features.shape[1], estimator.shrinkage_)
+    precision = torch.as_tensor(np.linalg.inv(estimator.covariance_))
+    provisional = FeatureGate(torch.as_tensor(means), precision, threshold=1.0, stages=stages)
+    distances = provisional.distance(torch.as_tensor(val_features)).numpy()
+    threshold = float(np.quantile(distances, 1.0 - val_reject_rate))
+    return FeatureGate(torch.as_tensor(means), precision, threshold, stages)
+
+
+def rejection_rate(gate: FeatureGate, outputs: SplitOutputs) -> dict[str, float]:
+    """Shares of a split rejected by the feature gate, by the image checks, and by either."""
+    by_features = gate.score(torch.as_tensor(outputs.features)).numpy() > 1.0
+    return {
+        "features": float(by_features.mean()),
+        "image_checks": float(outputs.image_rejected.mean()),
+        "either": float((by_features | outputs.image_rejected).mean()),
+    }
