@@ -23,16 +23,26 @@ Usage::
     python -m benchmarks --threads 1 --repeats 100 --output /tmp/one-thread.json
     python -m benchmarks --variants            # also compare the optimisation options
 
-Measured effect of the inference options (EfficientNet-Lite0, 192 px; ``--variants``; see
-the final report of issue 9 for the machine and load when measured)::
+Measured effect of the inference options (``--variants``): forward pass of EfficientNet-Lite0
+at 192 px, 1 torch thread, median ms at batch 1 and ms per scan at batch 32, options timed in
+turn; 2-core AMD EPYC *under heavy load* (load average 4-5 from a training run), so provisional::
 
-    option                                   kept  effect
-    channels_last memory format              yes   see results.json "variants"
-    torch.inference_mode (vs no_grad)        yes   see results.json "variants"
-    batch norm folded into convolutions      yes   core.optimize.optimize_for_inference
-    torch.jit.trace + freeze                 no    breaks forward_features (OOD gate)
-    torch.compile                            no    minutes of compiling, C++ toolchain needed
-    ONNX Runtime                             no    not installed; not added
+    option                                   batch 1   batch 32/scan  max prob diff  kept
+    plain (channels_last, inference_mode)    55.6      59.1           0              yes
+    contiguous memory format (no chan_last)  56.1      101.2          1.2e-06        no
+    torch.no_grad instead of inference_mode  56.3      64.2           0              no
+    batch norm folded (core.optimize)        34.8      40.7           9.0e-07        yes
+    torch.jit.trace + freeze                 30.1      33.4           9.4e-07        no (1)
+    torch.jit.optimize_for_inference         28.4      31.7           1.7e-06        no (1)
+    torch.compile                            -         -              -              no (2)
+    ONNX Runtime                             -         -              -              no (3)
+
+(1) a TorchScript module has no ``forward_features``/``forward_head`` nor submodules to tap,
+which the OOD gate needs, and TorchScript is deprecated in torch 2.14; the extra ~10% over
+folding is not worth it. (2) compiles for minutes on this CPU and needs a C++ toolchain at
+run time; measure with ``--variants --compile`` on a quiet machine. (3) not installed; not
+added without a measured gain. Two torch threads were 3-6x *slower* than one under this load
+(threads spin waiting for a core); rerun ``--threads 1`` and ``--threads 2`` on a quiet machine.
 """
 
 from __future__ import annotations
