@@ -25,6 +25,7 @@ EVALUATION_TITLES = {
     "testing_tta": "Official Testing split, flip TTA",
     "testing_leak_free": "Leak-free Testing subset",
     "testing_leak_free_tta": "Leak-free Testing subset, flip TTA",
+    "group_split_testing": "Group-strict model (no duplicate group crosses train/test) on the official Testing split",
 }
 
 
@@ -74,9 +75,13 @@ def render(folder: Path | None = None) -> str:
         lines += [f"| {name} | {_pct(acc)} |" for name, acc in perturbed.items()]
     calibration = card.get("calibration")
     if calibration:
-        lines += ["", "Calibration (expected calibration error, 15 bins): " + ", ".join(
-            f"{k.replace('_', ' ')} {_pct(v)}" for k, v in calibration.items() if isinstance(v, (int, float))
-        ) + f"; temperature {card.get('temperature', 1.0):.3f}."]
+        parts = [
+            f"{name} {_pct(c['ece_before'])} before, {_pct(c['ece_after'])} after"
+            for name, c in calibration.items()
+            if isinstance(c, dict) and "ece_before" in c
+        ]
+        lines += ["", f"Calibration (expected calibration error, 15 bins; temperature {card.get('temperature', 1.0):.3f} "
+                  "fitted on validation): " + "; ".join(parts) + "."]
     training = card["training"]
     config = training["config"]
     data = card["data"]
