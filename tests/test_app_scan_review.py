@@ -238,7 +238,9 @@ def test_dicom_is_announced_and_patient_tags_stay_hidden(app, window, transform,
     _upload(app, [("DOE_JANE_slice.dcm", _dicom_bytes(window))])
     assert not app.exception and not app.error
     assert any(transform in i.value for i in app.info)
-    assert _metric(app, "Predicted class") in set(CLASS_LABELS.values())
+    # a synthetic blob: the shipped model's gate may (rightly) withhold the tumour prediction
+    shown = _metric(app, "Predicted class")
+    assert shown in set(CLASS_LABELS.values()) or NOT_BRAIN_MRI_TEXT.lower() in _texts(app).lower()
     assert PATIENT_NAME not in _texts(app) and "ID-123456" not in _texts(app)
     assert PATIENT_NAME not in caplog.text and "DOE_JANE_slice" not in caplog.text
 
