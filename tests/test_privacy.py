@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from core import ScanError, read_scan
+from dicom_factory import dicom_bytes, mr_dataset
 
 PATIENT_TAGS = {
     "PatientName": "Quillfeather^Marguerite",
@@ -45,16 +46,7 @@ LOGGERS = ("", "core", "core.scan", "core.dicom", "core.model", "pydicom", "PIL"
 
 
 def make_identifiable_dicom(pixels: np.ndarray | None, frames: int | None = None, **extra) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds = mr_dataset()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deliberately malformed values below
         for keyword, value in {**PATIENT_TAGS, **extra}.items():
@@ -67,11 +59,7 @@ def make_identifiable_dicom(pixels: np.ndarray | None, frames: int | None = None
         if frames:
             ds.NumberOfFrames = frames
         ds.PixelData = pixels.astype("<u2").tobytes()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
+    data = dicom_bytes(ds)
     assert PATIENT_TAGS["PatientName"].encode() in data  # the file really is identifiable
     return data
 

@@ -19,6 +19,7 @@ from PIL import Image
 from core import ScanError, read_scan
 from core.constants import MIN_SIDE
 from core.scan import MAX_SIDE
+from dicom_factory import dicom_bytes, mr_dataset
 
 #: About 200 examples in all (three tests); derandomised so that a failure reproduces.
 FUZZ = settings(
@@ -39,25 +40,14 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
 
 
 def _dicom(pixels: np.ndarray) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds = mr_dataset()
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     ds.WindowCenter, ds.WindowWidth = 2048, 4096
     ds.PixelData = pixels.astype("<u2").tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(ds)
 
 
 @pytest.fixture(scope="module")
