@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from core.constants import CLASS_NAMES
-from train.audit import THRESHOLD, THUMBNAIL_SIZE, duplicate_groups, get_args_parser, leak_free_testing, main, thumbnails
+from train.audit import THUMBNAIL_SIZE, duplicate_groups, get_args_parser, leak_free_testing, main, thumbnails
 
 
 def _grey(path: Path) -> Image.Image:

@@ -9,7 +9,6 @@ the app.)
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import tempfile

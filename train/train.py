@@ -30,14 +30,23 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.constants import AUDIT_NAME, assets_dir, WEIGHTS_NAME, EVALUATION_NAME, HISTORY_NAME, CLASS_NAMES, DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, INPUT_MEAN, INPUT_STD, data_dir
+from core.constants import (
+    AUDIT_NAME,
+    CLASS_NAMES,
+    DEFAULT_ARCH,
+    DEFAULT_IMAGE_SIZE,
+    HISTORY_NAME,
+    INPUT_MEAN,
+    INPUT_STD,
+    assets_dir,
+    data_dir,
+)
 from core.model import build_network
-from core.weights import save_weights
 
 from . import metrics
 from .data import ScanFolder, find_samples, group_split, split_dirs, stratified_split
-from .finalize import finalize
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
+from .finalize import finalize, write_json
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .pretrained import load_imagenet_weights
 
@@ -349,7 +358,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 val_m["loss"], val_m["accuracy"], val_m["macro_precision"], val_m["macro_recall"], val_m["macro_f1"],
                 record["seconds"], " *" if improved else "",
             )
-            _write_json(output / HISTORY_NAME, {"class_names": list(CLASS_NAMES), "epochs": history})
+            write_json(output / HISTORY_NAME, {"class_names": list(CLASS_NAMES), "epochs": history})
             save_checkpoint(
                 checkpoint_path, model, optimizer, scheduler, best_state,
                 {
@@ -397,12 +406,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
