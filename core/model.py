@@ -18,6 +18,7 @@ from PIL import Image
 from .constants import CLASS_LABELS, CLASS_NAMES, default_weights
 from .ood import NOT_BRAIN_MRI_FLAG, FeatureGate, ImageLimits, forward_with_taps, image_problem, load_gate
 from .optimize import optimize_for_inference
+from .ort import OnnxNetwork, load_runtime
 from .preprocess import eval_transform
 from .weights import WeightsError, load_weights
 
@@ -76,6 +77,17 @@ def _cam_target_layer(net: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"No Grad-CAM target layer known for {type(net).__name__}.")
 
 
+def _cam_gradient_source(net: torch.nn.Module, layer: torch.nn.Module) -> torch.nn.Module:
+    """The module whose parameters start the gradient at the Grad-CAM target layer: the layer
+    itself, or (a folded batch norm, now only its activation) the convolution before it."""
+    if any(True for _ in layer.parameters()):
+        return layer
+    conv = getattr(net, "conv_head", None)
+    if isinstance(conv, torch.nn.Module) and any(True for _ in conv.parameters()):
+        return conv
+    return net
+
+
 class Classifier:
     """A loaded model. ``predict`` and ``explain`` are safe to call from several threads."""
 
@@ -86,6 +98,7 @@ class Classifier:
         device: str | torch.device = "cpu",
         tta: bool = False,
         gate: FeatureGate | None = None,
+        runtime: OnnxNetwork | None = None,
     ):
         self.card = card
         #: Out-of-distribution gate on the pooled features (None: image checks only).
@@ -107,26 +120,67 @@ class Classifier:
         self.network = net.to(self.device).eval().to(memory_format=torch.channels_last)
         for param in self.network.parameters():
             param.requires_grad_(False)
+        # Batch norms folded into the convolutions (checked equal, else left as they are).
+        self.network = optimize_for_inference(self.network, self.image_size)
         # Grad-CAM hooks live on a module, so explanations use their own copy of the network
         # (predictions never pass through the hooks) and are serialised by a lock.
         self._cam_net = copy.deepcopy(self.network)
         self._cam_layer = _cam_target_layer(self._cam_net)
         # Gradients are needed from the logits back to the target layer only: leave the
-        # backbone frozen so the backward pass stops there (several times cheaper).
-        for param in self._cam_layer.parameters():
+        # backbone frozen so the backward pass stops there (several times cheaper). Once the
+        # batch norm is folded the target layer is its activation, which has no parameters:
+        # the convolution before it then starts the gradient.
+        for param in _cam_gradient_source(self._cam_net, self._cam_layer).parameters():
             param.requires_grad_(True)
         self._cam_lock = threading.Lock()
-        self.network = optimize_for_inference(self.network, self.image_size)  # not the CAM copy
+        #: ONNX Runtime session for predictions on the CPU (None: PyTorch).
+        self.runtime = self._checked_runtime(runtime)
+
+    def _checked_runtime(self, runtime: OnnxNetwork | None) -> OnnxNetwork | None:
+        """``runtime`` when it can serve this model's predictions, else None (PyTorch serves)."""
+        if runtime is None:
+            return None
+        if self.device.type != "cpu":
+            logger.info("ONNX Runtime is used on the CPU only; predictions on %s run through PyTorch", self.device)
+            return None
+        stages = self.gate.stages if self.gate is not None else ()
+        if tuple(runtime.stages) != tuple(stages):
+            raise WeightsError(
+                f"The ONNX network taps blocks {tuple(runtime.stages)} but the out-of-distribution gate "
+                f"needs {tuple(stages)}; run python -m train.export again."
+            )
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.rand(2, 3, self.image_size, self.image_size, generator=generator) * 2 - 1
+        with torch.inference_mode():
+            expected, expected_taps = forward_with_taps(self.network, batch.contiguous(memory_format=torch.channels_last), stages)
+            got, got_taps = runtime(batch)
+        same = torch.allclose(got, expected.float(), rtol=1e-4, atol=1e-3) and (
+            expected_taps is None or torch.allclose(got_taps, expected_taps.float(), rtol=1e-4, atol=1e-3)
+        )
+        if not same:
+            logger.warning("the ONNX network's outputs differ from the weights'; predictions run through PyTorch")
+            return None
+        return runtime
 
     # ------------------------------------------------------------------ prediction
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = torch.stack([self.transform(image) for image in images])
-        return batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        """The network input (N, 3, size, size), float32, on the model's device."""
+        return torch.stack([self.transform(image) for image in images]).to(self.device)
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and the gate's tapped features (None without a gate), float64 on the CPU."""
+        stages = self.gate.stages if self.gate is not None else ()
+        with torch.inference_mode():
+            if self.runtime is not None:
+                logits, taps = self.runtime(batch)
+            else:
+                logits, taps = forward_with_taps(self.network, batch.contiguous(memory_format=torch.channels_last), stages)
+        taps = taps.double().cpu() if stages and taps is not None else None
+        return logits.double().cpu(), taps
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Raw network outputs (N, classes) for the scans as they are (no mirror)."""
-        with torch.inference_mode():
-            return self.network(self.preprocess(images)).float().cpu()
+        return self._forward(self.preprocess(images))[0].float()
 
     def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
         """One forward pass over the scans and their mirror images: probabilities, and the gate's
@@ -134,11 +188,8 @@ class Classifier:
         n = len(images)
         batch = self.preprocess(images)
         batch = torch.cat([batch, torch.flip(batch, dims=[3])])
-        stages = self.gate.stages if self.gate is not None else ()
-        with torch.inference_mode():
-            logits, taps = forward_with_taps(self.network, batch, stages)
-            logits = logits.double().cpu()
-            features = taps[:n].double().cpu() if taps is not None else None
+        logits, taps = self._forward(batch)
+        features = taps[:n] if taps is not None else None
         probs = torch.softmax(logits / self.temperature, dim=-1)
         plain, mirror = probs[:n], probs[n:]
         averaged = (plain + mirror) / 2 if self.tta else plain
@@ -211,15 +262,12 @@ class Classifier:
         image = _check_image(image)
         if target is not None and target not in self.class_names:
             raise ValueError(f"Unknown target class {target!r}; choose one of {self.class_names}.")
-        batch = self.preprocess([image])
+        batch = self.preprocess([image]).contiguous(memory_format=torch.channels_last)
+        # No target: Grad-CAM explains the top class of its own forward pass (no extra pass).
+        targets = None if target is None else [ClassifierOutputTarget(self.class_names.index(target))]
         with self._cam_lock:
-            if target is None:
-                with torch.inference_mode():
-                    index = int(self._cam_net(batch).argmax(dim=-1)[0])
-            else:
-                index = self.class_names.index(target)
             with GradCAM(model=self._cam_net, target_layers=[self._cam_layer]) as cam:
-                heatmap = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
+                heatmap = cam(input_tensor=batch, targets=targets)[0]
             self._cam_net.zero_grad(set_to_none=True)
         resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
             image.size, Image.Resampling.BILINEAR
@@ -259,5 +307,9 @@ def load_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gate = load_gate(path.parent, card)
-    logger.info("loaded %s (%s) on %s; feature gate: %s", path, card["arch"], device, gate is not None)
-    return Classifier(net, card, device, tta=tta, gate=gate)
+    runtime = load_runtime(path.parent, card) if torch.device(device).type == "cpu" else None
+    logger.info(
+        "loaded %s (%s) on %s; feature gate: %s; ONNX Runtime: %s",
+        path, card["arch"], device, gate is not None, runtime is not None,
+    )
+    return Classifier(net, card, device, tta=tta, gate=gate, runtime=runtime)

@@ -25,6 +25,7 @@ __all__ = [
     "read_model_card",
     "save_weights",
     "sha256_file",
+    "write_model_card",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,14 @@ def save_weights(model: torch.nn.Module, path: str | Path, card: dict[str, Any])
     metadata = {"arch": str(card["arch"]), "image_size": str(card["image_size"])}
     save_file(state, str(path), metadata=metadata)
     card = {**card, "weights_file": path.name, "weights_sha256": sha256_file(path)}
-    card_path_for(path).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    write_model_card(path, card)
     logger.info("saved weights to %s", path)
     return card
+
+
+def write_model_card(weights: str | Path, card: dict[str, Any]) -> None:
+    """Write the model card that belongs to ``weights`` (``model_card.json`` beside them)."""
+    card_path_for(weights).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

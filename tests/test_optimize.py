@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core import CLASS_NAMES, read_scan
 from core.model import build_network
@@ -77,16 +79,55 @@ def test_wrong_rewrite_is_dropped(monkeypatch, caplog):
     assert "left as it is" in caplog.text
 
 
-@pytest.mark.parametrize("which", ["tiny", "shipped"])
-def test_classifier_probabilities_unchanged_on_real_scans(which, request, data_root):
-    """The loaded model (optimised network) equals the plain network within 1e-4 on real scans."""
-    model = request.getfixturevalue("tiny_model" if which == "tiny" else "shipped_model")
-    assert _batch_norms(model.network) == 0, "the prediction network is optimised"
-    assert _batch_norms(model._cam_net) > 0, "the Grad-CAM copy keeps the real modules"
+@pytest.fixture(params=["tiny", "shipped"])
+def model_and_plain(request):
+    """A loaded model and the plain network of its weights."""
+    from core.constants import default_weights
+    from core.weights import load_weights
+
+    model = request.getfixturevalue("tiny_model" if request.param == "tiny" else "shipped_model")
+    weights = request.getfixturevalue("tiny_weights") if request.param == "tiny" else default_weights()
+    state, card = load_weights(weights)
+    net = build_network(card["arch"], num_classes=len(CLASS_NAMES))
+    net.load_state_dict(state)
+    return model, net.eval()
+
+
+def _real_scans(data_root):
     paths = [sorted((data_root / "Testing" / name).glob("*.jpg"))[i] for name in CLASS_NAMES for i in (0, 7)]
-    images = [read_scan(p) for p in paths]
-    batch = model.preprocess(images)
+    return [read_scan(p) for p in paths]
+
+
+def test_classifier_logits_unchanged_on_real_scans(model_and_plain, data_root):
+    """The served network (folded, or ONNX Runtime) equals the plain network within 1e-4 in
+    probability on real scans."""
+    model, plain_net = model_and_plain
+    assert _batch_norms(model.network) == 0, "the prediction network is optimised"
+    images = _real_scans(data_root)
     with torch.inference_mode():
-        plain = torch.softmax(model._cam_net(batch).double(), -1)
-        fast = torch.softmax(model.network(batch).double(), -1)
+        plain = torch.softmax(plain_net(model.preprocess(images)).double(), -1)
+    fast = torch.softmax(model.logits(images).double(), -1)
     assert (plain - fast).abs().max().item() < 1e-4
+
+
+def test_gradcam_on_folded_copy_equals_plain_network(model_and_plain, data_root):
+    """Grad-CAM on the folded copy gives the heatmap of the plain network (within 1e-3)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, plain_net = model_and_plain
+    assert _batch_norms(model._cam_net) == 0, "the Grad-CAM copy is folded too"
+    for image in _real_scans(data_root)[::3]:
+        for target in (None, "meningioma"):
+            batch = model.preprocess([image])
+            if target is None:
+                with torch.inference_mode():
+                    index = int(plain_net(batch).argmax())
+            else:
+                index = CLASS_NAMES.index(target)
+            with GradCAM(model=plain_net, target_layers=[plain_net.bn2]) as cam:
+                expected = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
+            expected = np.asarray(Image.fromarray(expected, mode="F").resize(image.size, Image.Resampling.BILINEAR))
+            got = model.explain(image, target=target)
+            assert got.shape == expected.shape
+            assert abs(got - np.clip(expected, 0, 1)).max() < 1e-3

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from core.constants import EVALUATION_NAME, HISTORY_NAME, WEIGHTS_NAME, data_dir
-from core.weights import load_weights, save_weights
+from core.weights import load_weights, save_weights, write_model_card
 
 from .data import class_counts, fingerprint, split_dirs
 
@@ -212,7 +212,18 @@ def finalize(
             "Testing: accuracy %.4f, macro F1 %.4f (%d images)",
             testing["accuracy"], testing["macro_f1"], testing["n_images"],
         )
-    return save_weights(model, output / WEIGHTS_NAME, card)
+    card = save_weights(model, output / WEIGHTS_NAME, card)
+    return _export(model, card, output)
+
+
+def _export(model: torch.nn.Module, card: dict[str, Any], output: Path) -> dict[str, Any]:
+    """Write ``model.onnx`` for ONNX Runtime (see ``train.export``) and record it in the card."""
+    from .export import export_onnx
+
+    net = getattr(model, "module", model)  # DistributedDataParallel
+    card = {**card, "onnx": export_onnx(net, card, output)}
+    write_model_card(output / WEIGHTS_NAME, card)
+    return card
 
 
 def get_args_parser() -> argparse.ArgumentParser:
