@@ -13,9 +13,11 @@ the gate of a model::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ class _WithTaps(torch.nn.Module):
         return forward_with_taps(self.net, x, self.stages)
 
 
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def export_onnx(net: torch.nn.Module, card: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Export ``net`` (the weights of ``card``) to ``folder/model.onnx``; returns ``card["onnx"]``.
 
@@ -63,15 +78,16 @@ def export_onnx(net: torch.nn.Module, card: dict[str, Any], folder: Path) -> dic
     module = _WithTaps(net, stages).eval()
     example = torch.rand(2, 3, size, size) * 2 - 1
     path = Path(folder) / ONNX_NAME
-    program = torch.onnx.export(
-        module,
-        (example,),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES[: 1 + bool(stages)]),
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-        dynamo=True,
-        verbose=False,
-    )
+    with _quiet("onnxscript", "onnx_ir"):  # they log one line per graph pass
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES[: 1 + bool(stages)]),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            dynamo=True,
+            verbose=False,
+        )
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
