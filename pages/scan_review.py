@@ -80,6 +80,18 @@ def _analyse_ui(model: Classifier, uploads: list) -> list[tuple[str, ScanAnalysi
     return [(name, cache[digest]) for (name, _), digest in zip(contents, digests)]
 
 
+def _prepare_review(model: Classifier, items: list[tuple[str, ScanAnalysis]]) -> None:
+    """Compute the heatmap of the scan about to be reviewed before anything is drawn: the browser
+    then renders the page while the server is idle, instead of both sharing the CPU."""
+    index = st.session_state.get(REVIEW_KEY, 0)
+    if not 0 <= index < len(items):
+        return
+    analysis = items[index][1]
+    if analysis.ok and analysis.prediction.is_brain_mri:  # type: ignore[union-attr]
+        target = st.session_state.get(f"explain_{analysis.digest}", analysis.prediction.label)  # type: ignore[union-attr]
+        analysis.heatmap(model, target)
+
+
 def _summary_ui(items: list[tuple[str, ScanAnalysis]]) -> int:
     """The batch table and its CSV export; returns the index of the scan to review."""
     n_bad = sum(not a.ok for _, a in items)
@@ -226,6 +238,7 @@ def main() -> None:
         st.error(f"The model could not be loaded, so scans cannot be analysed. {exc}", icon=":material/error:")
         st.stop()
     items = _analyse_ui(model, uploads)
+    _prepare_review(model, items)
     index = _summary_ui(items)
     _review_ui(model, *items[index])
 
