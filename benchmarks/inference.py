@@ -147,6 +147,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def environment() -> dict[str, Any]:
     """What the figures depend on: versions, threads, CPU, commit and how busy the machine was."""
     import timm
@@ -160,6 +169,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
+        "onnxruntime": _version("onnxruntime"),
         "threads": torch.get_num_threads(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -210,7 +220,12 @@ def run(
     model.explain(images[0])
     first_call_s = time.perf_counter() - start
     results: dict[str, Any] = {
-        "model": {"arch": model.card.get("arch"), "image_size": model.image_size, "weights": str(weights)},
+        "model": {
+            "arch": model.card.get("arch"),
+            "image_size": model.image_size,
+            "weights": str(weights),
+            "predictions_by": "ONNX Runtime" if model.runtime is not None else "PyTorch",
+        },
         "load_s": round(load_s, 3),
         "first_predict_explain_s": round(first_call_s, 3),
     }
@@ -307,7 +322,7 @@ def _plain_network(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return net.to(memory_format=torch.channels_last), card
 
 
-def _variants(plain: torch.nn.Module, example: torch.Tensor, with_compile: bool) -> dict[str, tuple[Any, str]]:
+def _variants(plain: torch.nn.Module, example: torch.Tensor, with_compile: bool, weights: Path) -> dict[str, tuple[Any, str]]:
     """name -> (network or error text, memory format of the input)."""
     from core.optimize import optimize_for_inference
 
@@ -335,11 +350,35 @@ def _variants(plain: torch.nn.Module, example: torch.Tensor, with_compile: bool)
             found["torch.compile"] = (compiled, "channels_last")
         except Exception as exc:  # noqa: BLE001
             found["torch.compile"] = (f"failed: {type(exc).__name__}: {str(exc)[:200]}", "")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        found["ONNX Runtime"] = ("not installed", "")
+    found.update(_onnx_variants(weights))
     return found
+
+
+def _onnx_variants(weights: Path) -> dict[str, tuple[Any, str]]:
+    """The shipped ONNX file (``python -m train.export``) under ONNX Runtime: one run with two
+    intra-op threads, and a batch split across two concurrent single-threaded runs (core's choice)."""
+    from core.ort import load_runtime
+    from core.weights import read_model_card
+
+    card = read_model_card(weights)
+    if not card.get("onnx"):
+        return {"ONNX Runtime": ("no model.onnx recorded in the model card", "")}
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"ONNX Runtime": ("onnxruntime not installed", "")}
+    split = load_runtime(weights.parent, card, threads=2)
+    assert split is not None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    single = ort.InferenceSession(str(weights.parent / card["onnx"]["file"]), options, providers=["CPUExecutionProvider"])
+    from core.ort import OnnxNetwork
+
+    return {
+        "ONNX Runtime, 2 intra-op threads": (OnnxNetwork(single, split.stages, threads=1), "onnx"),
+        "ONNX Runtime, 2 concurrent runs (core)": (split, "onnx"),
+    }
 
 
 def compare_variants(weights: Path, root: Path, repeats: int = 30, with_compile: bool = False,
@@ -357,10 +396,12 @@ def compare_variants(weights: Path, root: Path, repeats: int = 30, with_compile:
     scans = [read_scan(f) for f in scan_files(root, BATCH_SIZE)]
     x32 = torch.stack([transform(s) for s in scans]).contiguous(memory_format=torch.channels_last)
     x1 = x32[:1].contiguous(memory_format=torch.channels_last)
-    variants = _variants(plain, x1, with_compile)
+    variants = _variants(plain, x1, with_compile, weights)
     runnable = {name: v for name, v in variants.items() if not isinstance(v[0], str)}
 
     def forward(net, fmt: str, x: torch.Tensor) -> torch.Tensor:
+        if fmt == "onnx":
+            return net(x.contiguous())[0]
         if fmt == "contiguous":
             x = x.contiguous()
         if fmt == "no_grad":
@@ -442,7 +483,7 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"{env['cpu_model']}, {env['threads']} torch threads, torch {env['torch']}, "
           f"commit {str(env['git_commit'])[:10]}{' (dirty)' if env['git_dirty'] else ''}, "
           f"load average {env['load_average_1min']}")
-    print(f"model {res['model']['arch']} at {res['model']['image_size']} px")
+    print(f"model {res['model']['arch']} at {res['model']['image_size']} px; predictions by {res['model'].get('predictions_by', 'PyTorch')}")
     print(f"  load_model                {res['load_s'] * 1000:9.1f} ms   first predict+explain {res['first_predict_explain_s'] * 1000:.0f} ms")
     for name in ("read_scan", "predict", "explain", "page"):
         label = "scan review page" if name == "page" else name
