@@ -24,25 +24,30 @@ Usage::
     python -m benchmarks --variants            # also compare the optimisation options
 
 Measured effect of the inference options (``--variants``): forward pass of EfficientNet-Lite0
-at 192 px, 1 torch thread, median ms at batch 1 and ms per scan at batch 32, options timed in
-turn; 2-core AMD EPYC *under heavy load* (load average 4-5 from a training run), so provisional::
+at 192 px, median ms at batch 1 and ms per scan at batch 32, options timed in turn, with 1 and
+2 torch threads; 2-core AMD EPYC, quiet (training stopped), 2026-11-27, stored in
+``benchmarks/results.json``::
 
-    option                                   batch 1   batch 32/scan  max prob diff  kept
-    plain (channels_last, inference_mode)    55.6      59.1           0              yes
-    contiguous memory format (no chan_last)  56.1      101.2          1.2e-06        no
-    torch.no_grad instead of inference_mode  56.3      64.2           0              no
-    batch norm folded (core.optimize)        34.8      40.7           9.0e-07        yes
-    torch.jit.trace + freeze                 30.1      33.4           9.4e-07        no (1)
-    torch.jit.optimize_for_inference         28.4      31.7           1.7e-06        no (1)
-    torch.compile                            -         -              -              no (2)
-    ONNX Runtime                             -         -              -              no (3)
+    option                                   1 thread         2 threads        max prob  kept
+                                             b1     b32/scan  b1     b32/scan  diff
+    plain (channels_last, inference_mode)    35.1   39.1      29.1   22.9      0         -
+    contiguous memory format                 35.8   58.1      31.9   42.4      1.2e-06   no
+    torch.no_grad instead of inference_mode  34.6   34.8      29.0   22.7      0         no
+    batch norm folded (core.optimize)        25.7   25.1      22.8   15.7      9.0e-07   yes (1)
+    torch.jit.trace + freeze                 20.6   23.2      18.1   13.2      9.4e-07   no (2)
+    torch.jit.optimize_for_inference         19.6   24.1      18.3   11.7      1.7e-06   no (2)
+    ONNX Runtime, 2 intra-op threads         9.5    7.7       12.6   7.9       1.4e-06   no (3)
+    ONNX Runtime, 2 concurrent runs (core)   14.0   8.6       13.3   7.9       1.4e-06   yes
+    torch.compile                            -      -         -      -         -         no (4)
 
-(1) a TorchScript module has no ``forward_features``/``forward_head`` nor submodules to tap,
-which the OOD gate needs, and TorchScript is deprecated in torch 2.14; the extra ~10% over
-folding is not worth it. (2) compiles for minutes on this CPU and needs a C++ toolchain at
-run time; measure with ``--variants --compile`` on a quiet machine. (3) not installed; not
-added without a measured gain. Two torch threads were 3-6x *slower* than one under this load
-(threads spin waiting for a core); rerun ``--threads 1`` and ``--threads 2`` on a quiet machine.
+(1) for CUDA, for models without an ONNX file, and for the Grad-CAM copy (gradients need
+PyTorch). (2) a TorchScript module has no submodules to tap for the out-of-distribution gate,
+and TorchScript is deprecated in torch 2.14. (3) ONNX Runtime columns do not depend on torch's
+thread count (the session's threads are fixed): the two ways of using both cores are equal at
+batch 32; ``predict`` runs a scan and its mirror (batch 2), which the concurrent runs split one
+per core. (4) compiles for minutes on this CPU and needs a C++ toolchain at run time; measure
+with ``--variants --compile``. On this shared 2-core machine single figures vary by +-30 %
+between runs; compare variants within one run.
 """
 
 from __future__ import annotations
