@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from app_frame import ensure_frame
@@ -48,6 +49,21 @@ INTENDED_USE = (
     "Research and teaching: a demonstration of a brain-MRI tumour classifier and of how to "
     "inspect its answers. Not a medical device; not for diagnosis, triage or treatment decisions."
 )
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _cached_figure(name: str, folder: str, stamp: tuple, _build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure ``name`` of the artifacts in ``folder`` as they are now (``stamp``), built once per
+    process: building and validating plotly figures is most of this page's server time, and
+    ``st.plotly_chart`` copies a figure before drawing it, so one object serves every session."""
+    return _build()
+
+
+def _chart(container: Any, name: str, build: Callable[[], go.Figure]) -> None:
+    """Draw the figure ``name`` (also its element key) into ``container``."""
+    folder = assets_dir()
+    figure = _cached_figure(name, str(folder), artifact_stamp(folder), build)
+    container.plotly_chart(figure, width="stretch", key=name, config=_CHART_CONFIG)
 
 
 @st.cache_data(show_spinner=False)
@@ -123,8 +139,7 @@ def _history_ui(artifacts: Artifacts) -> None:
     epochs = artifacts.history["epochs"]
     cols = st.columns(3)
     for col, (metric, title) in zip(cols, (("loss", "Loss"), ("accuracy", "Accuracy"), ("macro_f1", "Macro F1"))):
-        col.plotly_chart(history_figure(epochs, metric, title), width="stretch", key=f"history_{metric}",
-                         config=_CHART_CONFIG)
+        _chart(col, f"history_{metric}", lambda metric=metric, title=title: history_figure(epochs, metric, title))
     best = (artifacts.model_card or {}).get("training", {}).get("best_epoch")
     st.caption(
         "Training loss is the label-smoothed loss being optimised; validation loss is plain cross-entropy."
@@ -137,8 +152,9 @@ def _confusion_ui(report: Mapping[str, Any], key: str) -> None:
     with left:
         mode = st.radio("Show", ["Counts", "Row-normalised"], horizontal=True, key="cm_mode")
         names = report.get("class_names") or list(report.get("per_class", {}))
-        st.plotly_chart(confusion_figure(report["confusion_matrix"], names, mode == "Row-normalised"),
-                        width="stretch", key=f"confusion_{key}", config=_CHART_CONFIG)
+        normalised = mode == "Row-normalised"
+        _chart(st, f"confusion_{key}_{'rates' if normalised else 'counts'}",
+               lambda: confusion_figure(report["confusion_matrix"], names, normalised))
     with right:
         st.markdown("**Reading the matrix**")
         st.caption(
@@ -166,9 +182,9 @@ def _curves_ui(report: Mapping[str, Any], key: str) -> None:
         return
     cols = st.columns(2)
     if roc:
-        cols[0].plotly_chart(curve_figure(roc, "roc"), width="stretch", key=f"roc_{key}", config=_CHART_CONFIG)
+        _chart(cols[0], f"roc_{key}", lambda: curve_figure(roc, "roc"))
     if pr:
-        cols[1].plotly_chart(curve_figure(pr, "pr"), width="stretch", key=f"pr_{key}", config=_CHART_CONFIG)
+        _chart(cols[1], f"pr_{key}", lambda: curve_figure(pr, "pr"))
 
 
 def _calibration_ui(report: Mapping[str, Any], key: str, card: Mapping[str, Any]) -> None:
@@ -177,7 +193,7 @@ def _calibration_ui(report: Mapping[str, Any], key: str, card: Mapping[str, Any]
         st.info("No calibration bins are stored for this evaluation.")
         return
     left, right = st.columns([3, 2])
-    left.plotly_chart(calibration_figure(views), width="stretch", key=f"calibration_{key}", config=_CHART_CONFIG)
+    _chart(left, f"calibration_{key}", lambda: calibration_figure(views))
     with right:
         for label, view in views:
             title = "Expected calibration error" + ("" if label == "Calibration" else f" — {label.lower()}")
