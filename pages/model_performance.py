@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 _CHART_CONFIG = {"displaylogo": False}
 
+TAB_KEY = "performance_tab"
+TABS = ("Training curves", "Confusion matrix", "ROC and PR curves", "Calibration", "Robustness and audit", "Model card")
+EVALUATION_TABS = TABS[1:4]  # drawn from the chosen evaluation report
+
 LIMITATIONS = """
 - **Single 2D slices.** The model sees one slice at a time, without the rest of the volume,
   other sequences, prior studies or the clinical history.
@@ -238,6 +242,13 @@ def _audit_ui(audit: Mapping[str, Any] | None) -> None:
         st.caption(method)
 
 
+def _robustness_and_audit_ui(artifacts: Artifacts) -> None:
+    _robustness_ui(artifacts.evaluation)
+    _audit_ui(artifacts.audit)
+    if not (artifacts.evaluation or {}).get("testing_perturbed") and not artifacts.audit:
+        st.info("No robustness or audit results are stored.")
+
+
 def _model_card_ui(card: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None) -> None:
     card = card or {}
     data = card.get("data", {}) if isinstance(card.get("data"), Mapping) else {}
@@ -298,27 +309,24 @@ def main() -> None:
     key = _comparison_ui(artifacts) if artifacts.evaluation is not None else None
     report = artifacts.evaluations.get(key) if key else None
 
-    tabs = st.tabs(["Training curves", "Confusion matrix", "ROC and PR curves", "Calibration",
-                    "Robustness and audit", "Model card"])
-    with tabs[0]:
-        _history_ui(artifacts)
-    if report is None:
-        for tab in tabs[1:4]:
-            tab.warning("No evaluation is stored, so this section cannot be shown.")
-    else:
-        with tabs[1]:
-            _confusion_ui(report, key)
-        with tabs[2]:
-            _curves_ui(report, key)
-        with tabs[3]:
-            _calibration_ui(report, key, artifacts.model_card or {})
-    with tabs[4]:
-        _robustness_ui(artifacts.evaluation)
-        _audit_ui(artifacts.audit)
-        if not (artifacts.evaluation or {}).get("testing_perturbed") and not artifacts.audit:
-            st.info("No robustness or audit results are stored.")
-    with tabs[5]:
-        _model_card_ui(artifacts.model_card, artifacts.evaluation)
+    # Only the open tab is computed and sent (switching tabs reruns the page): the browser draws
+    # three charts on arrival instead of seven.
+    sections = (
+        lambda: _history_ui(artifacts),
+        lambda: _confusion_ui(report, key),
+        lambda: _curves_ui(report, key),
+        lambda: _calibration_ui(report, key, artifacts.model_card or {}),
+        lambda: _robustness_and_audit_ui(artifacts),
+        lambda: _model_card_ui(artifacts.model_card, artifacts.evaluation),
+    )
+    for index, (tab, draw) in enumerate(zip(st.tabs(list(TABS), key=TAB_KEY, on_change="rerun"), sections)):
+        if not tab.open:
+            continue
+        with tab:
+            if report is None and TABS[index] in EVALUATION_TABS:
+                st.warning("No evaluation is stored, so this section cannot be shown.")
+            else:
+                draw()
 
 
 ensure_frame()

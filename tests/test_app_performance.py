@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,51 @@ def _page(folder: Path, monkeypatch) -> AppTest:
     return at
 
 
-def _metric(at: AppTest, label: str) -> str:
+TAB_KEY = "performance_tab"
+
+
+def _open_tab(at: AppTest, label: str) -> AppTest:
+    """Open a tab of the page (only the open tab's content is computed and drawn)."""
+    assert label in [t.label for t in at.tabs], label
+    at.session_state[TAB_KEY] = label
+    at.run()
+    assert not at.exception
+    return at
+
+
+@dataclass
+class _Visit:
+    """What the page showed across all its tabs, each opened in turn."""
+
+    metric: list = field(default_factory=list)
+    dataframe: list = field(default_factory=list)
+    markdown: list = field(default_factory=list)
+    info: list = field(default_factory=list)
+    error: list = field(default_factory=list)
+    titles: list = field(default_factory=list)
+
+
+def _visit_all_tabs(at: AppTest) -> _Visit:
+    visit = _Visit()
+    labels = [t.label for t in at.tabs]
+    assert labels, "the page has tabs"
+    for label in labels:
+        _open_tab(at, label)
+        visit.metric += list(at.metric)
+        visit.dataframe += list(at.dataframe)
+        visit.markdown += list(at.markdown)
+        visit.info += list(at.info)
+        visit.error += list(at.error)
+        visit.titles += _chart_titles(at)
+    _open_tab(at, labels[0])
+    return visit
+
+
+def _metric(at: AppTest | _Visit, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def _table(at: AppTest, column: str):
+def _table(at: AppTest | _Visit, column: str):
     """The first table on the page with ``column`` (read-only tables carry no key in AppTest)."""
     for frame in at.dataframe:
         value = frame.value
@@ -88,19 +129,20 @@ def test_page_renders_stored_metrics(assets, monkeypatch):
     assert _metric(at, "Test scans") == f"{testing['n_images']:,}"
     assert _metric(at, "Trained on") != "—" if "trained_at" in card else True
 
-    titles = _chart_titles(at)
+    assert set(_chart_titles(at)) == {"Loss", "Accuracy", "Macro F1"}  # the first tab only
+    visit = _visit_all_tabs(at)
     for expected in ("Loss", "Accuracy", "Macro F1", "Confusion matrix (counts)", "ROC curves (one class vs the rest)",
                      "Precision-recall curves", "Reliability diagram"):
-        assert expected in titles
+        assert expected in visit.titles
 
     comparison = _table(at, "Evaluation")
     assert list(comparison["Scans"]) == [r["n_images"] for r in evaluation["evaluations"].values()]
-    per_class = _table(at, "Support")
+    per_class = _table(visit, "Support")
     assert list(per_class["Support"]) == [testing["per_class"][n]["support"] for n in testing["per_class"]]
     assert per_class["Recall (%)"].tolist() == pytest.approx(
         [100 * testing["per_class"][n]["recall"] for n in testing["per_class"]]
     )
-    text = "\n".join(m.value for m in at.markdown)
+    text = "\n".join(m.value for m in visit.markdown)
     assert "Single 2D slices" in text and "Not clinically validated" in text
     assert "metastases" in text.lower() or "Metastases" in text
 
@@ -109,15 +151,17 @@ def test_fixture_headline_values(fixture_assets, monkeypatch):
     at = _page(fixture_assets, monkeypatch)
     assert _metric(at, "Trained on") == "02 Jan 2025"
     assert _metric(at, "Training wall time") == "1 h 12 min"  # 4321 s
-    assert "Expected calibration error" in [m.label for m in at.metric]
-    perturbed = _table(at, "Condition")
+    visit = _visit_all_tabs(at)
+    assert "Expected calibration error" in [m.label for m in visit.metric]
+    perturbed = _table(visit, "Condition")
     stored = json.loads((fixture_assets / EVALUATION_NAME).read_text())["testing_perturbed"]
     assert perturbed["Accuracy (%)"].tolist() == pytest.approx([100 * v for v in stored.values()])
-    assert not _table(at, "Finding").empty
+    assert not _table(visit, "Finding").empty
 
 
 def test_confusion_switch_and_evaluation_choice(fixture_assets, monkeypatch):
-    at = _page(fixture_assets, monkeypatch)
+    at = _open_tab(_page(fixture_assets, monkeypatch), "Confusion matrix")
+    assert "Confusion matrix (counts)" in _chart_titles(at)
     at.radio(key="cm_mode").set_value("Row-normalised").run()
     assert not at.exception
     assert "Confusion matrix (row-normalised)" in _chart_titles(at)
@@ -145,7 +189,7 @@ def test_single_evaluation_has_no_chooser(tmp_path, fixture_assets, monkeypatch)
     at = _page(folder, monkeypatch)
     assert not at.exception and not at.error
     assert not [s for s in at.selectbox if s.key == "evaluation_choice"]
-    assert any("No robustness or audit results" in i.value for i in at.info)
+    assert any("No robustness or audit results" in i.value for i in _visit_all_tabs(at).info)
 
 
 @pytest.mark.parametrize(
@@ -201,6 +245,7 @@ def test_unexpected_layout_deep_inside_never_shows_a_traceback(tmp_path, fixture
     (folder / EVALUATION_NAME).write_text(json.dumps(evaluation))
     at = _page(folder, monkeypatch)
     assert not at.exception
+    _visit_all_tabs(at)  # every tab opens without an exception
 
 
 def test_page_opened_without_the_main_script_keeps_the_banner(fixture_assets, monkeypatch):

@@ -162,6 +162,11 @@ def test_upload_a_scan_and_see_the_prediction(server, browser, assets, scan_path
     page.wait_for_timeout(1000)
     page.screenshot(path=str(tmp_path / "model_performance.png"), full_page=True)
     print(f"model performance page: {performance:.2f} s")
+    # only the open tab is drawn: opening another one brings its chart
+    page.get_by_role("tab", name="Calibration").click()
+    page.get_by_text("Expected calibration error").first.wait_for(timeout=30_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "model_performance_calibration.png"), full_page=True)
     assert page.get_by_text("Traceback").count() == 0
     assert not errors, errors
     context.close()
