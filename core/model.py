@@ -287,14 +287,21 @@ def load_model(
     weights: str | Path | None = None,
     device: str | torch.device | None = None,
     tta: bool = False,
+    threads: int | None = None,
 ) -> Classifier:
     """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
     The model card (``model_card.json`` beside the weights) gives the architecture, input
     size, normalisation, temperature and the out-of-distribution gate file (``ood.safetensors``);
     the sha256 of the weights and of the gate must match it. ``tta=True`` averages each
-    prediction with that of the mirrored scan (twice the compute).
+    prediction with that of the mirrored scan (twice the compute). ``threads``: CPU threads one
+    call may use (ONNX Runtime's concurrent runs; torch's thread count is process-wide and is
+    set to it too); default: torch's current thread count.
     """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads!r}.")
+        torch.set_num_threads(threads)
     path = Path(weights) if weights is not None else default_weights()
     state, card = load_weights(path)
     net = build_network(card["arch"], num_classes=len(card["class_names"]))
@@ -307,7 +314,7 @@ def load_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gate = load_gate(path.parent, card)
-    runtime = load_runtime(path.parent, card) if torch.device(device).type == "cpu" else None
+    runtime = load_runtime(path.parent, card, threads) if torch.device(device).type == "cpu" else None
     logger.info(
         "loaded %s (%s) on %s; feature gate: %s; ONNX Runtime: %s",
         path, card["arch"], device, gate is not None, runtime is not None,

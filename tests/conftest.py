@@ -67,3 +67,12 @@ def shipped_model():
     if not default_weights().is_file():
         pytest.skip("no shipped weights in assets/ yet")
     return load_model(device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The app sets torch's process-wide thread count (core.load_model(threads=1)); AppTest runs
+    it inside this process, so each test gets the count back afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -121,3 +121,14 @@ def test_shipped_model_runtime_matches_pytorch(shipped_model, data_root, tmp_pat
         assert a.label == b.label and a.flags == b.flags and a.is_brain_mri == b.is_brain_mri
         assert max(abs(a.probabilities[n] - b.probabilities[n]) for n in CLASS_NAMES) < 1e-4
         assert abs(a.ood_score - b.ood_score) < 1e-3
+
+
+def test_threads_option(exported):
+    torch_threads = torch.get_num_threads()
+    try:
+        model = load_model(exported, device="cpu", threads=1)
+        assert model.runtime.threads == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads"):
+            load_model(exported, device="cpu", threads=0)
+    finally:
+        torch.set_num_threads(torch_threads)
