@@ -362,7 +362,7 @@ def _variants(plain: torch.nn.Module, example: torch.Tensor, with_compile: bool,
 def _onnx_variants(weights: Path) -> dict[str, tuple[Any, str]]:
     """The shipped ONNX file (``python -m train.export``) under ONNX Runtime: one run with two
     intra-op threads, and a batch split across two concurrent single-threaded runs (core's choice)."""
-    from core.ort import load_runtime
+    from core.ort import OnnxNetwork, load_runtime
     from core.weights import read_model_card
 
     card = read_model_card(weights)
@@ -378,8 +378,6 @@ def _onnx_variants(weights: Path) -> dict[str, tuple[Any, str]]:
     options.intra_op_num_threads = 2
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     single = ort.InferenceSession(str(weights.parent / card["onnx"]["file"]), options, providers=["CPUExecutionProvider"])
-    from core.ort import OnnxNetwork
-
     return {
         "ONNX Runtime, 2 intra-op threads": (OnnxNetwork(single, split.stages, threads=1), "onnx"),
         "ONNX Runtime, 2 concurrent runs (core)": (split, "onnx"),

@@ -30,7 +30,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .weights import WeightsError, sha256_file
+from .weights import WeightsError, checked_companion, sha256_file
 
 __all__ = [
     "FeatureGate",
@@ -171,15 +171,7 @@ def load_gate(folder: str | Path, card: dict[str, Any]) -> FeatureGate | None:
     info = card.get("ood")
     if not info:
         return None
-    path = Path(folder) / str(info.get("file", OOD_NAME))
-    if not path.is_file():
-        raise WeightsError(f"Out-of-distribution file {str(path)!r} named by the model card not found.")
-    actual = sha256_file(path)
-    if actual != info.get("sha256"):
-        raise WeightsError(
-            f"Out-of-distribution file {str(path)!r} does not match its model card (sha256 "
-            f"{actual[:12]}... instead of {str(info.get('sha256'))[:12]}...). Refusing to load it."
-        )
+    path = checked_companion(folder, info, OOD_NAME, "Out-of-distribution file")
     try:
         tensors = load_file(str(path))
         stages = tuple(int(v) for v in tensors["stages"].tolist())

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .weights import WeightsError, sha256_file
+from .weights import WeightsError, checked_companion
 
 __all__ = ["ONNX_NAME", "OnnxNetwork", "load_runtime"]
 
@@ -74,15 +74,7 @@ def load_runtime(folder: str | Path, card: dict[str, Any], threads: int | None =
     info = card.get("onnx")
     if not info:
         return None
-    path = Path(folder) / str(info.get("file", ONNX_NAME))
-    if not path.is_file():
-        raise WeightsError(f"ONNX file {str(path)!r} named by the model card not found.")
-    actual = sha256_file(path)
-    if actual != info.get("sha256"):
-        raise WeightsError(
-            f"ONNX file {str(path)!r} does not match its model card (sha256 {actual[:12]}... "
-            f"instead of {str(info.get('sha256'))[:12]}...). Refusing to load it."
-        )
+    path = checked_companion(folder, info, ONNX_NAME, "ONNX file")
     if info.get("weights_sha256") != card.get("weights_sha256"):
         raise WeightsError(
             f"ONNX file {str(path)!r} was exported from other weights than the card's "

@@ -21,6 +21,7 @@ from .constants import MODEL_CARD_NAME
 __all__ = [
     "WeightsError",
     "card_path_for",
+    "checked_companion",
     "load_weights",
     "read_model_card",
     "save_weights",
@@ -83,6 +84,22 @@ def save_weights(model: torch.nn.Module, path: str | Path, card: dict[str, Any])
 def write_model_card(weights: str | Path, card: dict[str, Any]) -> None:
     """Write the model card that belongs to ``weights`` (``model_card.json`` beside them)."""
     card_path_for(weights).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
+def checked_companion(folder: str | Path, info: dict[str, Any], default_name: str, what: str) -> Path:
+    """The file a model card names beside the weights (``info["file"]``), refused with a
+    :class:`WeightsError` naming it (``what``: e.g. "ONNX file") when missing or when its
+    sha256 differs from ``info["sha256"]``."""
+    path = Path(folder) / str(info.get("file", default_name))
+    if not path.is_file():
+        raise WeightsError(f"{what} {str(path)!r} named by the model card not found.")
+    actual = sha256_file(path)
+    if actual != info.get("sha256"):
+        raise WeightsError(
+            f"{what} {str(path)!r} does not match its model card (sha256 {actual[:12]}... "
+            f"instead of {str(info.get('sha256'))[:12]}...). Refusing to load it."
+        )
+    return path
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
