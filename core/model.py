@@ -19,7 +19,7 @@ from .constants import CLASS_LABELS, CLASS_NAMES, default_weights
 from .ood import NOT_BRAIN_MRI_FLAG, FeatureGate, ImageLimits, forward_with_taps, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .ort import OnnxNetwork, load_runtime
-from .preprocess import eval_transform
+from .preprocess import eval_transform, input_array
 from .weights import WeightsError, load_weights
 
 __all__ = ["Classifier", "Prediction", "build_network", "load_model"]
@@ -55,7 +55,8 @@ class _Outputs:
     probs: torch.Tensor  # (N, C) calibrated, mirror-averaged when tta
     plain: torch.Tensor  # (N, C) calibrated, scans as they are
     mirror: torch.Tensor  # (N, C) calibrated, mirror images
-    features: torch.Tensor | None  # (N, D) gate features of the scans as they are (None: no gate)
+    features: np.ndarray | None  # (N, D) gate features of the scans as they are (None: no gate)
+    problems: list[str | None]  # what the image checks object to, per scan (None: nothing)
 
 
 def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
@@ -182,18 +183,34 @@ class Classifier:
         """Raw network outputs (N, classes) for the scans as they are (no mirror)."""
         return self._forward(self.preprocess(images))[0].float()
 
+    def _prepared(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
+        """The network input as NumPy (see :func:`core.preprocess.input_array`) and the image
+        checks' objections, for the ONNX Runtime path."""
+        array = input_array(images, self.image_size, self.card["mean"], self.card["std"])
+        return array, [image_problem(image, self.image_limits) for image in images]
+
     def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
         """One forward pass over the scans and their mirror images: probabilities, and the gate's
         features tapped on the way (no second pass)."""
         n = len(images)
-        batch = self.preprocess(images)
-        batch = torch.cat([batch, torch.flip(batch, dims=[3])])
-        logits, taps = self._forward(batch)
+        if self.runtime is not None:
+            # Prepared on the runtime's threads, and no torch operation (with its own thread
+            # pool) on the way: measured 18 ms per prediction this way, 27 ms through torch.
+            parts = self.runtime.map(self._prepared, images)
+            array = np.concatenate([part[0] for part in parts])
+            problems = [problem for part in parts for problem in part[1]]
+            raw_logits, raw_taps = self.runtime.run(np.concatenate([array, array[..., ::-1]]))
+            logits = raw_logits.astype(np.float64)
+            taps = raw_taps.astype(np.float64) if raw_taps is not None and self.gate is not None else None
+        else:
+            batch = self.preprocess(images)
+            logits, taps = (t.numpy() if t is not None else None for t in self._forward(torch.cat([batch, torch.flip(batch, dims=[3])])))
+            problems = [image_problem(image, self.image_limits) for image in images]
         features = taps[:n] if taps is not None else None
-        probs = torch.softmax(logits / self.temperature, dim=-1)
+        probs = torch.from_numpy(_softmax(logits / self.temperature))
         plain, mirror = probs[:n], probs[n:]
         averaged = (plain + mirror) / 2 if self.tta else plain
-        return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features)
+        return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features, problems=problems)
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Calibrated class probabilities (N, classes), float64; mirror-averaged when ``tta``."""
@@ -218,9 +235,9 @@ class Classifier:
         out = self._outputs(images)
         scores = self.gate.score(out.features) if self.gate is not None and out.features is not None else torch.zeros(len(images))
         results = []
-        for i, image in enumerate(images):
+        for i in range(len(images)):
             score = float(scores[i])
-            ood = image_problem(image, self.image_limits)
+            ood = out.problems[i]
             if ood is None and score > 1.0:
                 ood = f"far from the training scans: out-of-distribution score {score:.2f} > 1"
             results.append(self._to_prediction(out.probs[i], score, ood, self._flags(out.probs[i], out.plain[i], out.mirror[i], ood)))
@@ -273,6 +290,12 @@ class Classifier:
             image.size, Image.Resampling.BILINEAR
         )
         return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in NumPy (see :meth:`core.ood.FeatureGate.distance` on why)."""
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _check_image(image: Any) -> Image.Image:

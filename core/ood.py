@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -64,20 +65,25 @@ class ImageLimits:
 
 
 def image_stats(image: Image.Image) -> dict[str, float]:
-    """The numbers the image checks look at, on a 128 px thumbnail."""
+    """The numbers the image checks look at, on a thumbnail of about 128 px (box-filtered:
+    Pillow's ``reduce`` by the whole factor that brings the longer side nearest 128 px)."""
     width, height = image.size
-    small = image.copy()
-    small.thumbnail((128, 128), Image.Resampling.BILINEAR)
-    grey = np.asarray(small.convert("L"), dtype=np.float32) / 255.0
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    factor = max(1, round(max(width, height) / 128))
+    small = image.reduce(factor) if factor > 1 else image
+    grey = small if small.mode == "L" else small.convert("L")
     if small.mode == "RGB":
-        rgb = np.asarray(small, dtype=np.float32) / 255.0
-        colour = float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean())
+        red, green, blue = small.split()
+        high = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+        low = ImageChops.darker(ImageChops.darker(red, green), blue)
+        colour = ImageStat.Stat(ImageChops.subtract(high, low)).mean[0] / 255.0
     else:
         colour = 0.0
     return {
         "aspect": max(width, height) / max(min(width, height), 1),
-        "colour": colour,
-        "std": float(grey.std()),
+        "colour": float(colour),
+        "std": float(ImageStat.Stat(grey).stddev[0]) / 255.0,
     }
 
 
@@ -139,12 +145,32 @@ class FeatureGate:
         if not (np.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {self.threshold!r}.")
 
-    def distance(self, features: torch.Tensor) -> torch.Tensor:
-        """(N,) distance of each row of ``features`` (N, D) to the nearest class mean."""
-        features = features.to(self.means.dtype)
-        diff = features[:, None, :] - self.means[None, :, :]  # (N, C, D)
-        squared = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
-        return squared.clamp_min(0).min(dim=1).values.sqrt()
+    def distance(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N,) distance of each row of ``features`` (N, D) to the nearest class mean.
+
+        Computed in NumPy (float64), without BLAS: torch's kernels, even on these small arrays, and
+        BLAS wake thread pools that then compete with ONNX Runtime's threads for the next prediction.
+        """
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().double().numpy()
+        features = np.asarray(features, dtype=np.float64)
+        means, precision, means_term = self._arrays
+        # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, one (N, D) x (D, D) product for all classes.
+        # einsum, not the @ operator: BLAS's threads, like torch's, stay busy after a call.
+        projected = np.einsum("nd,de->ne", features, precision)
+        squared = (
+            np.einsum("nd,nd->n", projected, features)[:, None]
+            - 2.0 * np.einsum("nd,cd->nc", projected, means)
+            + means_term[None, :]
+        )
+        return torch.from_numpy(np.sqrt(np.clip(squared, 0.0, None).min(axis=1)))
+
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Means, precision and each mean's m'Pm, as float64 NumPy arrays (computed once)."""
+        means = self.means.double().numpy()
+        precision = self.precision.double().numpy()
+        return means, precision, np.einsum("cd,de,ce->c", means, precision, means)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """(N,) distance over threshold: above 1 is rejected."""

@@ -134,6 +134,28 @@ def test_shared_preprocessing(tiny_model, scan_paths):
     assert torch.equal(tiny_model.transform(image.convert("RGB")), tiny_model.transform(image.convert("L")))
 
 
+def test_input_array_equals_the_transform(tiny_model, scan_paths):
+    """The NumPy preprocessing of the ONNX Runtime path gives the transform's numbers, for every
+    kind of image read_scan or a caller may hand over."""
+    from core.preprocess import input_array
+
+    scan = read_scan(scan_paths["glioma"])
+    rng = np.random.default_rng(0)
+    images = [
+        scan,
+        scan.convert("RGB"),
+        scan.resize((300, 211)),
+        Image.fromarray(rng.integers(0, 256, (97, 130, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (50, 40, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 65535, (64, 64), dtype=np.uint16).astype(np.int32), "I"),
+    ]
+    size, mean, std = tiny_model.image_size, tiny_model.card["mean"], tiny_model.card["std"]
+    got = input_array(images, size, mean, std)
+    expected = torch.stack([eval_transform(size, mean, std)(image) for image in images]).numpy()
+    assert got.dtype == np.float32 and got.shape == expected.shape == (len(images), 3, size, size)
+    assert np.abs(got - expected).max() < 1e-6
+
+
 def test_load_model_missing_and_corrupt(tmp_path, tiny_weights):
     missing = tmp_path / "absent.safetensors"
     with pytest.raises(WeightsError, match="absent.safetensors"):

@@ -79,6 +79,12 @@ def test_gate_accepts_the_training_distribution_and_rejects_far_points():
     assert (held > 1).mean() < 0.05
     far = gate.score(torch.as_tensor(rng.normal(0, 1, size=(50, 16)) + 20)).numpy()
     assert (far > 1).all()
+    # the expanded NumPy form equals the textbook distance to the nearest class mean
+    points = features[2500:2520]
+    diff = points[:, None, :] - gate.means.numpy()[None]
+    direct = np.sqrt(np.einsum("ncd,de,nce->nc", diff, gate.precision.numpy(), diff).min(axis=1))
+    np.testing.assert_allclose(gate.distance(points).numpy(), direct, rtol=1e-9)
+    np.testing.assert_allclose(gate.distance(torch.as_tensor(points)).numpy(), direct, rtol=1e-9)
 
 
 def test_gate_file_round_trip_and_tamper(tmp_path):
