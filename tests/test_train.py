@@ -158,3 +158,38 @@ def test_evaluate_cli(mini_dataset, tiny_weights):
     assert testing["n_images"] == 4 * PER_CLASS
     assert np.array(testing["confusion_matrix"]).sum() == 4 * PER_CLASS
     assert set(testing["per_class"]) == set(CLASS_NAMES)
+
+
+def test_evaluation_scores_the_served_probabilities(mini_dataset, tiny_weights):
+    """Every report scores what core serves: the card's temperature applied, TTA averaging the
+    scan's and its mirror image's calibrated probabilities; the reliability before scaling is kept."""
+    from train.engine import predict_logits, served_probs
+    from train.evaluate import _loader, evaluate_samples
+    from train.presets import ClassificationPresetEval
+
+    samples = find_samples(mini_dataset / "Testing")
+    model = load_model(tiny_weights, device="cpu")
+    temperature = 0.25
+    result = evaluate_samples(
+        model.network, samples, model.image_size, "cpu", batch_size=8, workers=0, tta=True,
+        perturb=False, temperature=temperature,
+    )
+    testing, tta = result["evaluations"]["testing"], result["evaluations"]["testing_tta"]
+    logits, mirrored, targets = predict_logits(
+        model.network, _loader(samples, ClassificationPresetEval(model.image_size), 8, 0), torch.device("cpu"),
+        progress=False, mirror=True,
+    )
+    assert testing["temperature"] == temperature
+    assert testing["calibration"] == testing["calibration_after"] == metrics.calibration(served_probs(logits, temperature=temperature), targets)
+    assert testing["calibration_before"] == metrics.calibration(served_probs(logits), targets)
+    assert testing["calibration_before"]["ece"] != testing["calibration"]["ece"]
+    assert tta["calibration"] == metrics.calibration(served_probs(logits, mirrored, temperature), targets)
+    # the probabilities scored are the app's own (core.Classifier at the same temperature)
+    from core import read_scan
+
+    model.temperature, model.tta = temperature, True
+    try:
+        served = model.probabilities([read_scan(s.path) for s in samples[:6]]).numpy()
+    finally:
+        model.temperature, model.tta = float(model.card.get("temperature", 1.0)), False
+    np.testing.assert_allclose(served, served_probs(logits[:6], mirrored[:6], temperature), atol=1e-4)

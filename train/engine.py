@@ -17,7 +17,10 @@ from tqdm import tqdm
 __all__ = [
     "autocast",
     "train_one_epoch",
+    "predict_logits",
     "predict_probs",
+    "served_probs",
+    "softmax",
     "lr_factor",
     "save_checkpoint",
     "load_checkpoint",
@@ -88,6 +91,43 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    desc: str = "eval",
+    progress: bool = True,
+    mirror: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Logits (float32 as the app computes them, returned as float64) for a whole loader, the
+    logits of the horizontally mirrored images when ``mirror`` (else None), and the targets."""
+    model.eval()
+    all_logits, all_mirror, all_targets = [], [], []
+    for images, targets in _batches(loader, desc, progress):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        all_logits.append(model(images).float().cpu())
+        if mirror:
+            all_mirror.append(model(torch.flip(images, dims=[3])).float().cpu())
+        all_targets.append(torch.as_tensor(targets))
+    logits = torch.cat(all_logits).double().numpy()
+    mirrored = torch.cat(all_mirror).double().numpy() if mirror else None
+    return logits, mirrored, torch.cat(all_targets).numpy()
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of ``logits / temperature`` (float64), as ``core`` serves them."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def served_probs(logits: np.ndarray, mirrored: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:
+    """What ``core`` predicts from these logits: softmax at ``temperature``, averaged with the
+    mirror images' when given (flip test-time augmentation)."""
+    probs = softmax(logits, temperature)
+    return probs if mirrored is None else (probs + softmax(mirrored, temperature)) / 2
+
+
 def predict_probs(
     model: torch.nn.Module,
     loader: Iterable,
@@ -95,21 +135,15 @@ def predict_probs(
     desc: str = "eval",
     progress: bool = True,
     tta_flip: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and targets for a whole loader (optionally averaged with a h-flip).
+    """Probabilities (float64) and targets for a whole loader (optionally averaged with a h-flip).
 
-    Always float32, as the app predicts, so that validation selects what the app will run.
+    The network runs in float32, as the app predicts, so that validation selects what the app
+    will run.
     """
-    model.eval()
-    all_probs, all_targets = [], []
-    for images, targets in _batches(loader, desc, progress):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(model(images).float(), dim=1)
-        if tta_flip:
-            probs = (probs + torch.softmax(model(torch.flip(images, dims=[3])).float(), dim=1)) / 2
-        all_probs.append(probs.float().cpu())
-        all_targets.append(torch.as_tensor(targets))
-    return torch.cat(all_probs).numpy().astype(np.float64), torch.cat(all_targets).numpy()
+    logits, mirrored, targets = predict_logits(model, loader, device, desc, progress, mirror=tta_flip)
+    return served_probs(logits, mirrored, temperature), targets
 
 
 # ---------------------------------------------------------------------- checkpoints

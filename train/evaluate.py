@@ -1,8 +1,9 @@
 """``python -m train.evaluate --data-dir DIR/Testing [--weights PATH]``: every metric, as JSON.
 
 The model is loaded with :func:`core.load_model`, so it is evaluated through exactly the
-preprocessing the app uses. The JSON holds one report per evaluation (layout in
-:mod:`train.metrics`) under ``"evaluations"``:
+preprocessing the app uses, and scored on the probabilities the app serves (the model card's
+temperature applied). The JSON holds one report per evaluation (layout in :mod:`train.metrics`)
+under ``"evaluations"``:
 
 - ``testing``: the folder given, as it is;
 - ``testing_tta``: the same with horizontal-flip test-time augmentation (``--tta``);
@@ -32,7 +33,7 @@ from core.model import load_model
 
 from . import metrics
 from .data import ScanFolder, class_counts, find_samples, fingerprint
-from .engine import predict_probs
+from .engine import predict_logits, served_probs
 from .presets import PERTURBATIONS, ClassificationPresetEval, perturbation
 
 __all__ = ["evaluate_samples", "get_args_parser", "main"]
@@ -40,9 +41,8 @@ __all__ = ["evaluate_samples", "get_args_parser", "main"]
 logger = logging.getLogger(__name__)
 
 
-def _probs(model, samples, transform, device, batch_size, workers, tta=False, progress=False, desc="eval"):
-    loader = DataLoader(ScanFolder(samples, transform), batch_size=batch_size, num_workers=workers)
-    return predict_probs(model, loader, device, desc=desc, progress=progress, tta_flip=tta)
+def _loader(samples, transform, batch_size, workers) -> DataLoader:
+    return DataLoader(ScanFolder(samples, transform), batch_size=batch_size, num_workers=workers)
 
 
 class _Perturbed:
@@ -66,25 +66,36 @@ def evaluate_samples(
     progress: bool = False,
     root: str | Path | None = None,
     leak_free: set[str] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Reports for ``samples`` (clean, optionally flip-TTA, and accuracy under perturbations).
 
+    Every report scores the probabilities the app serves: softmax of the logits over the model
+    card's ``temperature`` (TTA: the mean of the scan's and its mirror image's). With a
+    temperature other than 1 the clean report also keeps its reliability before scaling
+    (``calibration_before``; ``calibration`` and ``calibration_after`` are after).
     ``leak_free``: names (posix, relative to ``root``'s parent, as in the audit report) of the
     samples that form the leak-free subset; its reports reuse the same predictions.
     """
     device = torch.device(device)
     transform = ClassificationPresetEval(image_size)
-    probs, targets = _probs(model, samples, transform, device, batch_size, workers, progress=progress, desc="test")
+    loader = _loader(samples, transform, batch_size, workers)
+    logits, mirrored, targets = predict_logits(model, loader, device, desc="test", progress=progress, mirror=tta)
+    probs = served_probs(logits, temperature=temperature)
+    testing = metrics.report(probs, targets)
+    testing["temperature"] = float(temperature)
+    if temperature != 1.0:
+        testing["calibration_before"] = metrics.calibration(served_probs(logits), targets)
+        testing["calibration_after"] = testing["calibration"]
     out: dict[str, Any] = {
         "class_names": list(CLASS_NAMES),
         "n_images": len(samples),
         "counts": class_counts(samples),
         "data_fingerprint": fingerprint(samples, root) if root is not None else None,
-        "evaluations": {"testing": metrics.report(probs, targets)},
+        "evaluations": {"testing": testing},
     }
-    tta_probs = None
-    if tta:
-        tta_probs, _ = _probs(model, samples, transform, device, batch_size, workers, tta=True, progress=progress, desc="test+flip")
+    tta_probs = served_probs(logits, mirrored, temperature) if mirrored is not None else None
+    if tta_probs is not None:
         out["evaluations"]["testing_tta"] = metrics.report(tta_probs, targets)
     if leak_free is not None:
         if root is None:
@@ -106,7 +117,8 @@ def evaluate_samples(
     if perturb:
         perturbed: dict[str, float] = {"clean": out["evaluations"]["testing"]["accuracy"]}
         for name in PERTURBATIONS:
-            p, t = _probs(model, samples, _Perturbed(name, transform), device, batch_size, workers, progress=progress, desc=name)
+            loader = _loader(samples, _Perturbed(name, transform), batch_size, workers)
+            p, _, t = predict_logits(model, loader, device, desc=name, progress=progress)
             perturbed[name] = float((p.argmax(1) == t).mean())
             logger.info("perturbation %s: accuracy %.4f", name, perturbed[name])
         names = [n for n in perturbed if n != "clean"]
@@ -183,7 +195,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result = evaluate_samples(
         classifier.network, samples, classifier.image_size, classifier.device, args.batch_size,
         args.workers, tta=args.tta, perturb=args.perturb, root=folder,
-        leak_free=load_leak_free(args.audit),
+        leak_free=load_leak_free(args.audit), temperature=classifier.temperature,
     )
     result["weights_sha256"] = classifier.card["weights_sha256"]
     if args.merge_into is not None:

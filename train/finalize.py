@@ -139,15 +139,10 @@ def trust_steps(
 
 
 def _add_trust(evaluation: dict[str, Any], trust: TrustResult) -> None:
-    """Testing's reliability before and after temperature scaling, as the performance page reads
-    them (``calibration_before`` / ``calibration_after``; ``calibration`` is what the app serves)."""
+    """The gate's and the flags' figures on Testing (the reports themselves already score the
+    calibrated probabilities: ``evaluate_samples`` is given the temperature)."""
     if trust.testing_calibration is None:
         return
-    testing = evaluation["evaluations"]["testing"]
-    testing["calibration_before"] = testing["calibration"]
-    testing["calibration_after"] = trust.testing_calibration["after"]
-    testing["calibration"] = trust.testing_calibration["after"]
-    testing["temperature"] = trust.testing_trust["temperature"]
     evaluation["trust"] = {"ood": trust.testing_trust["ood"], "uncertainty": trust.testing_trust["uncertainty"]}
 
 
@@ -199,7 +194,7 @@ def finalize(
         evaluation = evaluate_samples(
             model, test_samples, card["image_size"], device, args.batch_size * 2, args.workers,
             tta=args.tta, progress=progress, root=split_dirs(args.data_dir)[1],
-            leak_free=load_leak_free(args.audit),
+            leak_free=load_leak_free(args.audit), temperature=card["temperature"],
         )
         _add_trust(evaluation, trust)
         write_json(output / EVALUATION_NAME, evaluation)
