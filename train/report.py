@@ -46,17 +46,21 @@ def render(folder: Path | None = None) -> str:
     card, evaluation, _ = _load(folder)
     evals = evaluation["evaluations"]
     lines = [
-        "| Evaluation | Scans | Accuracy | Macro F1 | " + " | ".join(f"{CLASS_LABELS[c]} recall" for c in CLASS_NAMES) + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(CLASS_NAMES),
+        "| Evaluation | Scans | Accuracy | Macro F1 | ECE | " + " | ".join(f"{CLASS_LABELS[c]} recall" for c in CLASS_NAMES) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(CLASS_NAMES),
     ]
     for key, title in EVALUATION_TITLES.items():
         if key not in evals:
             continue
         r = evals[key]
         recalls = " | ".join(_pct(r["per_class"][c]["recall"]) if r["support"][c] else "–" for c in CLASS_NAMES)
-        lines.append(f"| {title} | {r['n_images']} | {_pct(r['accuracy'])} | {r['macro_f1']:.4f} | {recalls} |")
+        ece = _pct(r["calibration"]["ece"]) if isinstance(r.get("calibration"), dict) else "–"
+        lines.append(f"| {title} | {r['n_images']} | {_pct(r['accuracy'])} | {r['macro_f1']:.4f} | {ece} | {recalls} |")
     testing = evals["testing"]
     lines += [
+        "",
+        "ECE: expected calibration error (15 bins) of the probabilities the app serves (the model's "
+        "temperature applied; TTA rows average the scan's and its mirror image's).",
         "",
         "Confusion matrix on the official Testing split (rows: true class, columns: predicted):",
         "",
