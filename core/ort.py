@@ -66,9 +66,10 @@ class OnnxNetwork:
         """``fn`` over consecutive chunks of ``items``, one chunk per thread, in order (for the
         work before a run, such as preprocessing, that Pillow and NumPy do without the GIL)."""
         chunks = [items[part] for part in self._chunks(len(items))]
-        if len(chunks) < 2:
-            return [fn(chunk) for chunk in chunks]
-        return list(self._pool.map(fn, chunks))
+        # The calling thread takes the last chunk itself rather than wait idle.
+        futures = [self._pool.submit(fn, chunk) for chunk in chunks[:-1]] if self._pool is not None else []
+        last = fn(chunks[-1])
+        return [future.result() for future in futures] + [last]
 
     def run(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits (N, classes) and taps (N, features; None without gate stages) of a float32
