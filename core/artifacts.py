@@ -201,6 +201,7 @@ EVALUATION_TITLES = {
     "testing": "Official Testing split",
     "testing_tta": "Testing, flip test-time augmentation",
     "testing_leak_free": "Leak-free Testing subset",
+    "testing_leak_free_tta": "Leak-free Testing subset, flip TTA",
     "group_split_testing": "Group-split model on Testing",
 }
 

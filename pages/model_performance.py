@@ -115,7 +115,9 @@ def _comparison_ui(artifacts: Artifacts) -> str:
         st.subheader("Evaluations side by side")
         st.caption(
             "The official Testing split shares near-identical scans with Training; where stored, the "
-            "leak-free subset (Testing scans with no near-duplicate in Training) is the honest figure."
+            "leak-free subset (Testing scans with no near-duplicate in Training) is the honest figure. "
+            "ECE: expected calibration error of the probabilities the app serves (the model's "
+            "temperature applied; a model without a fitted temperature is scored as it is)."
         )
     pct = st.column_config.NumberColumn(format="%.2f %%")
     st.dataframe(
