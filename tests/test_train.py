@@ -146,6 +146,38 @@ def test_bad_options_are_named(mini_dataset, tmp_path):
         main(args)
 
 
+def test_freeze_stages_keeps_the_stem_and_first_stages(mini_dataset, tmp_path):
+    """--freeze-stages N: a real training step leaves the stem and the first N stages as they
+    were and updates the rest; a count the network lacks is refused by name."""
+    from core.model import build_network
+    from train.train import set_backbone_trainable
+
+    torch.manual_seed(0)
+    net = build_network("efficientnet_lite0").train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    set_backbone_trainable(net, trainable=True, frozen_stages=2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    after = net.state_dict()
+    frozen = ("conv_stem.", "blocks.0.", "blocks.1.")
+    weights = [k for k in after if k.endswith(".weight")]
+    assert all(torch.equal(after[k], before[k]) for k in weights if k.startswith(frozen))
+    assert all(not torch.equal(after[k], before[k]) for k in weights if k.startswith(("blocks.2.", "blocks.6.", "conv_head.", "classifier.")))
+    assert all(not p.requires_grad for name, p in net.named_parameters() if name.startswith(frozen + ("bn1.",)))
+    # the head-only phase still trains the head alone
+    set_backbone_trainable(net, trainable=False, frozen_stages=2)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
+
+    args = get_args_parser().parse_args([
+        "--data-dir", str(mini_dataset), "--output", str(tmp_path), "--freeze-stages", "9",
+        "--workers", "0", "--split", "stratified", "--val-fraction", "0.25",
+    ])
+    with pytest.raises(SystemExit, match=r"--freeze-stages must be in \[0, 7\].*9"):
+        main(args)
+
+
 def test_evaluate_cli(mini_dataset, tiny_weights):
     cmd = [
         sys.executable, "-m", "train.evaluate", "--data-dir", str(mini_dataset / "Testing"),

@@ -249,7 +249,9 @@ def _frozen_stage_modules(model: torch.nn.Module, stages: int) -> list[torch.nn.
     return [model.conv_stem, model.bn1, *list(blocks)[:stages]]
 
 
-def _set_backbone_trainable(model: torch.nn.Module, trainable: bool, frozen_stages: int = 0) -> None:
+def set_backbone_trainable(model: torch.nn.Module, trainable: bool, frozen_stages: int = 0) -> None:
+    """Which parameters get gradients: the classifier head always; the backbone when
+    ``trainable``, except the stem and the first ``frozen_stages`` stages."""
     head = set(id(p) for p in model.get_classifier().parameters())
     frozen = {id(p) for m in _frozen_stage_modules(model, frozen_stages) for p in m.parameters()}
     for param in model.parameters():
@@ -337,7 +339,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     progress = is_main and not args.no_progress
     epochs = tqdm(range(start_epoch, args.epochs), desc="epochs", disable=not progress, initial=start_epoch, total=args.epochs)
     for epoch in epochs:
-        _set_backbone_trainable(model, epoch >= args.freeze_epochs, args.freeze_stages)
+        set_backbone_trainable(model, epoch >= args.freeze_epochs, args.freeze_stages)
         if sampler is not None:
             sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
