@@ -41,6 +41,18 @@ def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] 
     return card, evaluation, audit
 
 
+def _mean_confidence(report: dict[str, Any]) -> tuple[float, float] | None:
+    """Mean top-class confidence and accuracy of a report, from its calibration bins."""
+    bins = [b for b in report.get("calibration", {}).get("bins", []) if b.get("count")]
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return None
+    return (
+        sum(b["count"] * b["confidence"] for b in bins) / total,
+        sum(b["count"] * b["accuracy"] for b in bins) / total,
+    )
+
+
 def render(folder: Path | None = None) -> str:
     folder = folder or assets_dir()
     card, evaluation, _ = _load(folder)
@@ -86,12 +98,21 @@ def render(folder: Path | None = None) -> str:
         ]
         lines += ["", f"Calibration (expected calibration error, 15 bins; temperature {card.get('temperature', 1.0):.3f} "
                   "fitted on validation): " + "; ".join(parts) + "."]
+        means = []
+        for key, title in (("testing", "official Testing split"), ("testing_leak_free", "leak-free subset")):
+            found = _mean_confidence(evals[key]) if key in evals else None
+            if found is not None:
+                means.append(f"{title} {_pct(found[0])} against {_pct(found[1])}")
+        if means:
+            lines += ["", "Mean confidence against accuracy, as served: " + "; ".join(means) + "."]
     training = card["training"]
     config = training["config"]
     data = card["data"]
     lines += [
         "",
-        f"Training: {config['epochs']} epochs ({config['freeze_epochs']} head-only) at {card['image_size']} px, "
+        f"Training: {config['epochs']} epochs ({config['freeze_epochs']} head-only"
+        + (f"; stem and first {config['freeze_stages']} stages frozen" if config.get("freeze_stages") else "")
+        + f") at {card['image_size']} px, "
         f"batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
         f"augmentation strength {config.get('augment')}, {config.get('split')} split (seed {config.get('seed', 0)}): "
         f"{data['train_images']} training and {data['val_images']} validation scans; best epoch "
