@@ -207,7 +207,7 @@ class Classifier:
             logits, taps = (t.numpy() if t is not None else None for t in self._forward(torch.cat([batch, torch.flip(batch, dims=[3])])))
             problems = [image_problem(image, self.image_limits) for image in images]
         features = taps[:n] if taps is not None else None
-        probs = torch.from_numpy(_softmax(logits / self.temperature))
+        probs = torch.from_numpy(softmax(logits, self.temperature))
         plain, mirror = probs[:n], probs[n:]
         averaged = (plain + mirror) / 2 if self.tta else plain
         return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features, problems=problems)
@@ -292,9 +292,11 @@ class Classifier:
         return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in NumPy (see :meth:`core.ood.FeatureGate.distance` on why)."""
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of ``logits / temperature`` over the last axis, float64, in NumPy (see
+    :meth:`core.ood.FeatureGate.distance` on why): how every served probability is computed."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
 
 

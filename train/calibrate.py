@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.model import softmax
+
 from . import metrics
 
 __all__ = ["apply_temperature", "calibration_summary", "fit_temperature", "choose_confidence_threshold"]
@@ -63,7 +65,7 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Calibrated probabilities (float64), exactly as ``core`` computes them."""
     if not temperature > 0:
         raise ValueError(f"The temperature must be positive, got {temperature!r}.")
-    return torch.softmax(torch.as_tensor(np.asarray(logits, dtype=np.float64)) / temperature, dim=-1).numpy()
+    return softmax(logits, temperature)
 
 
 def calibration_summary(logits: np.ndarray, targets: Sequence[int], temperature: float) -> dict[str, Any]:

@@ -14,13 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .calibrate import apply_temperature
+
 __all__ = [
     "autocast",
     "train_one_epoch",
     "predict_logits",
     "predict_probs",
     "served_probs",
-    "softmax",
     "lr_factor",
     "save_checkpoint",
     "load_checkpoint",
@@ -114,18 +115,11 @@ def predict_logits(
     return logits, mirrored, torch.cat(all_targets).numpy()
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities of ``logits / temperature`` (float64), as ``core`` serves them."""
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def served_probs(logits: np.ndarray, mirrored: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:
     """What ``core`` predicts from these logits: softmax at ``temperature``, averaged with the
     mirror images' when given (flip test-time augmentation)."""
-    probs = softmax(logits, temperature)
-    return probs if mirrored is None else (probs + softmax(mirrored, temperature)) / 2
+    probs = apply_temperature(logits, temperature)
+    return probs if mirrored is None else (probs + apply_temperature(mirrored, temperature)) / 2
 
 
 def predict_probs(
