@@ -151,7 +151,9 @@ class Classifier:
                 f"needs {tuple(stages)}; run python -m train.export again."
             )
         generator = torch.Generator().manual_seed(0)
-        batch = torch.rand(2, 3, self.image_size, self.image_size, generator=generator) * 2 - 1
+        # Grey scans, as the preprocessing gives them: three equal channels.
+        grey = torch.rand(2, 1, self.image_size, self.image_size, generator=generator) * 2 - 1
+        batch = grey.expand(-1, 3, -1, -1).contiguous()
         with torch.inference_mode():
             expected, expected_taps = forward_with_taps(self.network, batch.contiguous(memory_format=torch.channels_last), stages)
             got, got_taps = runtime(batch)
@@ -186,8 +188,12 @@ class Classifier:
     def _prepared(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
         """The network input as NumPy (see :func:`core.preprocess.input_array`) and the image
         checks' objections, for the ONNX Runtime path."""
-        array = input_array(images, self.image_size, self.card["mean"], self.card["std"])
-        return array, [image_problem(image, self.image_limits) for image in images]
+        channels = self.runtime.channels if self.runtime is not None else len(self.card["mean"])
+        array = input_array(images, self.image_size, self.card["mean"][:channels], self.card["std"][:channels])
+        return array, self._image_problems(images)
+
+    def _image_problems(self, images: Sequence[Image.Image]) -> list[str | None]:
+        return [image_problem(image, self.image_limits) for image in images]
 
     def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
         """One forward pass over the scans and their mirror images: probabilities, and the gate's
@@ -199,13 +205,13 @@ class Classifier:
             parts = self.runtime.map(self._prepared, images)
             array = np.concatenate([part[0] for part in parts])
             problems = [problem for part in parts for problem in part[1]]
-            raw_logits, raw_taps = self.runtime.run(np.concatenate([array, array[..., ::-1]]))
+            raw_logits, raw_taps = self.runtime.run(array, mirror=True)
             logits = raw_logits.astype(np.float64)
             taps = raw_taps.astype(np.float64) if raw_taps is not None and self.gate is not None else None
         else:
             batch = self.preprocess(images)
             logits, taps = (t.numpy() if t is not None else None for t in self._forward(torch.cat([batch, torch.flip(batch, dims=[3])])))
-            problems = [image_problem(image, self.image_limits) for image in images]
+            problems = self._image_problems(images)
         features = taps[:n] if taps is not None else None
         probs = torch.from_numpy(softmax(logits, self.temperature))
         plain, mirror = probs[:n], probs[n:]

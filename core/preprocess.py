@@ -87,10 +87,12 @@ def input_array(
     mean: Sequence[float] = INPUT_MEAN,
     std: Sequence[float] = INPUT_STD,
 ) -> np.ndarray:
-    """:func:`eval_transform` of each image, stacked: float32 (N, 3, image_size, image_size).
+    """:func:`eval_transform` of each image, stacked: float32 (N, len(mean), image_size, image_size).
 
     Pillow resizes exactly as ``v2.Resize`` does for PIL images (bilinear, with its antialias),
-    then NumPy scales to [0, 1] and normalises.
+    then NumPy scales to [0, 1] and normalises. A one-value ``mean`` and ``std`` give the single
+    grey channel (for a network exported for grey input, see ``train.export``); three give it
+    repeated, normalised per channel, as :func:`eval_transform` does.
     """
     mean_ = np.asarray(mean, dtype=np.float32)[:, None, None]
     std_ = np.asarray(std, dtype=np.float32)[:, None, None]

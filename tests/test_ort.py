@@ -18,7 +18,7 @@ from core.model import build_network
 from core.ood import forward_with_taps
 from core.ort import ONNX_NAME, load_runtime
 from core.weights import WeightsError, load_weights, write_model_card
-from train.export import export_beside, export_onnx
+from train.export import export_beside, export_onnx, fold_grey_stem, grey_input
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,66 @@ def test_export_with_gate_taps(tmp_path):
         expected_logits, expected_taps = forward_with_taps(net, batch, (2, 4))
     assert torch.allclose(logits, expected_logits, atol=1e-4)
     assert torch.allclose(taps, expected_taps, atol=1e-4)
+
+
+def test_grey_input_export(exported):
+    """Equal normalisation for every channel: the graph takes the grey channel alone, with the
+    stem's weights summed, and answers as the 3-channel network given that channel three times."""
+    card = json.loads(exported.with_name("model_card.json").read_text())
+    assert grey_input(card) and card["onnx"]["input_channels"] == 1
+    runtime = load_runtime(exported.parent, card, threads=2)
+    assert runtime.channels == 1
+    state, _ = load_weights(exported)
+    net = build_network(card["arch"]).eval()
+    net.load_state_dict(state)
+    grey = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.inference_mode():
+        expected, expected_taps = forward_with_taps(net, grey.expand(-1, 3, -1, -1), runtime.stages)
+    logits, taps = runtime.run(grey.numpy())
+    assert np.abs(logits - expected.numpy()).max() < 1e-4
+    if runtime.stages:
+        assert np.abs(taps - expected_taps.numpy()).max() < 1e-4
+    # The 3-channel entry point takes equal channels, and refuses channels that differ.
+    same, _ = runtime(grey.expand(-1, 3, -1, -1))
+    assert np.abs(same.numpy() - logits).max() < 1e-6
+    with pytest.raises(ValueError, match="channels differ"):
+        runtime(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        runtime.run(np.zeros((1, 3, 64, 64), dtype=np.float32))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_run_with_mirror_equals_the_doubled_batch(exported, threads):
+    card = json.loads(exported.with_name("model_card.json").read_text())
+    runtime = load_runtime(exported.parent, card, threads=threads)
+    for n in (1, 2, 5):
+        array = np.random.default_rng(n).uniform(-1, 1, (n, runtime.channels, 64, 64)).astype(np.float32)
+        logits, _ = runtime.run(array, mirror=True)
+        expected, _ = runtime.run(np.concatenate([array, array[..., ::-1]]))
+        assert logits.shape == (2 * n, len(CLASS_NAMES))
+        assert np.abs(logits - expected).max() < 1e-5
+
+
+def test_per_channel_normalisation_keeps_three_channels(tmp_path):
+    """Channels normalised differently are not equal: no folding, a 3-channel graph."""
+    torch.manual_seed(2)
+    net = build_network("efficientnet_lite0").eval()
+    card = {"image_size": 64, "weights_sha256": "x" * 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert not grey_input(card)
+    info = export_onnx(net, card, tmp_path)
+    assert info["input_channels"] == 3
+    assert load_runtime(tmp_path, {**card, "onnx": info}, threads=1).channels == 3
+
+
+def test_fold_grey_stem_is_exact():
+    torch.manual_seed(4)
+    net = build_network("efficientnet_lite0").eval()
+    folded = fold_grey_stem(net)
+    assert folded.conv_stem.weight.shape[1] == 1 and net.conv_stem.weight.shape[1] == 3
+    grey = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(folded(grey), net(grey.expand(-1, 3, -1, -1)), atol=1e-5)
+    assert fold_grey_stem(torch.nn.Linear(3, 3)) is None
 
 
 def test_tampered_onnx_is_refused(exported, tmp_path):
