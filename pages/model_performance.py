@@ -104,8 +104,12 @@ def _headline_ui(artifacts: Artifacts) -> None:
     cols[1].metric("Macro F1 (Testing)", _pct(testing["macro_f1"]) if testing else "—")
     cols[2].metric("Test scans", f"{int(testing['n_images']):,}" if testing else "—")
     cols[3].metric("Trained on", _date(card.get("trained_at")))
-    cols[4].metric("Training wall time", _duration(training.get("wall_time_s")),
-                   help=training.get("hardware"))
+    total = training.get("total_wall_time_s")
+    cols[4].metric(
+        "Training wall time", _duration(training.get("wall_time_s")),
+        help=f"Training loop on {training.get('hardware', '—')}"
+        + (f"; {_duration(total)} in all with calibration, gate, Testing evaluation and export" if total else ""),
+    )
 
 
 def _comparison_ui(artifacts: Artifacts) -> str:
@@ -287,7 +291,8 @@ def _model_card_ui(card: Mapping[str, Any] | None, evaluation: Mapping[str, Any]
             f"{card.get('image_size', '—')} pixels, {len(card.get('class_names', [])) or 4} classes\n"
             f"- Recipe: ImageNet-pre-trained backbone fine-tuned with AdamW"
             + (f"; {recipe}" if recipe else "")
-            + f"\n- Hardware: {training.get('hardware', '—')}; wall time {_duration(training.get('wall_time_s'))}"
+            + f"\n- Hardware: {training.get('hardware', '—')}; training loop {_duration(training.get('wall_time_s'))}"
+            + (f", {_duration(total)} in all" if (total := training.get("total_wall_time_s")) else "")
             + f"\n- Selected on: {training.get('selected_on', 'validation macro F1')}"
             + (f" (epoch {training['best_epoch']})" if "best_epoch" in training else "")
         )

@@ -49,3 +49,16 @@ def test_update_readme_replaces_only_the_section(tmp_path, monkeypatch):
     assert text.startswith("intro\n") and text.endswith("outro\n")
     assert "old table" not in text and render(assets) in text
     assert not update_readme(readme, assets)  # idempotent
+
+
+def test_training_line_gives_the_whole_run_when_stored(tmp_path):
+    from app_assets import make_assets
+
+    assets = make_assets(tmp_path / "assets")
+    card_path = assets / MODEL_CARD_NAME
+    card = json.loads(card_path.read_text())
+    loop = card["training"]["wall_time_s"] / 60
+    assert f"{loop:.1f} min for the training loop (" in render(assets)
+    card["training"]["total_wall_time_s"] = card["training"]["wall_time_s"] + 600.0
+    card_path.write_text(json.dumps(card))
+    assert f"{loop:.1f} min for the training loop, {loop + 10:.1f} min in all with calibration" in render(assets)

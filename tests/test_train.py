@@ -114,6 +114,11 @@ def test_training_smoke_and_resume(mini_dataset, tmp_path, scan_paths):
     card = json.loads((out / "model_card.json").read_text())
     assert card["weights_sha256"] == sha256_file(out / "model.safetensors")
     assert card["image_size"] == 64 and card["class_names"] == list(CLASS_NAMES)
+    # The recipe's whole run is stored next to the training loop's time: the loop, then the
+    # calibration, gate, Testing evaluation and export.
+    timing = card["training"]
+    assert 0 < timing["wall_time_s"] < timing["total_wall_time_s"]
+    assert timing["total_wall_time_s"] == pytest.approx(timing["wall_time_s"] + timing["post_training_s"], abs=0.11)
     history = json.loads((out / "history.json").read_text())["epochs"]
     assert [h["phase"] for h in history] == ["head", "full"]
     for record in history:

@@ -116,8 +116,14 @@ def render(folder: Path | None = None) -> str:
         f"batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
         f"augmentation strength {config.get('augment')}, {config.get('split')} split (seed {config.get('seed', 0)}): "
         f"{data['train_images']} training and {data['val_images']} validation scans; best epoch "
-        f"{training['best_epoch']} on validation. Trained on {training['hardware']} in "
-        f"{training['wall_time_s'] / 60:.1f} min (trained {card.get('trained_at', '?')}).",
+        f"{training['best_epoch']} on validation. Trained on {training['hardware']}: "
+        f"{training['wall_time_s'] / 60:.1f} min for the training loop"
+        + (
+            f", {training['total_wall_time_s'] / 60:.1f} min in all with calibration, gate, Testing evaluation and export"
+            if training.get("total_wall_time_s") is not None
+            else ""
+        )
+        + f" ({card.get('trained_at', '?')}).",
     ]
     return "\n".join(lines)
 

@@ -38,10 +38,12 @@ from core.constants import (
     HISTORY_NAME,
     INPUT_MEAN,
     INPUT_STD,
+    WEIGHTS_NAME,
     assets_dir,
     data_dir,
 )
 from core.model import build_network
+from core.weights import write_model_card
 
 from . import metrics
 from .data import ScanFolder, find_samples, group_split, split_dirs, stratified_split
@@ -418,9 +420,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "torch": torch.__version__,
             },
         }
+        finalize_started = time.perf_counter()
         card = finalize(model, card, args, output, device, history, progress, (train_samples, val_samples, test_samples))
+        # wall_time_s is the training itself (data, epochs, validation); the recipe's whole run
+        # adds calibration, the gate, the Testing evaluation and the ONNX export.
+        post_training = time.perf_counter() - finalize_started
+        card["training"]["post_training_s"] = round(post_training, 1)
+        card["training"]["total_wall_time_s"] = round(wall_time + post_training, 1)
+        write_model_card(output / WEIGHTS_NAME, card)
         result["card"] = card
-        logger.info("wrote %s in %.0f s", output, wall_time)
+        logger.info(
+            "wrote %s: training %.0f s, then calibration, gate, evaluation and export %.0f s; %.0f s in all",
+            output, wall_time, post_training, wall_time + post_training,
+        )
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
