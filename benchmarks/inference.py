@@ -25,19 +25,19 @@ Usage::
 
 Measured effect of the inference options (``--variants``): forward pass of EfficientNet-Lite0
 at 192 px, median ms at batch 1 and ms per scan at batch 32, options timed in turn, with 1 and
-2 torch threads; 2-core AMD EPYC, quiet (training stopped), 2026-11-27, stored in
-``benchmarks/results.json``::
+2 torch threads; 2-core AMD EPYC, quiet, 2026-11-27 (ONNX rows: the graph for grey input, see
+``train.export``), stored in ``benchmarks/results.json``::
 
     option                                   1 thread         2 threads        max prob  kept
                                              b1     b32/scan  b1     b32/scan  diff
-    plain (channels_last, inference_mode)    35.1   39.1      29.1   22.9      0         -
-    contiguous memory format                 35.8   58.1      31.9   42.4      1.2e-06   no
-    torch.no_grad instead of inference_mode  34.6   34.8      29.0   22.7      0         no
-    batch norm folded (core.optimize)        25.7   25.1      22.8   15.7      9.0e-07   yes (1)
-    torch.jit.trace + freeze                 20.6   23.2      18.1   13.2      9.4e-07   no (2)
-    torch.jit.optimize_for_inference         19.6   24.1      18.3   11.7      1.7e-06   no (2)
-    ONNX Runtime, 2 intra-op threads         9.5    7.7       12.6   7.9       1.4e-06   no (3)
-    ONNX Runtime, 2 concurrent runs (core)   14.0   8.6       13.3   7.9       1.4e-06   yes
+    plain (channels_last, inference_mode)    30.3   34.7      22.8   22.9      0         -
+    contiguous memory format                 31.4   56.2      24.7   39.2      1.2e-06   no
+    torch.no_grad instead of inference_mode  29.4   36.0      22.8   23.6      0         no
+    batch norm folded (core.optimize)        22.7   25.0      18.1   14.3      9.0e-07   yes (1)
+    torch.jit.trace + freeze                 18.3   24.6      15.9   14.8      9.4e-07   no (2)
+    torch.jit.optimize_for_inference         17.1   23.3      12.9   12.6      1.7e-06   no (2)
+    ONNX Runtime, 2 intra-op threads         9.1    7.6       10.1   7.5       1.2e-06   no (3)
+    ONNX Runtime, 2 concurrent runs (core)   12.7   7.7       12.5   7.1       1.2e-06   yes
     torch.compile                            -      -         -      -         -         no (4)
 
 (1) for CUDA, for models without an ONNX file, and for the Grad-CAM copy (gradients need
