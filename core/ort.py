@@ -29,7 +29,7 @@ import torch
 
 from .weights import WeightsError, checked_companion
 
-__all__ = ["ONNX_NAME", "OnnxNetwork", "load_runtime"]
+__all__ = ["ONNX_NAME", "OnnxNetwork", "load_runtime", "open_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +139,23 @@ def load_runtime(folder: str | Path, card: dict[str, Any], threads: int | None =
             "run python -m train.export again."
         )
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         logger.warning("onnxruntime is not installed: predictions run through PyTorch")
         return None
+    try:
+        session = open_session(path)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise WeightsError(f"ONNX file {str(path)!r} could not be loaded: {exc}") from exc
+    stages = tuple(int(s) for s in info.get("stages", ()))
+    return OnnxNetwork(session, stages, threads if threads is not None else torch.get_num_threads())
+
+
+def open_session(path: str | Path) -> Any:
+    """An ONNX Runtime CPU session for ``path`` as predictions use it: one intra-op thread per
+    run (a batch is split across concurrent runs), threads that do not spin."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -150,9 +163,4 @@ def load_runtime(folder: str | Path, card: dict[str, Any], threads: int | None =
     # Threads that spin after a run would take the CPU from the Grad-CAM pass that follows.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise WeightsError(f"ONNX file {str(path)!r} could not be loaded: {exc}") from exc
-    stages = tuple(int(s) for s in info.get("stages", ()))
-    return OnnxNetwork(session, stages, threads if threads is not None else torch.get_num_threads())
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -18,7 +18,7 @@ from core.model import build_network
 from core.ood import forward_with_taps
 from core.ort import ONNX_NAME, load_runtime
 from core.weights import WeightsError, load_weights, write_model_card
-from train.export import export_beside, export_onnx, fold_grey_stem, grey_input
+from train.export import OnnxScorer, export_beside, export_onnx, fold_grey_stem, grey_input, scoring_network
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,21 @@ def test_threads_option(exported):
             load_model(exported, device="cpu", threads=0)
     finally:
         torch.set_num_threads(torch_threads)
+
+
+def test_scoring_network_scores_as_pytorch():
+    """train.finalize scores scans through ONNX Runtime on the CPU: same logits and gate taps."""
+    torch.manual_seed(6)
+    net = build_network("efficientnet_lite0").eval()
+    card = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
+    scorer = scoring_network(net, card, torch.device("cpu"), (2, 4))
+    assert isinstance(scorer, OnnxScorer)
+    batch = (torch.rand(4, 1, 64, 64) * 2 - 1).expand(-1, 3, -1, -1)
+    with torch.inference_mode():
+        expected, expected_taps = forward_with_taps(net, batch, (2, 4))
+        logits, taps = scorer.forward_with_taps(batch, (2, 4))
+        assert torch.allclose(scorer(batch), expected, atol=1e-4)
+    assert torch.allclose(logits, expected, atol=1e-4) and torch.allclose(taps, expected_taps, atol=1e-4)
+    with pytest.raises(ValueError, match="taps"):
+        scorer.forward_with_taps(batch, (3,))
+    assert scoring_network(net, card, torch.device("meta"), (2, 4)) is net  # not the CPU: the network itself

@@ -24,6 +24,7 @@ import contextlib
 import copy
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,10 @@ import torch
 
 from core.model import build_network
 from core.ood import forward_with_taps
-from core.ort import INPUT_NAME, ONNX_NAME, OUTPUT_NAMES
+from core.ort import INPUT_NAME, ONNX_NAME, OUTPUT_NAMES, OnnxNetwork, open_session
 from core.weights import load_weights, sha256_file, write_model_card
 
-__all__ = ["export_onnx", "fold_grey_stem", "get_args_parser", "grey_input", "main"]
+__all__ = ["OnnxScorer", "export_onnx", "fold_grey_stem", "get_args_parser", "grey_input", "main", "scoring_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,50 @@ def export_onnx(net: torch.nn.Module, card: dict[str, Any], folder: Path) -> dic
         path, path.stat().st_size / 1e6, channels, "" if channels == 1 else "s", worst,
     )
     return info
+
+
+class OnnxScorer(torch.nn.Module):
+    """A network exported to ONNX and run by ONNX Runtime, as a module for scoring many scans on
+    the CPU: ``forward`` gives the logits, ``forward_with_taps`` the gate's statistics too (the
+    stages it was exported with). Inputs are the usual (N, 3, H, W) batches."""
+
+    def __init__(self, runtime: OnnxNetwork):
+        super().__init__()
+        self.runtime = runtime
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runtime(x)[0]
+
+    def forward_with_taps(self, x: torch.Tensor, stages: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if tuple(stages) != self.runtime.stages:
+            raise ValueError(f"taps of blocks {tuple(stages)} asked, but the graph taps {self.runtime.stages}")
+        return self.runtime(x)
+
+
+def scoring_network(
+    net: torch.nn.Module, card: dict[str, Any], device: torch.device, stages: tuple[int, ...]
+) -> torch.nn.Module:
+    """What ``train.finalize`` scores scans with (calibration and gate features, the Testing
+    reports, the perturbations): on the CPU the network exported to a temporary ONNX file and run
+    by ONNX Runtime, as the app predicts (logits within 1e-4 of PyTorch, checked at export); on
+    CUDA, or without ``onnxruntime``, ``net`` itself.
+
+    Why: 400 Testing scans through the data loader took 11.2 s in PyTorch, 7.4 s with folded
+    batch norms and 3.9 s in ONNX Runtime on the 2-core CPU (same predictions, logits within
+    6e-6), and these steps score about 26,000 images after a training run.
+    """
+    if device.type != "cpu":
+        return net
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return net
+    net = getattr(net, "module", net)  # DistributedDataParallel
+    scoring_card = {**card, "weights_sha256": "", "ood": {"stages": list(stages)}}
+    with tempfile.TemporaryDirectory(prefix="btmri-onnx-") as folder:
+        export_onnx(net, scoring_card, Path(folder))
+        session = open_session(Path(folder) / ONNX_NAME)  # read whole: the file may go
+    return OnnxScorer(OnnxNetwork(session, tuple(stages), threads=torch.get_num_threads())).eval()
 
 
 def export_beside(weights: Path) -> dict[str, Any]:

@@ -84,7 +84,9 @@ def extract(
         images = images.to(device).contiguous(memory_format=torch.channels_last)
         if mirror:
             images = torch.cat([images, torch.flip(images, dims=[3])])
-        out, taps = forward_with_taps(model, images, stages)
+        # An ONNX Runtime scorer (train.export.OnnxScorer) computes the taps itself.
+        tapped = getattr(model, "forward_with_taps", None)
+        out, taps = tapped(images, stages) if tapped is not None else forward_with_taps(model, images, stages)
         out = out.double().cpu()
         features.append(taps[:n].double().cpu())
         logits.append(out[:n])
