@@ -100,7 +100,9 @@ class OnnxNetwork:
                 pieces.append(array[part.start : min(part.stop, n)])
             if part.stop > n:
                 pieces.append(array[max(part.start, n) - n : part.stop - n, ..., ::-1])
-            return np.ascontiguousarray(pieces[0]) if len(pieces) == 1 else np.concatenate(pieces)
+            if len(pieces) < 2:
+                return np.ascontiguousarray(pieces[0] if pieces else array[:0])
+            return np.concatenate(pieces)
 
         parts = self._spread(lambda part: self._run(rows(part)), 2 * n if mirror else n)
         logits = np.concatenate([p[0] for p in parts])
