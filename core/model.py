@@ -188,7 +188,7 @@ class Classifier:
     def _prepared(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
         """The network input as NumPy (see :func:`core.preprocess.input_array`) and the image
         checks' objections, for the ONNX Runtime path."""
-        channels = self.runtime.channels if self.runtime is not None else len(self.card["mean"])
+        channels = self.runtime.channels
         array = input_array(images, self.image_size, self.card["mean"][:channels], self.card["std"][:channels])
         return array, self._image_problems(images)
 

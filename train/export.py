@@ -11,8 +11,9 @@ card's normalisation is the same for every channel those channels are equal. The
 then takes the one grey channel and its first convolution the sum of the stem's weights over the
 three (conv(x, x, x; W) = conv(x; W_1 + W_2 + W_3), exact up to float rounding): measured 0.27 ms
 less per prediction on the 2-core CPU (12.98 -> 12.74 ms for the pair of passes, interleaved,
-400 repeats), and a third of the input to prepare. ``train.finalize`` runs this step itself; run it by hand after changing
-the gate of a model::
+400 repeats), and a third of the input to prepare.
+
+``train.finalize`` runs this step itself; run it by hand after changing the gate of a model::
 
     python -m train.export --weights assets/model.safetensors
 """
@@ -156,9 +157,12 @@ class OnnxScorer(torch.nn.Module):
     the CPU: ``forward`` gives the logits, ``forward_with_taps`` the gate's statistics too (the
     stages it was exported with). Inputs are the usual (N, 3, H, W) batches."""
 
-    def __init__(self, runtime: OnnxNetwork):
+    def __init__(self, runtime: OnnxNetwork, exported: tuple[bytes, dict[str, Any]] | None = None):
         super().__init__()
         self.runtime = runtime
+        #: The ONNX file's bytes and its ``card["onnx"]`` entry (weights' sha256 still to fill
+        #: in), so that ``train.finalize`` writes this file instead of exporting a second time.
+        self.exported = exported
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.runtime(x)[0]
@@ -190,9 +194,12 @@ def scoring_network(
     net = getattr(net, "module", net)  # DistributedDataParallel
     scoring_card = {**card, "weights_sha256": "", "ood": {"stages": list(stages)}}
     with tempfile.TemporaryDirectory(prefix="btmri-onnx-") as folder:
-        export_onnx(net, scoring_card, Path(folder))
-        session = open_session(Path(folder) / ONNX_NAME)  # read whole: the file may go
-    return OnnxScorer(OnnxNetwork(session, tuple(stages), threads=torch.get_num_threads())).eval()
+        info = export_onnx(net, scoring_card, Path(folder))
+        path = Path(folder) / ONNX_NAME
+        session = open_session(path)  # read whole: the file may go
+        data = path.read_bytes()
+    runtime = OnnxNetwork(session, tuple(stages), threads=torch.get_num_threads())
+    return OnnxScorer(runtime, exported=(data, info)).eval()
 
 
 def export_beside(weights: Path) -> dict[str, Any]:

@@ -213,15 +213,25 @@ def finalize(
             testing["accuracy"], testing["macro_f1"], testing["n_images"],
         )
     card = save_weights(model, output / WEIGHTS_NAME, card)
-    return _export(model, card, output)
+    return _export(model, card, output, getattr(scorer, "exported", None))
 
 
-def _export(model: torch.nn.Module, card: dict[str, Any], output: Path) -> dict[str, Any]:
-    """Write ``model.onnx`` for ONNX Runtime (see ``train.export``) and record it in the card."""
+def _export(
+    model: torch.nn.Module, card: dict[str, Any], output: Path, exported: tuple[bytes, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Write ``model.onnx`` for ONNX Runtime (see ``train.export``) and record it in the card:
+    the graph already exported for scoring when it taps the gate's stages, else a new export."""
+    from core.ort import ONNX_NAME
+
     from .export import export_onnx
 
-    net = getattr(model, "module", model)  # DistributedDataParallel
-    card = {**card, "onnx": export_onnx(net, card, output)}
+    if exported is not None and exported[1]["stages"] == list((card.get("ood") or {}).get("stages", ())):
+        data, info = exported
+        (output / ONNX_NAME).write_bytes(data)
+        onnx = {**info, "weights_sha256": card["weights_sha256"]}
+    else:
+        onnx = export_onnx(getattr(model, "module", model), card, output)  # DistributedDataParallel
+    card = {**card, "onnx": onnx}
     write_model_card(output / WEIGHTS_NAME, card)
     return card
 
