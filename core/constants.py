@@ -61,6 +61,28 @@ def data_dir() -> Path:
     return Path(os.environ.get("BTMRI_DATA", DEFAULT_DATA_DIR))
 
 
+#: Scans from other sources (``SOURCE/CLASS/FILE``), for validation and reporting only: never
+#: trained on, never used to fit a threshold or a temperature. ``BTMRI_EXTERNAL`` overrides it.
+DEFAULT_EXTERNAL_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "external-dev"
+
+#: Extra training data (TCGA-LGG gliomas and tumour-free slices of the same patients);
+#: ``BTMRI_EXTRA`` overrides it.
+DEFAULT_EXTRA_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "extra-train" / "tcga-lgg"
+
+#: The class folder of lesions of types the model never learned, in an external folder.
+OTHER_LESION_CLASS = "other"
+
+
+def external_dir() -> Path:
+    """The external development set: ``$BTMRI_EXTERNAL`` or the shared copy."""
+    return Path(os.environ.get("BTMRI_EXTERNAL", DEFAULT_EXTERNAL_DIR))
+
+
+def extra_dir() -> Path:
+    """The extra training source: ``$BTMRI_EXTRA`` or the shared copy."""
+    return Path(os.environ.get("BTMRI_EXTRA", DEFAULT_EXTRA_DIR))
+
+
 #: Input limits for ``read_scan``.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 megapixels: far above any MRI slice, far below a decompression bomb

@@ -40,8 +40,13 @@ class Prediction:
     #: rejection threshold (above 1 is rejected); 0.0 when the model has no feature gate.
     ood_score: float = 0.0
     #: Reasons to review this prediction, in plain words (empty when none): low confidence,
-    #: disagreement with the mirrored scan, not recognised as a brain MRI.
+    #: disagreement with the mirrored scan, outside the training data, not recognised as a
+    #: brain MRI.
     flags: tuple[str, ...] = ()
+    #: True when the scan is a brain MRI unlike the scans the model learned from (another
+    #: sequence, preparation or orientation): the prediction is unreliable. Not the same as
+    #: ``is_brain_mri`` False, which is for photos, documents and noise.
+    outside_training: bool = False
 
 
 #: Calibrated confidence under which a prediction is flagged, when the model card sets none.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 from collections import Counter
@@ -26,6 +27,9 @@ __all__ = [
     "stratified_split",
     "group_split",
     "class_counts",
+    "find_extra_samples",
+    "patient_split",
+    "check_not_external",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,12 @@ _FOLDER_TO_CLASS = {name: name for name in CLASS_NAMES} | LEGACY_CLASS_FOLDERS
 class Sample:
     path: Path
     label: int
+    #: Which training source the scan comes from ("kaggle", or an extra source's folder name).
+    source: str = "kaggle"
+    #: The patient, where the source names one (extra sources); splits keep a patient on one side.
+    patient: str | None = None
+    #: The MRI sequence, where the source names one (for example flair, t1pre, t1post).
+    sequence: str | None = None
 
     @property
     def class_name(self) -> str:
@@ -93,6 +103,77 @@ def find_samples(split_dir: str | Path) -> list[Sample]:
             f"No images found in {str(root)!r}; expected one folder per class: {list(CLASS_NAMES)}."
         )
     return samples
+
+
+def _class_of_folder(folder: str) -> str | None:
+    """The class of a folder name: a class name, a legacy name, or ``CLASS-anything``
+    (for example ``notumor-slices``)."""
+    name = folder.lower()
+    return _FOLDER_TO_CLASS.get(name) or _FOLDER_TO_CLASS.get(name.split("-", 1)[0])
+
+
+def find_extra_samples(root: str | Path) -> list[Sample]:
+    """The scans of an extra training source, from its CSV manifests.
+
+    ``root`` holds one or more ``*.csv`` files with columns ``path`` (relative to ``root``) and
+    ``patient``, and optionally ``sequence`` and ``label``. Without a ``label`` column the class
+    is the first folder of ``path`` (a class name, or ``CLASS-anything`` such as
+    ``notumor-slices``). Every scan is tagged with the source (``root``'s name) and its patient,
+    so that :func:`patient_split` keeps each patient on one side.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Extra data folder {str(root)!r} does not exist.")
+    samples: list[Sample] = []
+    manifests = sorted(root.glob("*.csv"))
+    for manifest in manifests:
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not {"path", "patient"} <= set(reader.fieldnames or ()):
+                logger.info("%s: no path and patient columns, skipped", manifest)
+                continue
+            for row in reader:
+                rel = Path(row["path"])
+                class_name = (row.get("label") or "").strip() or _class_of_folder(rel.parts[0])
+                if class_name not in CLASS_NAMES:
+                    raise ValueError(
+                        f"{manifest.name}: cannot tell the class of {row['path']!r} "
+                        f"(got {class_name!r}); accepted classes are {list(CLASS_NAMES)}."
+                    )
+                path = root / rel
+                if not path.is_file():
+                    raise FileNotFoundError(f"{manifest.name} lists {row['path']!r}, which is not in {str(root)!r}.")
+                samples.append(
+                    Sample(path, CLASS_NAMES.index(class_name), root.name, row["patient"], row.get("sequence") or None)
+                )
+    if not samples:
+        raise FileNotFoundError(
+            f"No scans listed in {str(root)!r}: an extra source needs CSV manifests with path and "
+            f"patient columns (found {[m.name for m in manifests]})."
+        )
+    return sorted(samples, key=_key)
+
+
+def patient_split(
+    samples: Sequence[Sample], val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Train and validation scans of one source, every patient on one side only."""
+    patients = sorted({s.patient for s in samples})
+    if None in patients:
+        raise ValueError("patient_split needs every sample to name its patient.")
+    index = {p: i for i, p in enumerate(patients)}
+    return group_split(samples, [index[s.patient] for s in samples], val_fraction, seed)
+
+
+def check_not_external(samples: Sequence[Sample], external: str | Path) -> None:
+    """Refuse to train on the external development set: no sample may lie under ``external``."""
+    base = Path(external).resolve()
+    for sample in samples:
+        if sample.path.resolve().is_relative_to(base):
+            raise ValueError(
+                f"{str(sample.path)!r} lies in the external development set {str(base)!r}, which is "
+                "for validation and reporting only: it must never be trained on."
+            )
 
 
 def class_counts(samples: Sequence[Sample]) -> dict[str, int]:

@@ -178,11 +178,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(e.g. the group-strict model next to the shipped one)",
     )
     parser.add_argument("--name", default=None, help="key for --merge-into, e.g. group_split_testing")
+    parser.add_argument(
+        "--external", type=Path, default=None, metavar="DIR",
+        help="instead of a class folder, evaluate scans from other sources laid out SOURCE/CLASS/FILE "
+        "(e.g. ../shared/datasets/external-dev) through the app's predict: accuracy, recall, rejected, "
+        "flagged and unflagged accuracy per source, class and sequence; CLASS 'other' for lesion types "
+        "the model never learned",
+    )
     parser.add_argument("--max-per-class", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.external is not None:
+        return _main_external(args)
     folder = args.data_dir
     if (folder / "Testing").is_dir():
         folder = folder / "Testing"
@@ -200,6 +209,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result["weights_sha256"] = classifier.card["weights_sha256"]
     if args.merge_into is not None:
         _merge(args.merge_into, args.name, result, classifier.card)
+    text = json.dumps(result, indent=1)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return result
+
+
+def _main_external(args: argparse.Namespace) -> dict[str, Any]:
+    from .external import evaluate_external, find_external
+
+    scans = find_external(args.external)
+    classifier = load_model(args.weights, device=args.device)
+    result = evaluate_external(classifier, scans, root=args.external, batch_size=args.batch_size)
+    result["weights_sha256"] = classifier.card["weights_sha256"]
+    result["extra_data"] = [s["name"] for s in classifier.card.get("data", {}).get("sources", []) if s["name"] != "kaggle"]
     text = json.dumps(result, indent=1)
     if args.output:
         args.output.write_text(text + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,32 @@ def trust_steps(
     return TrustResult(new_card, testing_calibration, testing_trust)
 
 
+def _sources(train_samples: list, val_samples: list) -> list[dict[str, Any]]:
+    """Each training source: its scans and patients on each side of the split, per class and
+    sequence, and the fingerprint of its files."""
+    out = []
+    for source in sorted({s.source for s in train_samples + val_samples}, key=lambda n: (n != "kaggle", n)):
+        train = [s for s in train_samples if s.source == source]
+        val = [s for s in val_samples if s.source == source]
+        entry: dict[str, Any] = {
+            "name": source,
+            "train_images": len(train),
+            "val_images": len(val),
+            "train_counts": class_counts(train),
+            "val_counts": class_counts(val),
+        }
+        if source != "kaggle":
+            root = train[0].path.parent.parent if train else val[0].path.parent.parent
+            entry["folder"] = str(root)
+            entry["split"] = "by patient"
+            entry["train_patients"] = len({s.patient for s in train})
+            entry["val_patients"] = len({s.patient for s in val})
+            entry["sequences"] = dict(sorted(Counter(s.sequence or "unknown" for s in train + val).items()))
+            entry["fingerprint"] = fingerprint(sorted(train + val, key=lambda s: str(s.path)), root)
+        out.append(entry)
+    return out
+
+
 def _add_trust(evaluation: dict[str, Any], trust: TrustResult) -> None:
     """The gate's and the flags' figures on Testing (the reports themselves already score the
     calibrated probabilities: ``evaluate_samples`` is given the temperature)."""
@@ -178,8 +205,11 @@ def finalize(
         "val_counts": class_counts(val_samples),
         "test_counts": class_counts(test_samples),
         "split": args.split,
-        "fingerprint_training": fingerprint(sorted(train_samples + val_samples, key=lambda s: str(s.path)), args.data_dir),
+        "fingerprint_training": fingerprint(
+            sorted((s for s in train_samples + val_samples if s.source == "kaggle"), key=lambda s: str(s.path)), args.data_dir
+        ),
         "fingerprint_testing": fingerprint(test_samples, args.data_dir) if test_samples else None,
+        "sources": _sources(train_samples, val_samples),
     }
     if history is not None:
         write_json(output / HISTORY_NAME, {"class_names": card["class_names"], "epochs": history})
@@ -262,6 +292,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in config.items():
         setattr(train_args, key, value)
     train_args.data_dir = args.data_dir
+    train_args.extra_data = [Path(p) for p in config.get("extra_data") or ()]
     train_args.audit = args.audit
     train_args.workers = args.workers
     train_args.no_test = False

@@ -41,13 +41,23 @@ from core.constants import (
     WEIGHTS_NAME,
     assets_dir,
     data_dir,
+    external_dir,
 )
 from core.model import build_network
 from core.optimize import optimize_for_inference
 from core.weights import write_model_card
 
 from . import metrics
-from .data import ScanFolder, find_samples, group_split, split_dirs, stratified_split
+from .data import (
+    ScanFolder,
+    check_not_external,
+    find_extra_samples,
+    find_samples,
+    group_split,
+    patient_split,
+    split_dirs,
+    stratified_split,
+)
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
@@ -68,6 +78,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data-dir", type=Path, default=data_dir(), help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
+    parser.add_argument(
+        "--extra-data", type=Path, action="append", default=[], metavar="DIR",
+        help="an extra training source (repeatable): a folder with CSV manifests (path, patient, "
+        "optional sequence and label columns), e.g. ../shared/datasets/extra-train/tcga-lgg. Each "
+        "source is split into train and validation by patient, with --val-fraction and --seed",
+    )
     parser.add_argument("--output", type=Path, default=Path("runs/train"), help="folder for weights, model card, metrics and checkpoint")
     parser.add_argument("--arch", default=DEFAULT_ARCH, help="timm architecture name")
     parser.add_argument("--epochs", type=int, default=15, help="total epochs, head-only epochs included")
@@ -172,6 +188,26 @@ def _seed_worker(worker_id: int) -> None:
 
 # ---------------------------------------------------------------------- data
 def load_data(args: argparse.Namespace):
+    """(train, validation, Testing) samples: the Kaggle Training folder split by ``--split``,
+    plus each ``--extra-data`` source split by patient. Refuses any scan of the external
+    development set."""
+    train, val, test_samples = _load_kaggle(args)
+    for folder in getattr(args, "extra_data", None) or ():
+        extra = find_extra_samples(folder)
+        if args.max_per_class:
+            extra = _limit(extra, args.max_per_class)
+        extra_train, extra_val = patient_split(extra, args.val_fraction, args.seed)
+        logger.info(
+            "extra source %s: %d train, %d validation scans (%d / %d patients)",
+            Path(folder).name, len(extra_train), len(extra_val),
+            len({s.patient for s in extra_train}), len({s.patient for s in extra_val}),
+        )
+        train, val = train + extra_train, val + extra_val
+    check_not_external(train + val, external_dir())
+    return train, val, test_samples
+
+
+def _load_kaggle(args: argparse.Namespace):
     train_dir, test_dir = split_dirs(args.data_dir, need_testing=not args.no_test)
     samples = find_samples(train_dir)
     test_samples = [] if args.no_test else find_samples(test_dir)
@@ -445,7 +481,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in vars(args).items()}
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

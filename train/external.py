@@ -1,0 +1,181 @@
+"""Scans from other sources: how the served model does outside the Kaggle set.
+
+The folder is laid out ``SOURCE/CLASS/FILE`` (as ``../shared/datasets/external-dev``). CLASS is
+one of the four classes, or ``other``: a lesion of a type the model never learned, for which no
+answer is right and "no tumour" without a flag is the dangerous one. Every scan goes through
+:meth:`core.Classifier.predict_batch`, so the figures are those of the app: the gate, the review
+flags and the "outside the training data" state included.
+
+For each source, each (source, class) and, where file names carry it, each (source, sequence)::
+
+    n_images, accuracy, rejected (not a brain MRI), flagged (any flag or review state, rejection
+    included), unflagged (shown without any), unflagged_accuracy, outside_training, predicted
+    (the labels given)
+
+and for ``other`` lesions ``notumor_unflagged``: the share called "no tumour" with no flag.
+These scans are for validation and reporting only: nothing here fits a threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, SUPPORTED_EXTENSIONS
+from core.model import Classifier, Prediction
+from core.scan import read_scan
+
+from .data import fingerprint, Sample
+
+__all__ = ["ExternalScan", "find_external", "sequence_of", "evaluate_external", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+#: Sequence names found as a token of a file name (``oligodendroglioma_T1C_1234.jpeg``).
+_SEQUENCES = {"t1": "T1", "t1c": "T1C", "t1ce": "T1C", "t1post": "T1C", "t1pre": "T1", "t2": "T2", "flair": "FLAIR"}
+_TOKEN = re.compile(r"[_\-. ]+")
+
+
+@dataclass(frozen=True)
+class ExternalScan:
+    path: Path
+    source: str
+    #: One of ``CLASS_NAMES`` or ``"other"``.
+    label: str
+    #: The sequence named in the file name (T1, T1C, T2, FLAIR), or None.
+    sequence: str | None
+
+
+def sequence_of(name: str) -> str | None:
+    """The MRI sequence a file name carries as a token, e.g. ``x_T2_y.jpg`` -> ``"T2"``."""
+    for token in _TOKEN.split(Path(name).stem.lower()):
+        if token in _SEQUENCES:
+            return _SEQUENCES[token]
+    return None
+
+
+def find_external(root: str | Path) -> list[ExternalScan]:
+    """Every scan of a ``SOURCE/CLASS/FILE`` folder, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"External folder {str(root)!r} does not exist.")
+    accepted = (*CLASS_NAMES, OTHER_LESION_CLASS)
+    scans: list[ExternalScan] = []
+    for source in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder.name not in accepted:
+                raise ValueError(
+                    f"Unknown class folder {folder.name!r} in {str(source)!r}; accepted names are {list(accepted)}."
+                )
+            scans.extend(
+                ExternalScan(path, source.name, folder.name, sequence_of(path.name))
+                for path in sorted(folder.iterdir())
+                if path.is_file() and path.suffix.lower() in SUPPORTED_EXTENSIONS
+            )
+    if not scans:
+        raise FileNotFoundError(f"No scans found in {str(root)!r}; expected SOURCE/CLASS/FILE.")
+    return scans
+
+
+def _record(scan: ExternalScan, prediction: Prediction) -> dict[str, Any]:
+    return {
+        "source": scan.source,
+        "label": scan.label,
+        "sequence": scan.sequence,
+        "predicted": prediction.label,
+        "rejected": not prediction.is_brain_mri,
+        "outside_training": prediction.outside_training,
+        "flagged": bool(prediction.flags),
+    }
+
+
+def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of one group of records (see the module docstring)."""
+    n = len(records)
+    if n == 0:
+        return {"n_images": 0}
+    labelled = [r for r in records if r["label"] != OTHER_LESION_CLASS]
+    unflagged = [r for r in records if not r["flagged"]]
+    out: dict[str, Any] = {
+        "n_images": n,
+        "rejected": sum(r["rejected"] for r in records) / n,
+        "outside_training": sum(r["outside_training"] for r in records) / n,
+        "flagged": sum(r["flagged"] for r in records) / n,
+        "unflagged": len(unflagged) / n,
+        "predicted": dict(Counter(r["predicted"] for r in records).most_common()),
+    }
+    if labelled:
+        out["n_labelled"] = len(labelled)
+        out["accuracy"] = sum(r["predicted"] == r["label"] for r in labelled) / len(labelled)
+        shown = [r for r in labelled if not r["rejected"]]
+        out["accuracy_not_rejected"] = sum(r["predicted"] == r["label"] for r in shown) / len(shown) if shown else None
+        clean = [r for r in labelled if not r["flagged"]]
+        out["unflagged_accuracy"] = sum(r["predicted"] == r["label"] for r in clean) / len(clean) if clean else None
+        out["recall"] = {
+            name: sum(r["predicted"] == name for r in group) / len(group)
+            for name in CLASS_NAMES
+            if (group := [r for r in labelled if r["label"] == name])
+        }
+    others = [r for r in records if r["label"] == OTHER_LESION_CLASS]
+    if others:
+        out["n_other"] = len(others)
+        out["other_notumor_unflagged"] = sum(r["predicted"] == "notumor" and not r["flagged"] for r in others) / len(others)
+        out["other_flagged"] = sum(r["flagged"] for r in others) / len(others)
+    return out
+
+
+def _groups(records: Iterable[dict[str, Any]], *keys: str) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if any(record[k] is None for k in keys):
+            continue
+        groups.setdefault("/".join(str(record[k]) for k in keys), []).append(record)
+    return dict(sorted(groups.items()))
+
+
+def evaluate_external(
+    classifier: Classifier, scans: Sequence[ExternalScan], root: str | Path | None = None, batch_size: int = 32
+) -> dict[str, Any]:
+    """The report of ``classifier`` on ``scans`` (see the module docstring)."""
+    records: list[dict[str, Any]] = []
+    unreadable: list[str] = []
+    for start in range(0, len(scans), batch_size):
+        chunk = scans[start : start + batch_size]
+        images, kept = [], []
+        for scan in chunk:
+            try:
+                images.append(read_scan(scan.path))
+                kept.append(scan)
+            except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
+                logger.warning("%s: %s", scan.path.name, exc)
+                unreadable.append(scan.path.name)
+        for scan, prediction in zip(kept, classifier.predict_batch(images, batch_size)):
+            records.append(_record(scan, prediction))
+    by_source = _groups(records, "source")
+    report: dict[str, Any] = {
+        "n_images": len(records),
+        "unreadable": unreadable,
+        "overall": summarise(records),
+        "sources": {
+            source: {
+                **summarise(group),
+                "classes": {k.split("/", 1)[1]: summarise(v) for k, v in _groups(group, "source", "label").items()},
+                "sequences": {
+                    k.split("/", 1)[1]: summarise(v) for k, v in _groups(group, "source", "sequence").items()
+                },
+                "class_sequences": {
+                    k.split("/", 1)[1]: summarise(v) for k, v in _groups(group, "source", "label", "sequence").items()
+                },
+            }
+            for source, group in by_source.items()
+        },
+    }
+    if root is not None:
+        samples = [Sample(s.path, 0) for s in scans]
+        report["data_fingerprint"] = fingerprint(samples, root)
+    return report
