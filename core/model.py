@@ -16,7 +16,15 @@ import torch
 from PIL import Image
 
 from .constants import CLASS_LABELS, CLASS_NAMES, default_weights
-from .ood import NOT_BRAIN_MRI_FLAG, FeatureGate, ImageLimits, forward_with_taps, image_problem, load_gate
+from .ood import (
+    NOT_BRAIN_MRI_FLAG,
+    OUTSIDE_TRAINING_FLAG,
+    FeatureGate,
+    ImageLimits,
+    forward_with_taps,
+    image_problem,
+    load_gate,
+)
 from .optimize import optimize_for_inference
 from .ort import OnnxNetwork, load_runtime
 from .preprocess import eval_transform, input_array
@@ -227,10 +235,14 @@ class Classifier:
         """Calibrated class probabilities (N, classes), float64; mirror-averaged when ``tta``."""
         return self._outputs(images).probs
 
-    def _flags(self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None) -> tuple[str, ...]:
+    def _flags(
+        self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None, outside: str | None
+    ) -> tuple[str, ...]:
         flags = []
         if ood is not None:
             flags.append(f"{NOT_BRAIN_MRI_FLAG} ({ood})")
+        elif outside is not None:
+            flags.append(f"{OUTSIDE_TRAINING_FLAG} ({outside})")
         confidence = float(probs.max())
         if confidence < self.low_confidence:
             flags.append(f"low confidence ({confidence:.0%}, below {self.low_confidence:.0%})")
@@ -245,16 +257,22 @@ class Classifier:
     def _predictions(self, images: Sequence[Image.Image]) -> list[Prediction]:
         out = self._outputs(images)
         scores = self.gate.score(out.features) if self.gate is not None and out.features is not None else torch.zeros(len(images))
+        reject = self.gate.reject_score if self.gate is not None else float("inf")
         results = []
         for i in range(len(images)):
             score = float(scores[i])
-            ood = out.problems[i]
-            if ood is None and score > 1.0:
-                ood = f"far from the training scans: out-of-distribution score {score:.2f} > 1"
-            results.append(self._to_prediction(out.probs[i], score, ood, self._flags(out.probs[i], out.plain[i], out.mirror[i], ood)))
+            ood, outside = out.problems[i], None
+            if ood is None and score > reject:
+                ood = f"far from any brain MRI the model learned from: out-of-distribution score {score:.2f} > {reject:.2f}"
+            elif ood is None and score > 1.0:
+                outside = f"unlike the training scans: out-of-distribution score {score:.2f} > 1"
+            flags = self._flags(out.probs[i], out.plain[i], out.mirror[i], ood, outside)
+            results.append(self._to_prediction(out.probs[i], score, ood, flags, outside is not None))
         return results
 
-    def _to_prediction(self, probs: torch.Tensor, ood_score: float, ood: str | None, flags: tuple[str, ...]) -> Prediction:
+    def _to_prediction(
+        self, probs: torch.Tensor, ood_score: float, ood: str | None, flags: tuple[str, ...], outside: bool = False
+    ) -> Prediction:
         index = int(torch.argmax(probs))
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs.tolist())}
         return Prediction(
@@ -264,6 +282,7 @@ class Classifier:
             is_brain_mri=ood is None,
             ood_score=ood_score,
             flags=flags,
+            outside_training=outside,
         )
 
     def predict(self, image: Image.Image) -> Prediction:

@@ -39,6 +39,7 @@ __all__ = [
     "stage_statistics",
     "ImageLimits",
     "NOT_BRAIN_MRI_FLAG",
+    "OUTSIDE_TRAINING_FLAG",
     "OOD_NAME",
     "image_problem",
     "image_stats",
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 OOD_NAME = "ood.safetensors"
 NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
+OUTSIDE_TRAINING_FLAG = "outside the training data: the prediction is unreliable"
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,14 @@ class FeatureGate:
     means: torch.Tensor
     #: (features, features) inverse of the shared, shrunk covariance.
     precision: torch.Tensor
-    #: Distance above which an input is rejected.
+    #: Distance above which a scan is unlike the training scans (a brain MRI of another
+    #: sequence, preparation or orientation): "outside the training data".
     threshold: float
     #: Indices of the network blocks whose outputs are tapped (see :func:`forward_with_taps`).
     stages: tuple[int, ...] = (2, 4)
+    #: Distance above which an input is not a brain MRI at all (photos, documents, noise); None:
+    #: the same as ``threshold`` (gates fitted before the two were told apart).
+    reject_threshold: float | None = None
 
     def __post_init__(self) -> None:
         classes, dim = self.means.shape
@@ -144,6 +150,17 @@ class FeatureGate:
             raise ValueError(f"precision must be ({dim}, {dim}) to match the means, got {tuple(self.precision.shape)}.")
         if not (np.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"threshold must be a positive number, got {self.threshold!r}.")
+        if self.reject_threshold is not None and not (
+            np.isfinite(self.reject_threshold) and self.reject_threshold >= self.threshold
+        ):
+            raise ValueError(
+                f"reject_threshold must be a number at least threshold ({self.threshold}), got {self.reject_threshold!r}."
+            )
+
+    @property
+    def reject_score(self) -> float:
+        """The score (distance over ``threshold``) above which an input is not a brain MRI."""
+        return (self.reject_threshold or self.threshold) / self.threshold
 
     def distance(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(N,) distance of each row of ``features`` (N, D) to the nearest class mean.
@@ -173,7 +190,8 @@ class FeatureGate:
         return means, precision, np.einsum("cd,de,ce->c", means, precision, means)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        """(N,) distance over threshold: above 1 is rejected."""
+        """(N,) distance over threshold: above 1 is outside the training data, above
+        :attr:`reject_score` not a brain MRI."""
         return self.distance(features) / self.threshold
 
 
@@ -185,6 +203,8 @@ def save_gate(gate: FeatureGate, path: str | Path, metadata: dict[str, str] | No
         "threshold": torch.tensor([gate.threshold], dtype=torch.float64),
         "stages": torch.tensor(gate.stages, dtype=torch.int64),
     }
+    if gate.reject_threshold is not None:
+        tensors["reject_threshold"] = torch.tensor([gate.reject_threshold], dtype=torch.float64)
     save_file(tensors, str(path), metadata=metadata or {})
     return sha256_file(path)
 
@@ -201,6 +221,7 @@ def load_gate(folder: str | Path, card: dict[str, Any]) -> FeatureGate | None:
     try:
         tensors = load_file(str(path))
         stages = tuple(int(v) for v in tensors["stages"].tolist())
-        return FeatureGate(tensors["means"], tensors["precision"], float(tensors["threshold"][0]), stages)
+        reject = float(tensors["reject_threshold"][0]) if "reject_threshold" in tensors else None
+        return FeatureGate(tensors["means"], tensors["precision"], float(tensors["threshold"][0]), stages, reject)
     except (SafetensorError, OSError, KeyError, ValueError, IndexError) as exc:
         raise WeightsError(f"Out-of-distribution file {str(path)!r} is not valid: {exc}") from exc

@@ -489,7 +489,41 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare", action="store_true", help="also measure NC against a DCT pHash on constructed pairs (slower)"
     )
+    parser.add_argument(
+        "--shortcut", action="store_true",
+        help="also audit the sequence shortcut (train.shortcut): how well appearance alone predicts the class",
+    )
+    parser.add_argument(
+        "--shortcut-only", action="store_true",
+        help="recompute only the shortcut audit and store it in the existing report at --output",
+    )
+    parser.add_argument(
+        "--extra-data", default=None,
+        help="an extra training source (CSV manifests with path and patient) audited for the shortcut as a "
+        "contrast (default: $BTMRI_EXTRA when it exists)",
+    )
     return parser
+
+
+def _shortcut(data_dir: str | Path, extra: str | Path | None) -> dict:
+    from core.constants import extra_dir
+
+    from .data import find_extra_samples
+    from .shortcut import shortcut_audit
+
+    samples = find_samples(split_dirs(data_dir, need_testing=False)[0])
+    paths = [s.path for s in samples]
+    extra_dir_path = Path(extra) if extra else extra_dir()
+    extra_arg = None
+    if extra_dir_path.is_dir():
+        extra_samples = find_extra_samples(extra_dir_path)
+        extra_arg = ([s.path for s in extra_samples], [s.label for s in extra_samples], [s.patient for s in extra_samples])
+    elif extra:
+        raise SystemExit(f"--extra-data {str(extra)!r} does not exist.")
+    report = shortcut_audit(paths, [s.label for s in samples], duplicate_groups(paths), extra_arg)
+    if extra_arg is not None:
+        report["extra_source"]["name"] = extra_dir_path.name
+    return report
 
 
 def _summary(report: dict, seconds: float) -> str:
@@ -515,14 +549,25 @@ def _summary(report: dict, seconds: float) -> str:
 def main(args: argparse.Namespace) -> dict:
     if not -1.0 <= args.threshold <= 1.0:
         raise SystemExit(f"--threshold must be between -1 and 1, got {args.threshold}.")
+    output = Path(args.output) if args.output and args.output != "-" else assets_dir() / AUDIT_NAME
+    if args.shortcut_only:
+        if not output.is_file():
+            raise SystemExit(f"--shortcut-only needs an existing report at {str(output)!r}; run the whole audit first.")
+        report = json.loads(output.read_text())
+        report["shortcut"] = _shortcut(args.data_dir, args.extra_data)
+        output.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["shortcut"]["appearance_only"], indent=1))
+        print(f"Shortcut audit written to {output}")
+        return report
     started = time.perf_counter()
     report = audit(args.data_dir, threshold=args.threshold, compare=args.compare)
+    if args.shortcut:
+        report["shortcut"] = _shortcut(args.data_dir, args.extra_data)
     seconds = time.perf_counter() - started
     print(_summary(report, seconds))
     if args.compare:
         print(json.dumps(report["method"]["comparison"], indent=1))
     if args.output != "-":
-        output = Path(args.output) if args.output else assets_dir() / AUDIT_NAME
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=1) + "\n")
         print(f"Report written to {output}")

@@ -85,7 +85,7 @@ def trust_steps(
     from core.ood import OOD_NAME, save_gate
 
     from .calibrate import apply_temperature, calibration_summary, choose_confidence_threshold, fit_temperature
-    from .ood import VAL_REJECT_RATE, extract, fit_gate, rejection_rate
+    from .ood import NON_MRI_REJECT_RATE, VAL_REJECT_RATE, extract, fit_gate, fit_reject_threshold, non_mri_features, rejection_rate
 
     train_samples, val_samples, test_samples = splits
     if not val_samples:
@@ -96,6 +96,7 @@ def trust_steps(
     temperature = fit_temperature(val_out.logits, val_out.targets)
     val_cal = calibration_summary(val_out.logits, val_out.targets, temperature)
     gate = fit_gate(train_out.features, train_out.targets, val_out.features, len(card["class_names"]))
+    gate = fit_reject_threshold(gate, non_mri_features(model, size, device))
     sha = save_gate(gate, output / OOD_NAME, {"arch": str(card["arch"]), "image_size": str(size)})
     low_confidence = choose_confidence_threshold(apply_temperature(val_out.logits, temperature).max(1))
     calibration = {
@@ -110,7 +111,11 @@ def trust_steps(
         "plus image checks (blank or near-constant, coloured, extreme aspect ratio)",
         "stages": list(gate.stages),
         "threshold": gate.threshold,
-        "threshold_rule": f"{1 - VAL_REJECT_RATE:.1%} quantile of the validation distances",
+        "threshold_rule": f"{1 - VAL_REJECT_RATE:.1%} quantile of the validation distances: above it a scan "
+        "is outside the training data (flagged, still classified)",
+        "reject_threshold": gate.reject_threshold,
+        "reject_threshold_rule": f"{1 - NON_MRI_REJECT_RATE:.0%} quantile of the distances of the generated non-MRI "
+        "images (benchmarks.non_mri, seed 0) that pass the image checks: above it an input is not a brain MRI",
         "train_images": len(train_samples),
         "training_rejected_by_image_checks": float(train_out.image_rejected.mean()),
         "validation_rejected": rejection_rate(gate, val_out),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from core.scan import read_scan
 
 from .data import Sample
 
-__all__ = ["SplitOutputs", "extract", "fit_gate", "rejection_rate"]
+__all__ = ["SplitOutputs", "extract", "fit_gate", "fit_reject_threshold", "non_mri_features", "rejection_rate"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 VAL_REJECT_RATE = 0.005
 #: Blocks whose output statistics the gate reads (measured: see :mod:`core.ood`).
 GATE_STAGES = (2, 4)
+#: Share of the generated non-MRI images (``benchmarks.non_mri``, seed 0) that pass the image
+#: checks and that the gate alone must call "not a brain MRI": the reject threshold is the
+#: matching quantile of their distances. Brain MRIs between the two thresholds are "outside the
+#: training data", not rejected. Measured on another seed of the generator.
+NON_MRI_REJECT_RATE = 0.95
+NON_MRI_FIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -131,11 +137,40 @@ def fit_gate(
     return FeatureGate(torch.as_tensor(means), precision, threshold, stages)
 
 
+@torch.inference_mode()
+def non_mri_features(
+    model: torch.nn.Module, image_size: int, device: torch.device, seed: int = NON_MRI_FIT_SEED,
+    stages: tuple[int, ...] = GATE_STAGES,
+) -> np.ndarray:
+    """Gate features of the generated non-MRI images that the image checks let through."""
+    from benchmarks.non_mri import non_mri_images
+
+    transform = eval_transform(image_size)
+    images = [image for _, image in non_mri_images(seed=seed) if image_problem(image) is None]
+    batch = torch.stack([transform(image) for image in images]).to(device).contiguous(memory_format=torch.channels_last)
+    tapped = getattr(model, "forward_with_taps", None)
+    _, taps = tapped(batch, stages) if tapped is not None else forward_with_taps(model, batch, stages)
+    return taps.double().cpu().numpy()
+
+
+def fit_reject_threshold(gate: FeatureGate, non_mri: np.ndarray, rate: float = NON_MRI_REJECT_RATE) -> FeatureGate:
+    """``gate`` with the distance above which an input is not a brain MRI: the ``1 - rate``
+    quantile of the non-MRI images' distances, and never below ``gate.threshold``."""
+    if not 0 < rate < 1:
+        raise ValueError(f"rate must be in (0, 1), got {rate!r}.")
+    distances = gate.distance(torch.as_tensor(non_mri)).numpy()
+    reject = max(float(np.quantile(distances, 1.0 - rate)), gate.threshold)
+    return replace(gate, reject_threshold=reject)
+
+
 def rejection_rate(gate: FeatureGate, outputs: SplitOutputs) -> dict[str, float]:
-    """Shares of a split rejected by the feature gate, by the image checks, and by either."""
-    by_features = gate.score(torch.as_tensor(outputs.features)).numpy() > 1.0
+    """Shares of a split rejected as not a brain MRI (feature gate, image checks, either), and
+    the share the gate puts outside the training data."""
+    scores = gate.score(torch.as_tensor(outputs.features)).numpy()
+    by_features = scores > gate.reject_score
     return {
         "features": float(by_features.mean()),
         "image_checks": float(outputs.image_rejected.mean()),
         "either": float((by_features | outputs.image_rejected).mean()),
+        "outside_training": float(((scores > 1.0) & ~by_features & ~outputs.image_rejected).mean()),
     }
