@@ -162,7 +162,7 @@ class _Writer:
         self.stream, self.fmt = stream, fmt
         if fmt == "csv":
             self.columns = ["file", "label", "confidence", *(f"p_{n}" for n in CLASS_NAMES),
-                            "is_brain_mri", "ood_score", "flags", "error"]
+                            "is_brain_mri", "outside_training", "ood_score", "flags", "error"]
             self.csv = csv.DictWriter(stream, fieldnames=self.columns, extrasaction="ignore")
             self.csv.writeheader()
 
@@ -173,7 +173,8 @@ class _Writer:
         row = {"file": _spreadsheet_safe(record["file"]), "error": record.get("error", "")}
         if "error" not in record:
             row.update(label=record["label"], confidence=f"{record['confidence']:.6f}",
-                       is_brain_mri=record.get("is_brain_mri", True), ood_score=record.get("ood_score", 0.0),
+                       is_brain_mri=record.get("is_brain_mri", True),
+                       outside_training=record.get("outside_training", False), ood_score=record.get("ood_score", 0.0),
                        flags="; ".join(record.get("flags", ())))
             row.update({f"p_{n}": f"{record['probabilities'][n]:.6f}" for n in CLASS_NAMES})
         self.csv.writerow(row)

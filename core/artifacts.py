@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import AUDIT_NAME, EVALUATION_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
+from .constants import AUDIT_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
 
 __all__ = [
     "ArtifactError",
@@ -23,6 +23,8 @@ __all__ = [
     "calibration_views",
     "comparison_rows",
     "evaluation_title",
+    "external_rows",
+    "sequence_rows",
     "load_artifacts",
     "per_class_rows",
     "perturbed_rows",
@@ -48,6 +50,8 @@ class Artifacts:
     history: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
+    #: The evaluation on scans from other sources (``python -m train.evaluate --external``).
+    external: dict[str, Any] | None = None
     #: File name -> plain message, for each required file that is missing or malformed.
     problems: dict[str, str] = field(default_factory=dict)
 
@@ -135,7 +139,7 @@ def artifact_stamp(folder: Path | None = None) -> tuple[tuple[str, int, int], ..
     """(name, size, mtime) of each artifact: a cache key that changes when a file does."""
     folder = Path(folder) if folder is not None else assets_dir()
     stamp = []
-    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME):
+    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME, EXTERNAL_NAME):
         path = folder / name
         try:
             info = path.stat()
@@ -149,15 +153,15 @@ def load_artifacts(folder: Path | None = None) -> Artifacts:
     """Read every artifact in ``folder`` (default: :func:`core.constants.assets_dir`).
 
     Never raises for a missing or malformed file: its content is ``None`` and
-    :attr:`Artifacts.problems` says why. ``audit.json`` is optional and is not a problem
-    when absent.
+    :attr:`Artifacts.problems` says why. ``audit.json`` and ``external.json`` are optional and
+    are not a problem when absent.
     """
     folder = Path(folder) if folder is not None else assets_dir()
     found: dict[str, dict[str, Any] | None] = {}
     problems: dict[str, str] = {}
-    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME):
+    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME, EXTERNAL_NAME):
         path = folder / name
-        if name == AUDIT_NAME and not path.exists():
+        if name in (AUDIT_NAME, EXTERNAL_NAME) and not path.exists():
             found[name] = None
             continue
         try:
@@ -172,6 +176,7 @@ def load_artifacts(folder: Path | None = None) -> Artifacts:
         history=found[HISTORY_NAME],
         evaluation=found[EVALUATION_NAME],
         audit=found[AUDIT_NAME],
+        external=found[EXTERNAL_NAME],
         problems=problems,
     )
 
@@ -279,4 +284,63 @@ def perturbed_rows(perturbed: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "Change (points)": None if clean is None else 100.0 * (accuracy - clean),
             }
         )
+    return rows
+
+
+#: Display names of the sources of ``external.json`` (others are shown by their key).
+SOURCE_TITLES = {
+    "testing": "Official Testing split (Kaggle)",
+    "testing_leak_free": "Leak-free Testing subset (Kaggle)",
+    "radiopaedia": "Radiopaedia",
+    "tiantan": "Pituitary series, second hospital",
+    "pmram": "PMRAM (Bangladesh)",
+    "oasis": "OASIS (healthy, skull-stripped)",
+}
+
+
+def _external_row(title: str, classes: str, report: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "Scans": title,
+        "Classes": classes,
+        "N": int(report.get("n_images", 0)),
+        "Accuracy (%)": _pct(report.get("accuracy")),
+        "Not a brain MRI (%)": _pct(report.get("rejected")),
+        "Outside training data (%)": _pct(report.get("outside_training")),
+        "Any flag (%)": _pct(report.get("flagged")),
+        "Accuracy without flag (%)": _pct(report.get("unflagged_accuracy")),
+        "'No tumour', no flag (%)": _pct(report.get("other_notumor_unflagged")),
+    }
+
+
+def external_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Kaggle Testing figures and each other source's, per class, side by side (percentages).
+
+    The "other" rows are lesions the model never learned: no class is right, and "'No tumour', no
+    flag" is the share given the most dangerous answer.
+    """
+    from .constants import CLASS_LABELS
+
+    rows = [
+        _external_row(SOURCE_TITLES.get(key, key), "all four", report)
+        for key, report in (external.get("reference") or {}).items()
+        if isinstance(report, Mapping)
+    ]
+    for source, report in (external.get("sources") or {}).items():
+        classes = report.get("classes") or {}
+        for name, class_report in classes.items():
+            label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
+            rows.append(_external_row(SOURCE_TITLES.get(source, source), label, class_report))
+    return rows
+
+
+def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per (source, class, sequence) where file names carry the sequence."""
+    from .constants import CLASS_LABELS
+
+    rows = []
+    for source, report in (external.get("sources") or {}).items():
+        for key, sub in (report.get("class_sequences") or {}).items():
+            name, sequence = key.split("/", 1)
+            label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
+            rows.append({**_external_row(SOURCE_TITLES.get(source, source), label, sub), "Sequence": sequence})
     return rows

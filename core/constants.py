@@ -42,6 +42,7 @@ MODEL_CARD_NAME = "model_card.json"
 HISTORY_NAME = "history.json"
 EVALUATION_NAME = "evaluation.json"
 AUDIT_NAME = "audit.json"
+EXTERNAL_NAME = "external.json"
 
 
 def assets_dir() -> Path:

@@ -22,6 +22,7 @@ from .scan import ScanError, read_scan
 
 __all__ = [
     "NOT_BRAIN_MRI_TEXT",
+    "OUTSIDE_TRAINING_TEXT",
     "UNEXPECTED_ERROR_TEXT",
     "ScanAnalysis",
     "analyse_scan",
@@ -34,6 +35,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NOT_BRAIN_MRI_TEXT = "Not recognised as a brain MRI"
+#: Shown with the class of a brain MRI unlike the scans the model learned from.
+OUTSIDE_TRAINING_TEXT = "outside the training data: unreliable"
 UNEXPECTED_ERROR_TEXT = (
     "This file could not be analysed because of an unexpected error. "
     "Try exporting the scan again as PNG or JPEG."
@@ -112,6 +115,8 @@ def _shown_class(analysis: ScanAnalysis) -> str:
         return "Could not be read" if analysis.image is None else "Not analysed"
     if not analysis.prediction.is_brain_mri:
         return NOT_BRAIN_MRI_TEXT
+    if analysis.prediction.outside_training:
+        return f"{CLASS_LABELS[analysis.prediction.label]} ({OUTSIDE_TRAINING_TEXT})"
     return CLASS_LABELS[analysis.prediction.label]
 
 
@@ -141,6 +146,12 @@ def summary_rows(items: Sequence[tuple[str, ScanAnalysis]]) -> list[dict[str, ob
     return rows
 
 
+def _status(prediction: Prediction) -> str:
+    if not prediction.is_brain_mri:
+        return "not_brain_mri"
+    return "outside_training" if prediction.outside_training else "ok"
+
+
 def _cell(text: str) -> str:
     """Text safe for a spreadsheet: a leading = + - @ would be read as a formula."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -154,21 +165,22 @@ def results_csv(items: Sequence[tuple[str, ScanAnalysis]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
-        ["file", "status", "predicted_class", "confidence", "is_brain_mri", "ood_score", "flags"]
+        ["file", "status", "predicted_class", "confidence", "is_brain_mri", "outside_training", "ood_score", "flags"]
         + [f"p_{name}" for name in CLASS_NAMES]
     )
     for name, analysis in items:
         prediction = analysis.prediction
         if prediction is None:
-            writer.writerow([_cell(name), "error", "", "", "", "", analysis.error or ""] + [""] * len(CLASS_NAMES))
+            writer.writerow([_cell(name), "error", "", "", "", "", "", analysis.error or ""] + [""] * len(CLASS_NAMES))
             continue
         writer.writerow(
             [
                 _cell(name),
-                "ok" if prediction.is_brain_mri else "not_brain_mri",
+                _status(prediction),
                 prediction.label if prediction.is_brain_mri else "",
                 f"{prediction.confidence:.4f}" if prediction.is_brain_mri else "",
                 str(prediction.is_brain_mri).lower(),
+                str(prediction.outside_training).lower(),
                 f"{prediction.ood_score:.4f}",
                 "; ".join(prediction.flags),
             ]

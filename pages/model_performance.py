@@ -21,9 +21,11 @@ from core.artifacts import (
     calibration_views,
     comparison_rows,
     evaluation_title,
+    external_rows,
     load_artifacts,
     per_class_rows,
     perturbed_rows,
+    sequence_rows,
 )
 from core.constants import CLASS_LABELS, assets_dir
 from core.figures import calibration_figure, confusion_figure, curve_figure, history_figure
@@ -33,7 +35,10 @@ logger = logging.getLogger(__name__)
 _CHART_CONFIG = {"displaylogo": False}
 
 TAB_KEY = "performance_tab"
-TABS = ("Training curves", "Confusion matrix", "ROC and PR curves", "Calibration", "Robustness and audit", "Model card")
+TABS = (
+    "Training curves", "Confusion matrix", "ROC and PR curves", "Calibration", "Robustness and audit",
+    "Other sources and shortcut", "Model card",
+)
 EVALUATION_TABS = TABS[1:4]  # drawn from the chosen evaluation report
 
 LIMITATIONS = """
@@ -46,7 +51,10 @@ LIMITATIONS = """
 - **Not clinically validated.** Trained and tested on a public research dataset assembled from
   several sources; its Testing split contains near-duplicates of training scans, so the
   official accuracy is optimistic (see the leak-free figures where stored).
-- Scanner types, field strengths, protocols and patient groups outside that dataset are untested.
+- **Scans from other hospitals and sequences are much harder** (see "Scans from other sources"
+  above): the Kaggle tumour scans are mostly contrast-enhanced T1, so the model partly learned
+  sequence appearance. Scans unlike its training data are marked "outside the training data";
+  treat those answers as unreliable.
 """
 
 INTENDED_USE = (
@@ -140,6 +148,107 @@ def _comparison_ui(artifacts: Artifacts) -> str:
         format_func=lambda k: f"{evaluation_title(k)} ({int(evaluations[k]['n_images']):,} scans)",
         key="evaluation_choice",
     )
+
+
+_PCT_COLUMNS = ("Accuracy (%)", "Not a brain MRI (%)", "Outside training data (%)", "Any flag (%)",
+                "Accuracy without flag (%)", "'No tumour', no flag (%)")
+
+
+def _external_ui(artifacts: Artifacts) -> None:
+    """The official figures next to scans from other sources: the gap, on the page."""
+    st.subheader("Scans from other sources")
+    if artifacts.external is None:
+        st.info(
+            "No evaluation on scans from other sources is stored: run `python -m train.evaluate "
+            "--external DIR --output assets/external.json`. Until then, expect much lower accuracy "
+            "on scans from other hospitals and sequences than on the official Testing split."
+        )
+        return
+    st.caption(
+        "The same model, served as in the app (gate, flags and all), on the Kaggle Testing split and on "
+        "scans from four other sources it was never trained or tuned on. The official figure is far "
+        "above what to expect on a new hospital's scans. \"Other lesion types\" have no right answer "
+        "among the four classes: the dangerous outcome is \"no tumour\" with no flag."
+    )
+    pct = st.column_config.NumberColumn(format="%.1f %%")
+    st.dataframe(
+        external_rows(artifacts.external), hide_index=True, width="stretch", key="external_table",
+        column_config={k: pct for k in _PCT_COLUMNS},
+    )
+
+
+def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:
+    shortcut = (audit or {}).get("shortcut")
+    if not isinstance(shortcut, Mapping):
+        st.info("No shortcut audit is stored: run `python -m train.audit --data-dir DIR --shortcut-only`.")
+        return
+    st.subheader("The sequence shortcut in Training")
+    alone = shortcut.get("appearance_only", {})
+    cols = st.columns(3)
+    cols[0].metric("Class from appearance alone", _pct(alone.get("accuracy"), 1),
+                   help=f"Chance (largest class): {_pct(alone.get('chance'), 1)}")
+    cols[1].metric("AUC, no tumour vs tumour", f"{alone.get('auc_no_tumour_vs_tumour', float('nan')):.3f}")
+    extra = shortcut.get("extra_source")
+    if isinstance(extra, Mapping):
+        cols[2].metric(f"Same test on {extra.get('name', 'the extra source')}",
+                       f"{extra.get('auc_no_tumour_vs_tumour', float('nan')):.3f} AUC",
+                       help="Tumour against tumour-free slices of the same patients, in the same sequences.")
+    st.caption(
+        "A logistic regression that sees only grey-level appearance (histogram inside the head, radial "
+        "brightness profile; no lesion shape) tells \"no tumour\" from the tumour classes this well: the "
+        "Kaggle classes differ in sequence, not only in anatomy. " + str(shortcut.get("method", ""))
+    )
+    clusters = shortcut.get("clusters", {})
+    rows = [
+        {"Cluster": r["cluster"], "Scans": r["n_images"], **{CLASS_LABELS.get(k, k): v for k, v in r["counts"].items()},
+         "Largest class (%)": 100.0 * r["majority_share"]}
+        for r in clusters.get("rows", []) if isinstance(r, Mapping)
+    ]
+    if rows:
+        st.markdown(
+            f"**Appearance clusters** (k-means, k = {clusters.get('k')}): "
+            f"{_pct(clusters.get('one_class_fraction'), 1)} of Training lies in clusters where one class holds "
+            f"at least {_pct(clusters.get('one_class_share'), 0)} of the scans."
+        )
+        st.dataframe(rows, hide_index=True, key="shortcut_clusters",
+                     column_config={"Largest class (%)": st.column_config.NumberColumn(format="%.1f %%")})
+
+
+def _pointing_ui(evaluation: Mapping[str, Any] | None) -> None:
+    game = (evaluation or {}).get("pointing_game")
+    if not isinstance(game, Mapping):
+        return
+    st.subheader("Does the heatmap fall on the tumour?")
+    overall = game.get("overall", {})
+    rows = [{"Sequence": "all", **_pointing_row(overall)}] + [
+        {"Sequence": k, **_pointing_row(v)} for k, v in (game.get("sequences") or {}).items()
+    ]
+    st.dataframe(rows, hide_index=True, key="pointing_table",
+                 column_config={k: st.column_config.NumberColumn(format="%.1f %%") for k in ("Hit rate (%)", "Random point (%)")})
+    st.caption(
+        f"{game.get('method', '')}: {overall.get('n_images', 0)} slices of {game.get('patients', '—')} "
+        f"{game.get('source', '')} patients. \"Random point\" is the hit rate of a point drawn anywhere in the image."
+    )
+
+
+def _pointing_row(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "Slices": report.get("n_images"),
+        "Hit rate (%)": None if report.get("hit_rate") is None else 100.0 * report["hit_rate"],
+        "Random point (%)": None if report.get("random_hit_rate") is None else 100.0 * report["random_hit_rate"],
+    }
+
+
+def _other_sources_ui(artifacts: Artifacts) -> None:
+    if artifacts.external is not None:
+        rows = sequence_rows(artifacts.external)
+        if rows:
+            st.subheader("By sequence")
+            pct = st.column_config.NumberColumn(format="%.1f %%")
+            st.dataframe(rows, hide_index=True, width="stretch", key="sequence_table",
+                         column_config={k: pct for k in _PCT_COLUMNS})
+    _shortcut_ui(artifacts.audit)
+    _pointing_ui(artifacts.evaluation)
 
 
 def _history_ui(artifacts: Artifacts) -> None:
@@ -313,6 +422,7 @@ def main() -> None:
         st.stop()
 
     _headline_ui(artifacts)
+    _external_ui(artifacts)
     key = _comparison_ui(artifacts) if artifacts.evaluation is not None else None
     report = artifacts.evaluations.get(key) if key else None
 
@@ -324,6 +434,7 @@ def main() -> None:
         lambda: _curves_ui(report, key),
         lambda: _calibration_ui(report, key, artifacts.model_card or {}),
         lambda: _robustness_and_audit_ui(artifacts),
+        lambda: _other_sources_ui(artifacts),
         lambda: _model_card_ui(artifacts.model_card, artifacts.evaluation),
     )
     for index, (tab, draw) in enumerate(zip(st.tabs(list(TABS), key=TAB_KEY, on_change="rerun"), sections)):

@@ -151,6 +151,13 @@ def _prediction_ui(analysis: ScanAnalysis) -> bool:
         if not shown:
             return False
         st.error("Unreliable output for an image that does not look like a brain MRI.", icon=":material/warning:")
+    elif prediction.outside_training:
+        st.error(
+            "**Outside the training data: the prediction is unreliable.** This looks like a brain MRI, "
+            "but unlike the scans the model learned from (another sequence, preparation or orientation). "
+            "On such scans the model is often wrong with high confidence.",
+            icon=":material/report:",
+        )
     left, right = st.columns([1, 2], vertical_alignment="center")
     with left:
         st.metric("Predicted class", CLASS_LABELS[prediction.label])

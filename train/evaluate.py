@@ -217,11 +217,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main_external(args: argparse.Namespace) -> dict[str, Any]:
-    from .external import evaluate_external, find_external
+    from .external import ExternalScan, evaluate_external, find_external
 
     scans = find_external(args.external)
     classifier = load_model(args.weights, device=args.device)
-    result = evaluate_external(classifier, scans, root=args.external, batch_size=args.batch_size)
+    folder = args.data_dir / "Testing" if (args.data_dir / "Testing").is_dir() else args.data_dir
+    reference = [ExternalScan(s.path, "testing", s.class_name, None) for s in find_samples(folder)] if folder.is_dir() else []
+    leak_names = load_leak_free(args.audit) if reference else None
+    base = folder.resolve().parent
+    leak_free = [base / name for name in leak_names] if leak_names is not None else None
+    result = evaluate_external(
+        classifier, scans, root=args.external, batch_size=args.batch_size, reference=reference, leak_free=leak_free
+    )
     result["weights_sha256"] = classifier.card["weights_sha256"]
     result["extra_data"] = [s["name"] for s in classifier.card.get("data", {}).get("sources", []) if s["name"] != "kaggle"]
     text = json.dumps(result, indent=1)

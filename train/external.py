@@ -32,7 +32,7 @@ from core.scan import read_scan
 
 from .data import fingerprint, Sample
 
-__all__ = ["ExternalScan", "find_external", "sequence_of", "evaluate_external", "summarise"]
+__all__ = ["ExternalScan", "build_report", "find_external", "sequence_of", "evaluate_external", "summarise"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,16 +138,12 @@ def _groups(records: Iterable[dict[str, Any]], *keys: str) -> dict[str, list[dic
     return dict(sorted(groups.items()))
 
 
-def evaluate_external(
-    classifier: Classifier, scans: Sequence[ExternalScan], root: str | Path | None = None, batch_size: int = 32
-) -> dict[str, Any]:
-    """The report of ``classifier`` on ``scans`` (see the module docstring)."""
+def _predict(classifier: Classifier, scans: Sequence[ExternalScan], batch_size: int) -> tuple[list[dict[str, Any]], list[str]]:
     records: list[dict[str, Any]] = []
     unreadable: list[str] = []
     for start in range(0, len(scans), batch_size):
-        chunk = scans[start : start + batch_size]
         images, kept = [], []
-        for scan in chunk:
+        for scan in scans[start : start + batch_size]:
             try:
                 images.append(read_scan(scan.path))
                 kept.append(scan)
@@ -155,11 +151,19 @@ def evaluate_external(
                 logger.warning("%s: %s", scan.path.name, exc)
                 unreadable.append(scan.path.name)
         for scan, prediction in zip(kept, classifier.predict_batch(images, batch_size)):
-            records.append(_record(scan, prediction))
-    by_source = _groups(records, "source")
+            records.append({**_record(scan, prediction), "path": scan.path})
+    return records, unreadable
+
+
+def build_report(
+    records: Sequence[dict[str, Any]],
+    reference: Sequence[dict[str, Any]] | None = None,
+    leak_free: Iterable[Path] | None = None,
+) -> dict[str, Any]:
+    """The report's figures from per-scan records (``source``, ``label``, ``sequence``,
+    ``predicted``, ``rejected``, ``outside_training``, ``flagged``; ``path`` for ``leak_free``)."""
     report: dict[str, Any] = {
         "n_images": len(records),
-        "unreadable": unreadable,
         "overall": summarise(records),
         "sources": {
             source: {
@@ -172,10 +176,34 @@ def evaluate_external(
                     k.split("/", 1)[1]: summarise(v) for k, v in _groups(group, "source", "label", "sequence").items()
                 },
             }
-            for source, group in by_source.items()
+            for source, group in _groups(records, "source").items()
         },
     }
+    if reference:
+        report["reference"] = {"testing": summarise(reference)}
+        if leak_free is not None:
+            keep = {Path(p).resolve() for p in leak_free}
+            report["reference"]["testing_leak_free"] = summarise([r for r in reference if Path(r["path"]).resolve() in keep])
+    return report
+
+
+def evaluate_external(
+    classifier: Classifier,
+    scans: Sequence[ExternalScan],
+    root: str | Path | None = None,
+    batch_size: int = 32,
+    reference: Sequence[ExternalScan] = (),
+    leak_free: Iterable[Path] | None = None,
+) -> dict[str, Any]:
+    """The report of ``classifier`` on ``scans`` (see the module docstring).
+
+    ``reference``: the official Testing scans, scored the same way for the side-by-side table
+    (under ``reference``: ``testing`` and, given ``leak_free`` paths, ``testing_leak_free``).
+    """
+    records, unreadable = _predict(classifier, scans, batch_size)
+    reference_records = _predict(classifier, reference, batch_size)[0] if reference else None
+    report = build_report(records, reference_records, leak_free)
+    report["unreadable"] = unreadable
     if root is not None:
-        samples = [Sample(s.path, 0) for s in scans]
-        report["data_fingerprint"] = fingerprint(samples, root)
+        report["data_fingerprint"] = fingerprint([Sample(s.path, 0) for s in scans], root)
     return report
