@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import make_model_dir
-from core.constants import AUDIT_NAME, CLASS_NAMES, EVALUATION_NAME, HISTORY_NAME, MODEL_CARD_NAME
+from core.constants import AUDIT_NAME, CLASS_NAMES, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME
 from train import metrics
 
 N_EPOCHS = 4
@@ -28,7 +28,7 @@ def _synthetic(n: int, skill: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return probs, targets
 
 
-def make_assets(folder: Path, image_size: int = 64, leak_free: bool = True, audit: bool = True) -> Path:
+def make_assets(folder: Path, image_size: int = 64, leak_free: bool = True, audit: bool = True, external: bool = True) -> Path:
     """Write model.safetensors, model_card.json, history.json, evaluation.json (and audit.json)."""
     folder.mkdir(parents=True, exist_ok=True)
     make_model_dir(folder, image_size=image_size)
@@ -84,4 +84,29 @@ def make_assets(folder: Path, image_size: int = 64, leak_free: bool = True, audi
     card_path.write_text(json.dumps(card, indent=2))
     if audit:
         (folder / AUDIT_NAME).write_text(json.dumps({"summary": {"exact_duplicates_across": 3, "near_duplicates_across": 9}}))
+    if external:
+        (folder / EXTERNAL_NAME).write_text(json.dumps(synthetic_external(seed=11)))
     return folder
+
+
+def synthetic_external(seed: int) -> dict:
+    """An external report computed by :func:`train.external.build_report` from random records."""
+    from train.external import build_report
+
+    rng = np.random.default_rng(seed)
+
+    def records(source: str, label: str, n: int, skill: float, sequences=(None,)) -> list[dict]:
+        out = []
+        for i in range(n):
+            right = rng.random() < skill
+            predicted = label if right and label != "other" else str(rng.choice(CLASS_NAMES))
+            rejected, outside = bool(rng.random() < 0.05), bool(rng.random() < 0.1)
+            out.append({"source": source, "label": label, "sequence": sequences[i % len(sequences)],
+                        "predicted": predicted, "rejected": rejected, "outside_training": outside,
+                        "flagged": rejected or outside or bool(rng.random() < 0.2), "path": f"{source}/{label}/{i}.jpg"})
+        return out
+
+    reference = records("testing", "glioma", 40, 0.95)
+    found = (records("hospital", "glioma", 30, 0.4, ("T1", "T2")) + records("hospital", "other", 20, 0.0, ("T2",))
+             + records("clinic", "notumor", 25, 0.9))
+    return build_report(found, reference, leak_free=[r["path"] for r in reference[:20]])

@@ -298,3 +298,60 @@ def test_comparison_rows_are_percentages(fixture_assets):
     rows = comparison_rows(evaluations)
     assert [r["Scans"] for r in rows] == [e["n_images"] for e in evaluations.values()]
     assert rows[0]["Accuracy (%)"] == pytest.approx(100 * evaluations["testing"]["accuracy"])
+
+
+# ---------------------------------------------------------------------- scans from other sources
+def test_scans_from_other_sources_are_shown_beside_testing(fixture_assets, monkeypatch):
+    from core.constants import EXTERNAL_NAME
+
+    at = _page(fixture_assets, monkeypatch)
+    assert not at.exception
+    assert "Scans from other sources" in [h.value for h in at.subheader]
+    table = _table(at, "Accuracy without flag (%)")
+    stored = json.loads((fixture_assets / EXTERNAL_NAME).read_text())
+    assert list(table["Scans"][:2]) == ["Official Testing split (Kaggle)", "Leak-free Testing subset (Kaggle)"]
+    assert table["Accuracy (%)"][0] == pytest.approx(100 * stored["reference"]["testing"]["accuracy"])
+    hospital = stored["sources"]["hospital"]["classes"]
+    other = table[(table["Scans"] == "hospital") & (table["Classes"] == "other lesion types")]
+    assert other["'No tumour', no flag (%)"].tolist() == pytest.approx([100 * hospital["other"]["other_notumor_unflagged"]])
+    glioma = table[(table["Scans"] == "hospital") & (table["Classes"] == "Glioma")]
+    assert glioma["Accuracy without flag (%)"].tolist() == pytest.approx([100 * hospital["glioma"]["unflagged_accuracy"]])
+
+    visit = _open_tab(at, "Other sources and shortcut")
+    sequences = _table(visit, "Sequence")
+    assert set(sequences["Sequence"]) == {"T1", "T2"}
+
+
+def test_page_says_when_no_external_evaluation_is_stored(tmp_path, fixture_assets, monkeypatch):
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    (folder / "model.safetensors").write_bytes((fixture_assets / "model.safetensors").read_bytes())
+    at = _page(folder, monkeypatch)
+    assert not at.exception
+    assert any("--external" in i.value for i in at.info)
+
+
+def test_shortcut_audit_and_pointing_game_are_shown(tmp_path, fixture_assets, monkeypatch):
+    from core.constants import EXTERNAL_NAME
+
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    (folder / EXTERNAL_NAME).write_bytes((fixture_assets / EXTERNAL_NAME).read_bytes())
+    audit = json.loads((folder / AUDIT_NAME).read_text())
+    audit["shortcut"] = {
+        "method": "test", "appearance_only": {"accuracy": 0.6, "chance": 0.3, "auc_no_tumour_vs_tumour": 0.9},
+        "extra_source": {"name": "lgg", "auc_no_tumour_vs_tumour": 0.7},
+        "clusters": {"k": 2, "one_class_share": 0.8, "one_class_fraction": 0.25,
+                     "rows": [{"cluster": 0, "n_images": 10, "counts": {"glioma": 0, "meningioma": 0, "notumor": 10, "pituitary": 0},
+                               "majority": "notumor", "majority_share": 1.0}]},
+    }
+    (folder / AUDIT_NAME).write_text(json.dumps(audit))
+    evaluation = json.loads((folder / EVALUATION_NAME).read_text())
+    evaluation["pointing_game"] = {"method": "pointing game", "patients": 3, "source": "lgg",
+                                   "overall": {"n_images": 9, "hit_rate": 2 / 3, "random_hit_rate": 0.1},
+                                   "sequences": {"flair": {"n_images": 9, "hit_rate": 2 / 3, "random_hit_rate": 0.1}}}
+    (folder / EVALUATION_NAME).write_text(json.dumps(evaluation))
+    at = _open_tab(_page(folder, monkeypatch), "Other sources and shortcut")
+    assert _metric(at, "Class from appearance alone") == "60.0 %"
+    assert _metric(at, "AUC, no tumour vs tumour") == "0.900"
+    pointing = _table(at, "Hit rate (%)")
+    assert pointing["Hit rate (%)"].tolist() == pytest.approx([100 * 2 / 3] * 2)
+    assert _table(at, "Largest class (%)")["Scans"].tolist() == [10]

@@ -303,3 +303,27 @@ def test_two_sessions_in_a_row_bad_then_good(assets, monkeypatch, scan_paths):
     assert _metric(second, "Predicted class") == CLASS_LABELS[expected.label]
     # the first session's state did not leak into the second
     assert list(second.dataframe[0].value["File"]) == ["scan.jpg"]
+
+
+def test_outside_training_data_is_a_review_state_on_the_page_and_in_the_csv(app, model, scan_paths, monkeypatch):
+    from core.review import OUTSIDE_TRAINING_TEXT
+
+    original = core.model.Classifier.predict
+
+    def outside(self, image):
+        prediction = original(self, image)
+        return replace(prediction, outside_training=True,
+                       flags=("outside the training data: the prediction is unreliable (test)",))
+
+    monkeypatch.setattr(core.model.Classifier, "predict", outside)
+    data = scan_paths["notumor"].read_bytes()
+    _upload(app, [("t2.jpg", data)])
+    assert not app.exception
+    assert any("Outside the training data" in e.value for e in app.error)
+    assert _metric(app, "Predicted class") in set(CLASS_LABELS.values())  # still shown, marked unreliable
+    assert OUTSIDE_TRAINING_TEXT in app.dataframe[0].value["Predicted class"][0]
+
+    analysis = analyse_scan(model, data)
+    monkeypatch.setattr(core.model.Classifier, "predict", original)
+    row = next(csv.DictReader(io.StringIO(results_csv([("t2.jpg", replace(analysis, prediction=outside(model, analysis.image)))]).decode())))
+    assert row["status"] == "outside_training" and row["outside_training"] == "true"

@@ -167,7 +167,7 @@ def rejection_rate(gate: FeatureGate, outputs: SplitOutputs) -> dict[str, float]
     """Shares of a split rejected as not a brain MRI (feature gate, image checks, either), and
     the share the gate puts outside the training data."""
     scores = gate.score(torch.as_tensor(outputs.features)).numpy()
-    by_features = scores > getattr(gate, "reject_score", 1.0)
+    by_features = scores > gate.reject_score
     return {
         "features": float(by_features.mean()),
         "image_checks": float(outputs.image_rejected.mean()),

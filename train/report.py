@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.constants import AUDIT_NAME, CLASS_LABELS, CLASS_NAMES, EVALUATION_NAME, MODEL_CARD_NAME, PROJECT_ROOT, assets_dir
+from core.constants import (
+    AUDIT_NAME,
+    CLASS_LABELS,
+    CLASS_NAMES,
+    EVALUATION_NAME,
+    EXTERNAL_NAME,
+    MODEL_CARD_NAME,
+    PROJECT_ROOT,
+    assets_dir,
+)
 
 __all__ = ["render", "update_readme", "START", "END"]
 
@@ -105,6 +114,9 @@ def render(folder: Path | None = None) -> str:
                 means.append(f"{title} {_pct(found[0])} against {_pct(found[1])}")
         if means:
             lines += ["", "Mean confidence against accuracy, as served: " + "; ".join(means) + "."]
+    external_path = folder / EXTERNAL_NAME
+    if external_path.is_file():
+        lines += ["", *_external_lines(json.loads(external_path.read_text()))]
     training = card["training"]
     config = training["config"]
     data = card["data"]
@@ -126,6 +138,40 @@ def render(folder: Path | None = None) -> str:
         + f" ({card.get('trained_at', '?')}).",
     ]
     return "\n".join(lines)
+
+
+def _opt_pct(x: Any) -> str:
+    return _pct(x) if isinstance(x, (int, float)) else "–"
+
+
+def _external_lines(external: dict[str, Any]) -> list[str]:
+    """The served model on Kaggle Testing and on scans from other sources, side by side."""
+    lines = [
+        "Scans from other sources (`python -m train.evaluate --external ../shared/datasets/external-dev "
+        "--output assets/external.json`; served as in the app, gate and flags included):",
+        "",
+        "| Scans | Class | N | Accuracy | Not a brain MRI | Outside training data | Any flag | Accuracy without flag | Other lesions: \"no tumour\", no flag |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    titles = {"testing": "Kaggle Testing", "testing_leak_free": "Kaggle Testing, leak-free subset"}
+    rows = [(titles.get(k, k), "all", r) for k, r in (external.get("reference") or {}).items()]
+    for source, report in external.get("sources", {}).items():
+        rows += [(source, "other lesions" if c == "other" else CLASS_LABELS.get(c, c), r) for c, r in report["classes"].items()]
+    for title, label, r in rows:
+        lines.append(
+            f"| {title} | {label} | {r['n_images']} | {_opt_pct(r.get('accuracy'))} | {_opt_pct(r.get('rejected'))} | "
+            f"{_opt_pct(r.get('outside_training'))} | {_opt_pct(r.get('flagged'))} | {_opt_pct(r.get('unflagged_accuracy'))} | "
+            f"{_opt_pct(r.get('other_notumor_unflagged'))} |"
+        )
+    sequences = []
+    for source, report in external.get("sources", {}).items():
+        for key, r in report.get("class_sequences", {}).items():
+            label, sequence = key.split("/", 1)
+            if label != "other" and r.get("accuracy") is not None:
+                sequences.append(f"{source} {CLASS_LABELS.get(label, label)} {sequence} {_pct(r['accuracy'])} ({r['n_images']})")
+    if sequences:
+        lines += ["", "By sequence: " + "; ".join(sequences) + "."]
+    return lines
 
 
 def update_readme(readme: Path = PROJECT_ROOT / "README.md", folder: Path | None = None) -> bool:
