@@ -21,6 +21,7 @@ __all__ = [
     "ClassificationPresetTrain",
     "ClassificationPresetEval",
     "RandomGamma",
+    "RandomMaskedInversion",
     "PERTURBATIONS",
     "perturbation",
 ]
@@ -42,6 +43,35 @@ class RandomGamma(v2.Transform):
         return F.adjust_gamma(inpt, gamma)
 
 
+class RandomMaskedInversion(v2.Transform):
+    """Invert the grey levels inside the head only (the background stays dark), with
+    probability ``p``: dark fluid becomes bright, as between T1 or FLAIR and T2.
+
+    The head is every pixel brighter than ``threshold`` times the image's maximum; inside it a
+    grey level v becomes ``lo + hi - v`` (``lo``, ``hi``: the head's 1st and 99th percentiles,
+    clipped to 0-255), so the head keeps its range.
+    """
+
+    def __init__(self, p: float = 0.25, threshold: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p!r}.")
+        self.p = p
+        self.threshold = threshold
+
+    def transform(self, inpt, params):
+        if self.p == 0 or random.random() >= self.p or not isinstance(inpt, torch.Tensor):
+            return inpt
+        image = inpt.float()
+        head = image > self.threshold * image.max()
+        if head.sum() < 16:
+            return inpt
+        values = image[head]
+        lo, hi = torch.quantile(values, torch.tensor([0.01, 0.99]))
+        inverted = torch.where(head, (lo + hi - image).clamp(0, 255), image)
+        return inverted.round().to(inpt.dtype)
+
+
 class ClassificationPresetTrain:
     """Augmentation for training; ``strength`` 0 gives resize + flip only."""
 
@@ -51,6 +81,7 @@ class ClassificationPresetTrain:
         mean: Sequence[float] = INPUT_MEAN,
         std: Sequence[float] = INPUT_STD,
         strength: float = 1.0,
+        invert_p: float = 0.0,
     ) -> None:
         s = float(strength)
         steps: list = [ToGrayscale(), v2.PILToTensor()]
@@ -63,6 +94,7 @@ class ClassificationPresetTrain:
                 v2.RandomApply([v2.RandomAffine(degrees=15 * s, translate=(0.06 * s, 0.06 * s), scale=(1.0 - 0.1 * s, 1.0 + 0.1 * s))], p=0.6),
                 v2.RandomApply([v2.ColorJitter(brightness=0.35 * s, contrast=0.35 * s)], p=0.8),
                 RandomGamma((1.0 - 0.4 * s, 1.0 + 0.6 * s), p=0.5),
+                RandomMaskedInversion(invert_p),
                 v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2 * s),
                 v2.RandomApply([v2.JPEG(quality=(25, 95))], p=0.3 * s),
             ]

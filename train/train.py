@@ -100,6 +100,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float, default=0.02, help="AdamW weight decay")
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     parser.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = resize and flip only)")
+    parser.add_argument(
+        "--invert-p", type=float, default=0.0,
+        help="probability of inverting the grey levels inside the head (train.presets.RandomMaskedInversion): "
+        "T1/FLAIR-like contrast becomes T2-like (0 = off)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of Training held out for validation")
     parser.add_argument(
         "--split", default="group",
@@ -131,6 +136,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--freeze-epochs must be in [0, {args.epochs - 1}], got {args.freeze_epochs}.")
     if args.freeze_stages < 0:
         raise SystemExit(f"--freeze-stages must be at least 0, got {args.freeze_stages}.")
+    if not 0.0 <= args.invert_p <= 1.0:
+        raise SystemExit(f"--invert-p must be between 0 and 1, got {args.invert_p}.")
     if args.lr <= 0:
         raise SystemExit(f"--lr must be positive, got {args.lr}.")
 
@@ -323,7 +330,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "data: %d train, %d validation, %d test images (%s split)",
         len(train_samples), len(val_samples), len(test_samples), args.split,
     )
-    train_set = ScanFolder(train_samples, ClassificationPresetTrain(args.image_size, strength=args.augment))
+    train_set = ScanFolder(train_samples, ClassificationPresetTrain(args.image_size, strength=args.augment, invert_p=getattr(args, "invert_p", 0.0)))
     eval_tf = ClassificationPresetEval(args.image_size)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
