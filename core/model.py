@@ -236,7 +236,7 @@ class Classifier:
         return self._outputs(images).probs
 
     def _flags(
-        self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None, outside: str | None
+        self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None, outside: str | None = None
     ) -> tuple[str, ...]:
         flags = []
         if ood is not None:

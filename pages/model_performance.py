@@ -256,9 +256,11 @@ def _history_ui(artifacts: Artifacts) -> None:
         st.warning("No training history is stored, so the training curves cannot be shown.")
         return
     epochs = artifacts.history["epochs"]
-    cols = st.columns(3)
-    for col, (metric, title) in zip(cols, (("loss", "Loss"), ("accuracy", "Accuracy"), ("macro_f1", "Macro F1"))):
-        _chart(col, f"history_{metric}", lambda metric=metric, title=title: history_figure(epochs, metric, title))
+    rows = ((("loss", "Loss"), ("accuracy", "Accuracy"), ("macro_f1", "Macro F1")),
+            (("macro_precision", "Macro precision"), ("macro_recall", "Macro recall")))
+    for row in rows:
+        for col, (metric, title) in zip(st.columns(3), row):
+            _chart(col, f"history_{metric}", lambda metric=metric, title=title: history_figure(epochs, metric, title))
     best = (artifacts.model_card or {}).get("training", {}).get("best_epoch")
     st.caption(
         "Training loss is the label-smoothed loss being optimised; validation loss is plain cross-entropy."

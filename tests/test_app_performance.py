@@ -129,7 +129,7 @@ def test_page_renders_stored_metrics(assets, monkeypatch):
     assert _metric(at, "Test scans") == f"{testing['n_images']:,}"
     assert _metric(at, "Trained on") != "—" if "trained_at" in card else True
 
-    assert set(_chart_titles(at)) == {"Loss", "Accuracy", "Macro F1"}  # the first tab only
+    assert set(_chart_titles(at)) == {"Loss", "Accuracy", "Macro F1", "Macro precision", "Macro recall"}  # the first tab only
     visit = _visit_all_tabs(at)
     for expected in ("Loss", "Accuracy", "Macro F1", "Confusion matrix (counts)", "ROC curves (one class vs the rest)",
                      "Precision-recall curves", "Reliability diagram"):

@@ -140,6 +140,7 @@ def test_flags_low_confidence_and_mirror_disagreement(tiny_model):
     sure = torch.tensor([0.97, 0.01, 0.01, 0.01], dtype=torch.float64)
     assert tiny_model._flags(sure, sure, sure, None) == ()
     assert tiny_model._flags(sure, sure, sure, "blank image")[0].startswith("not recognised as a brain MRI")
+    assert tiny_model._flags(sure, sure, sure, None, "score 1.2")[0].startswith("outside the training data")
 
 
 def test_prediction_carries_the_gate_and_flags(tiny_weights):
