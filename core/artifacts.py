@@ -298,18 +298,20 @@ SOURCE_TITLES = {
 }
 
 
-def _external_row(title: str, classes: str, report: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "Scans": title,
-        "Classes": classes,
+def _external_row(title: str, classes: str, report: Mapping[str, Any], sequence: str | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"Scans": title, "Classes": classes}
+    if sequence is not None:
+        row["Sequence"] = sequence
+    row.update({
         "N": int(report.get("n_images", 0)),
         "Accuracy (%)": _pct(report.get("accuracy")),
-        "Not a brain MRI (%)": _pct(report.get("rejected")),
-        "Outside training data (%)": _pct(report.get("outside_training")),
-        "Any flag (%)": _pct(report.get("flagged")),
         "Accuracy without flag (%)": _pct(report.get("unflagged_accuracy")),
         "'No tumour', no flag (%)": _pct(report.get("other_notumor_unflagged")),
-    }
+        "Any flag (%)": _pct(report.get("flagged")),
+        "Outside training data (%)": _pct(report.get("outside_training")),
+        "Not a brain MRI (%)": _pct(report.get("rejected")),
+    })
+    return row
 
 
 def external_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -342,5 +344,5 @@ def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
         for key, sub in (report.get("class_sequences") or {}).items():
             name, sequence = key.split("/", 1)
             label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
-            rows.append({**_external_row(SOURCE_TITLES.get(source, source), label, sub), "Sequence": sequence})
+            rows.append(_external_row(SOURCE_TITLES.get(source, source), label, sub, sequence))
     return rows
