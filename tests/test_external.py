@@ -320,3 +320,29 @@ def test_pointing_game_hits_a_mask_around_the_heatmap_maximum(tmp_path, tiny_mod
     assert result["sequences"]["flair"]["hit_rate"] == pytest.approx(0.5)
     assert result["sequences"]["t1pre"]["hit_rate"] == pytest.approx(1.0)
     assert 0 < result["overall"]["random_hit_rate"] < 0.2
+
+
+# ---------------------------------------------------------------------- augmentation
+def test_masked_inversion_keeps_the_range_the_background_and_the_label():
+    from torchvision.transforms.v2 import functional as F
+
+    from train.presets import ClassificationPresetTrain, RandomMaskedInversion
+
+    image = F.pil_to_tensor(_scan(4))
+    inverted = RandomMaskedInversion(p=1.0)(image)
+    assert inverted.dtype == torch.uint8 and inverted.shape == image.shape
+    background = image < 0.1 * image.max()
+    assert torch.equal(inverted[background], image[background])  # outside the head: unchanged
+    head = ~background
+    # bright becomes dark inside the head
+    assert torch.corrcoef(torch.stack([image[head].float(), inverted[head].float()]))[0, 1] < -0.9
+    assert torch.equal(RandomMaskedInversion(p=0.0)(image), image)
+    with pytest.raises(ValueError, match="p must be"):
+        RandomMaskedInversion(p=2.0)
+    preset = ClassificationPresetTrain(64, invert_p=1.0)
+    out = preset(_scan(5))
+    assert out.shape == (3, 64, 64) and torch.isfinite(out).all() and out.min() >= -1.0 - 1e-6 and out.max() <= 1.0 + 1e-6
+    # the dataset pairs the augmented image with the sample's own label
+    from train.data import ScanFolder
+
+    assert ScanFolder([Sample(Path("unused"), 2)], preset).targets == [2]

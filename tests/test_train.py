@@ -230,3 +230,44 @@ def test_evaluation_scores_the_served_probabilities(mini_dataset, tiny_weights):
     finally:
         model.temperature, model.tta = float(model.card.get("temperature", 1.0)), False
     np.testing.assert_allclose(served, served_probs(logits[:6], mirrored[:6], temperature), atol=1e-4)
+
+
+def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_path):
+    """--extra-data: the source is split by patient, trained on, and described in the model card."""
+    import csv
+
+    from PIL import Image
+
+    extra = tmp_path / "lgg"
+    rows = []
+    for folder, label in (("glioma", "glioma"), ("notumor-slices", "notumor")):
+        (extra / folder).mkdir(parents=True)
+        for patient in range(6):
+            path = extra / folder / f"P{patient}_{label}_flair.png"
+            grey = np.random.default_rng(patient).integers(0, 255, (64, 64), dtype=np.uint8)
+            Image.fromarray(grey).save(path)
+            rows.append((f"{folder}/{path.name}", f"P{patient}", "flair"))
+    with (extra / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "patient", "sequence"])
+        writer.writerows(rows)
+    out = tmp_path / "run"
+    args = get_args_parser().parse_args([
+        "--data-dir", str(mini_dataset), "--extra-data", str(extra), "--output", str(out), "--image-size", "64",
+        "--batch-size", "8", "--workers", "0", "--no-progress", "--val-fraction", "0.34", "--split", "stratified",
+        "--epochs", "1", "--freeze-epochs", "0", "--invert-p", "0.5",
+    ])
+    card = main(args)["card"]
+    sources = {s["name"]: s for s in card["data"]["sources"]}
+    assert set(sources) == {"kaggle", "lgg"}
+    lgg = sources["lgg"]
+    assert lgg["train_patients"] + lgg["val_patients"] == 6 and lgg["val_patients"] >= 1
+    assert lgg["train_images"] + lgg["val_images"] == 12 and lgg["sequences"] == {"flair": 12}
+    assert card["data"]["train_images"] == sum(s["train_images"] for s in sources.values())
+    assert card["training"]["config"]["extra_data"] == [str(extra)]
+
+
+def test_bad_invert_probability_is_named(mini_dataset, tmp_path):
+    args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), "--invert-p", "1.5", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="invert-p"):
+        main(args)
