@@ -144,9 +144,10 @@ def trust_steps(
     return TrustResult(new_card, testing_calibration, testing_trust)
 
 
-def _sources(train_samples: list, val_samples: list) -> list[dict[str, Any]]:
+def _sources(train_samples: list, val_samples: list, extra_folders: list) -> list[dict[str, Any]]:
     """Each training source: its scans and patients on each side of the split, per class and
-    sequence, and the fingerprint of its files."""
+    sequence, and the fingerprint of its files (``extra_folders``: the ``--extra-data`` folders)."""
+    folders = {Path(f).name: Path(f) for f in extra_folders}
     out = []
     for source in sorted({s.source for s in train_samples + val_samples}, key=lambda n: (n != "kaggle", n)):
         train = [s for s in train_samples if s.source == source]
@@ -159,7 +160,7 @@ def _sources(train_samples: list, val_samples: list) -> list[dict[str, Any]]:
             "val_counts": class_counts(val),
         }
         if source != "kaggle":
-            root = train[0].path.parent.parent if train else val[0].path.parent.parent
+            root = folders[source]
             entry["folder"] = str(root)
             entry["split"] = "by patient"
             entry["train_patients"] = len({s.patient for s in train})
@@ -214,7 +215,7 @@ def finalize(
             sorted((s for s in train_samples + val_samples if s.source == "kaggle"), key=lambda s: str(s.path)), args.data_dir
         ),
         "fingerprint_testing": fingerprint(test_samples, args.data_dir) if test_samples else None,
-        "sources": _sources(train_samples, val_samples),
+        "sources": _sources(train_samples, val_samples, args.extra_data),
     }
     if history is not None:
         write_json(output / HISTORY_NAME, {"class_names": card["class_names"], "epochs": history})

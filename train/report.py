@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.artifacts import external_rows, sequence_rows
 from core.constants import (
     AUDIT_NAME,
     CLASS_LABELS,
@@ -127,7 +128,10 @@ def render(folder: Path | None = None) -> str:
         + f") at {card['image_size']} px, "
         f"batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
         f"augmentation strength {config.get('augment')}, {config.get('split')} split (seed {config.get('seed', 0)}): "
-        f"{data['train_images']} training and {data['val_images']} validation scans; best epoch "
+        f"{data['train_images']} training and {data['val_images']} validation scans"
+        + (f" (Kaggle and the extra sources {', '.join(Path(p).name for p in config['extra_data'])}, split by patient)"
+           if config.get("extra_data") else "")
+        + "; best epoch "
         f"{training['best_epoch']} on validation. Trained on {training['hardware']}: "
         f"{training['wall_time_s'] / 60:.1f} min for the training loop"
         + (
@@ -140,37 +144,35 @@ def render(folder: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def _opt_pct(x: Any) -> str:
-    return _pct(x) if isinstance(x, (int, float)) else "–"
+def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows of the page's tables (``core.artifacts``) as a Markdown table; numbers that are
+    percentages keep two decimals."""
+    columns = list(rows[0])
+
+    def cell(column: str, value: Any) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.2f} %" if column.endswith("(%)") else str(value)
+
+    lines = ["| " + " | ".join(c.replace(" (%)", "") for c in columns) + " |",
+             "|" + "|".join("---:" if c.endswith("(%)") or c == "N" else "---" for c in columns) + "|"]
+    lines += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in rows]
+    return lines
 
 
 def _external_lines(external: dict[str, Any]) -> list[str]:
-    """The served model on Kaggle Testing and on scans from other sources, side by side."""
+    """The served model on Kaggle Testing and on scans from other sources, side by side: the
+    model-performance page's tables."""
     lines = [
         "Scans from other sources (`python -m train.evaluate --external ../shared/datasets/external-dev "
-        "--output assets/external.json`; served as in the app, gate and flags included):",
+        "--output assets/external.json`; served as in the app, gate and flags included; \"'No tumour', no flag\" "
+        "is for lesion types the model never learned):",
         "",
-        "| Scans | Class | N | Accuracy | Not a brain MRI | Outside training data | Any flag | Accuracy without flag | Other lesions: \"no tumour\", no flag |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *_markdown_table(external_rows(external)),
     ]
-    titles = {"testing": "Kaggle Testing", "testing_leak_free": "Kaggle Testing, leak-free subset"}
-    rows = [(titles.get(k, k), "all", r) for k, r in (external.get("reference") or {}).items()]
-    for source, report in external.get("sources", {}).items():
-        rows += [(source, "other lesions" if c == "other" else CLASS_LABELS.get(c, c), r) for c, r in report["classes"].items()]
-    for title, label, r in rows:
-        lines.append(
-            f"| {title} | {label} | {r['n_images']} | {_opt_pct(r.get('accuracy'))} | {_opt_pct(r.get('rejected'))} | "
-            f"{_opt_pct(r.get('outside_training'))} | {_opt_pct(r.get('flagged'))} | {_opt_pct(r.get('unflagged_accuracy'))} | "
-            f"{_opt_pct(r.get('other_notumor_unflagged'))} |"
-        )
-    sequences = []
-    for source, report in external.get("sources", {}).items():
-        for key, r in report.get("class_sequences", {}).items():
-            label, sequence = key.split("/", 1)
-            if label != "other" and r.get("accuracy") is not None:
-                sequences.append(f"{source} {CLASS_LABELS.get(label, label)} {sequence} {_pct(r['accuracy'])} ({r['n_images']})")
+    sequences = sequence_rows(external)
     if sequences:
-        lines += ["", "By sequence: " + "; ".join(sequences) + "."]
+        lines += ["", "By sequence, where file names carry it:", "", *_markdown_table(sequences)]
     return lines
 
 

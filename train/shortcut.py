@@ -28,6 +28,7 @@ Then, on the Kaggle Training scans:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,16 @@ def shortcut_audit(
                      "majority": top, "majority_share": counts[top] / max(len(members), 1)})
     rows.sort(key=lambda r: -r["majority_share"])
     one_class = [r for r in rows if r["majority_share"] >= ONE_CLASS_SHARE]
+    majorities: Counter[str] = Counter()
+    for r in one_class:
+        majorities[r["majority"]] += r["n_images"]
     report["clusters"] = {
         "k": clusters,
         "one_class_share": ONE_CLASS_SHARE,
         "rows": rows,
         "one_class_scans": int(sum(r["n_images"] for r in one_class)),
         "one_class_fraction": float(sum(r["n_images"] for r in one_class) / len(labels_arr)),
-        "one_class_majorities": dict(sorted({r["majority"]: sum(x["n_images"] for x in one_class if x["majority"] == r["majority"]) for r in one_class}.items())),
+        "one_class_majorities": dict(sorted(majorities.items())),
     }
     if extra is not None:
         extra_paths, extra_labels, patients = extra

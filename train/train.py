@@ -199,7 +199,7 @@ def load_data(args: argparse.Namespace):
     plus each ``--extra-data`` source split by patient. Refuses any scan of the external
     development set."""
     train, val, test_samples = _load_kaggle(args)
-    for folder in getattr(args, "extra_data", None) or ():
+    for folder in args.extra_data:
         extra = find_extra_samples(folder)
         if args.max_per_class:
             extra = _limit(extra, args.max_per_class)
@@ -330,7 +330,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "data: %d train, %d validation, %d test images (%s split)",
         len(train_samples), len(val_samples), len(test_samples), args.split,
     )
-    train_set = ScanFolder(train_samples, ClassificationPresetTrain(args.image_size, strength=args.augment, invert_p=getattr(args, "invert_p", 0.0)))
+    train_set = ScanFolder(train_samples, ClassificationPresetTrain(args.image_size, strength=args.augment, invert_p=args.invert_p))
     eval_tf = ClassificationPresetEval(args.image_size)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
