@@ -43,6 +43,8 @@ HISTORY_NAME = "history.json"
 EVALUATION_NAME = "evaluation.json"
 AUDIT_NAME = "audit.json"
 EXTERNAL_NAME = "external.json"
+#: ``python -m train.compare``: the architecture comparison.
+COMPARISON_NAME = "comparison.json"
 
 
 def assets_dir() -> Path:

@@ -15,6 +15,7 @@ import timm
 import torch
 from PIL import Image
 
+from . import nets  # noqa: F401  (registers small_cnn with timm)
 from .constants import CLASS_LABELS, CLASS_NAMES, default_weights
 from .ood import (
     NOT_BRAIN_MRI_FLAG,
@@ -88,6 +89,13 @@ def _cam_target_layer(net: torch.nn.Module) -> torch.nn.Module:
         layer = getattr(net, name, None)
         if isinstance(layer, torch.nn.Module) and not isinstance(layer, torch.nn.Identity):
             return layer
+    # Plain convolutional networks (core.nets.SmallCNN, timm's VGG): the last layer of
+    # ``features`` that is not a pooling layer.
+    features = getattr(net, "features", None)
+    if isinstance(features, torch.nn.Sequential):
+        for layer in reversed(features):
+            if not isinstance(layer, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+                return layer
     raise ValueError(f"No Grad-CAM target layer known for {type(net).__name__}.")
 
 

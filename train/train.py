@@ -45,7 +45,7 @@ from core.constants import (
 )
 from core.model import build_network
 from core.optimize import optimize_for_inference
-from core.weights import write_model_card
+from core.weights import save_weights, write_model_card
 
 from . import metrics
 from .data import (
@@ -122,6 +122,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--max-per-class", type=int, default=None, help="use at most N images per class and split (smoke tests)")
     parser.add_argument("--tta", action="store_true", help="also report Testing with horizontal-flip test-time augmentation")
     parser.add_argument("--no-test", action="store_true", help="skip the final evaluation on Testing")
+    parser.add_argument(
+        "--no-finalize", action="store_true",
+        help="stop after training: write the selected weights, their card and history.json only, "
+        "without calibration, the out-of-distribution gate, the Testing evaluation or the ONNX "
+        "export (python -m train.finalize runs them later; train.compare evaluates on its own)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -468,6 +474,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "torch": torch.__version__,
             },
         }
+        if args.no_finalize:
+            card["validation"] = history[best_epoch - 1]["val"]
+            result["card"] = save_weights(model, output / WEIGHTS_NAME, card)
+            logger.info("wrote %s: training %.0f s (post-training steps skipped: --no-finalize)", output, wall_time)
+            if world > 1:
+                dist.barrier()
+                dist.destroy_process_group()
+            return result
         finalize_started = time.perf_counter()
         card = finalize(model, card, args, output, device, history, progress, (train_samples, val_samples, test_samples))
         # wall_time_s is the training itself (data, epochs, validation); the recipe's whole run

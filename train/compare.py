@@ -1,0 +1,373 @@
+"""``python -m train.compare``: train several architectures the same way and compare them.
+
+The study this project began from trained a plain CNN and compared transfer learning with
+EfficientNet and VGG16 on this dataset. This command reruns that comparison with the project's
+recipe: every architecture sees the same data, split, augmentation, schedule and selection on
+validation (``python -m train`` with ``--no-finalize``), then is scored the same way:
+
+- official Testing accuracy and macro F1, and the leak-free subset (``train.audit``);
+- accuracy per source of the external development set (its four known classes; the ``other``
+  lesions have no right answer among them, so the share called "no tumour" is given instead);
+- parameters, FLOPs per scan (``torch.utils.flop_counter``), ``predict`` latency on this
+  machine (``core.Classifier.predict``, PyTorch, one scan, p50), training time and machine.
+
+Scores are those of the network alone: the served model adds calibration, the
+out-of-distribution gate and flags (``python -m train.finalize``), which this comparison
+leaves out. An architecture that must be trained with a smaller input or fewer epochs on this
+machine gets ``--reduce ARCH:epochs=N,image_size=S``; the JSON and the page state it.
+
+    python -m train.compare --data-dir ../shared/datasets/brain-tumor-mri \\
+        --extra-data ../shared/datasets/extra-train/tcga-lgg \\
+        --external ../shared/datasets/external-dev --output runs/compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from core.constants import CLASS_NAMES, COMPARISON_NAME, OTHER_LESION_CLASS, WEIGHTS_NAME, data_dir, external_dir
+from core.model import Classifier, build_network
+from core.scan import read_scan
+from core.weights import load_weights
+
+from . import metrics
+from .data import Sample, ScanFolder
+from .engine import predict_logits
+from .evaluate import evaluate_samples, load_leak_free
+from .external import find_external
+from .presets import ClassificationPresetEval
+from .pretrained import PRETRAINED_PACKAGES
+
+__all__ = ["DEFAULT_ARCHS", "Schedule", "get_args_parser", "main"]
+
+logger = logging.getLogger("train.compare")
+
+#: The seed study's line-up: a CNN from scratch, EfficientNet (today's and a larger one), VGG16.
+DEFAULT_ARCHS = ("small_cnn", "efficientnet_lite0", "efficientnet_lite1", "vgg16_bn")
+_REDUCIBLE = ("epochs", "image_size")
+_LATENCY_CALLS = 30
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one architecture is trained."""
+
+    epochs: int
+    image_size: int
+    pretrained: bool
+    freeze_epochs: int
+    freeze_stages: int
+    #: What differs from the common schedule, in words (None: nothing).
+    reduced: str | None = None
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.compare",
+        description="Train several architectures with the project's recipe and compare them on Testing, "
+        "its leak-free subset and the external development set; writes one JSON.",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", type=Path, default=data_dir(), help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
+    parser.add_argument("--extra-data", type=Path, action="append", default=[], metavar="DIR", help="extra training source, as for python -m train (repeatable)")
+    parser.add_argument("--external", type=Path, default=None, help="external development set, SOURCE/CLASS/FILE (default: $BTMRI_EXTERNAL if it exists; none: no external rows)")
+    parser.add_argument("--output", type=Path, default=Path("runs/compare"), help="folder for one sub-folder per architecture and comparison.json")
+    parser.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), help="timm architecture names (small_cnn: core.nets)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs for every architecture (pre-trained ones spend --freeze-epochs of them on the head)")
+    parser.add_argument("--image-size", type=int, default=160, help="square input size for every architecture")
+    parser.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs of the pre-trained architectures (0 for those trained from scratch)")
+    parser.add_argument("--freeze-stages", type=int, default=2, help="stages kept at their ImageNet weights in pre-trained EfficientNets (0 for the others)")
+    parser.add_argument(
+        "--reduce", action="append", default=[], metavar="ARCH:KEY=N[,KEY=N]",
+        help=f"a smaller schedule for one architecture on a slow machine, keys {list(_REDUCIBLE)}, "
+        "e.g. vgg16_bn:epochs=2,image_size=96 (repeatable; stated in the JSON)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument("--max-per-class", type=int, default=None, help="at most N images per class and split (smoke tests)")
+    parser.add_argument("--max-external", type=int, default=None, help="at most N external scans per source and class (smoke tests)")
+    parser.add_argument("--resume", action="store_true", help="keep architectures already finished in OUTPUT (their comparison entry is reused)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def parse_reductions(items: Sequence[str], archs: Sequence[str]) -> dict[str, dict[str, int]]:
+    """``["vgg16_bn:epochs=2,image_size=96"]`` -> ``{"vgg16_bn": {"epochs": 2, "image_size": 96}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for item in items:
+        arch, _, spec = item.partition(":")
+        if arch not in archs:
+            raise SystemExit(f"--reduce {item!r}: {arch!r} is not one of --archs {list(archs)}.")
+        values: dict[str, int] = {}
+        for part in filter(None, spec.split(",")):
+            key, _, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in _REDUCIBLE or not value.strip().isdigit() or int(value) < 1:
+                raise SystemExit(f"--reduce {item!r}: expected KEY=N with KEY in {list(_REDUCIBLE)} and N >= 1, got {part!r}.")
+            values[key] = int(value)
+        if not values:
+            raise SystemExit(f"--reduce {item!r}: nothing to reduce; expected e.g. {arch}:epochs=2.")
+        out[arch] = values
+    return out
+
+
+def schedule_for(arch: str, args: argparse.Namespace, reductions: dict[str, dict[str, int]]) -> Schedule:
+    """The common schedule, with ImageNet weights where they ship offline, and any reduction."""
+    pretrained = arch in PRETRAINED_PACKAGES
+    change = reductions.get(arch, {})
+    epochs = change.get("epochs", args.epochs)
+    image_size = change.get("image_size", args.image_size)
+    reduced = ", ".join(
+        f"{key.replace('_', ' ')} {value} instead of {getattr(args, key)}"
+        for key, value in change.items() if value != getattr(args, key)
+    ) or None
+    return Schedule(
+        epochs=epochs,
+        image_size=image_size,
+        pretrained=pretrained,
+        freeze_epochs=min(args.freeze_epochs, epochs - 1) if pretrained else 0,
+        freeze_stages=args.freeze_stages if pretrained and arch.startswith("efficientnet") else 0,
+        reduced=reduced,
+    )
+
+
+def _train_argv(arch: str, schedule: Schedule, args: argparse.Namespace, folder: Path) -> list[str]:
+    argv = [
+        "--data-dir", str(args.data_dir), "--output", str(folder), "--arch", arch,
+        "--epochs", str(schedule.epochs), "--image-size", str(schedule.image_size),
+        "--freeze-epochs", str(schedule.freeze_epochs), "--freeze-stages", str(schedule.freeze_stages),
+        "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--workers", str(args.workers),
+        "--device", "cpu" if not torch.cuda.is_available() else "cuda", "--no-finalize",
+    ]
+    for folder_ in args.extra_data:
+        argv += ["--extra-data", str(folder_)]
+    if not schedule.pretrained:
+        argv.append("--no-pretrained")
+    if args.max_per_class:
+        argv += ["--max-per-class", str(args.max_per_class)]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv
+
+
+def flops_per_scan(net: torch.nn.Module, image_size: int) -> int:
+    """Floating-point operations of one forward pass (a multiply-add counts two)."""
+    net = net.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.zeros(1, 3, image_size, image_size))
+    return int(counter.get_total_flops())
+
+
+def predict_latency_ms(classifier: Classifier, image: Image.Image, calls: int = _LATENCY_CALLS) -> dict[str, float]:
+    """p50 and p90 of ``classifier.predict`` on one scan, after three warm-up calls."""
+    for _ in range(3):
+        classifier.predict(image)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        classifier.predict(image)
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"p50": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2), "calls": calls}
+
+
+def _limit_external(scans, n: int | None):
+    if not n:
+        return scans
+    kept, seen = [], {}
+    for scan in scans:
+        key = (scan.source, scan.label)
+        if seen.get(key, 0) < n:
+            kept.append(scan)
+            seen[key] = seen.get(key, 0) + 1
+    return kept
+
+
+def external_scores(net: torch.nn.Module, scans, image_size: int, workers: int) -> dict[str, Any]:
+    """Per source: accuracy on the four known classes, per-class recall, and for the ``other``
+    lesions the share called "no tumour" (network alone, no gate or flags)."""
+    other_index = len(CLASS_NAMES)  # a label no prediction can match
+    samples = [
+        Sample(s.path, CLASS_NAMES.index(s.label) if s.label in CLASS_NAMES else other_index, source=s.source)
+        for s in scans
+    ]
+    loader = DataLoader(ScanFolder(samples, ClassificationPresetEval(image_size)), batch_size=64, num_workers=workers)
+    logits, _, targets = predict_logits(net, loader, torch.device("cpu"), desc="external", progress=False)
+    predicted = logits.argmax(1)
+    out: dict[str, Any] = {}
+    for source in sorted({s.source for s in samples}):
+        mask = np.array([s.source == source for s in samples])
+        known = mask & (targets != other_index)
+        entry: dict[str, Any] = {"n_images": int(known.sum())}
+        if known.any():
+            entry["accuracy"] = float((predicted[known] == targets[known]).mean())
+            entry["recall"] = {
+                name: float((predicted[known & (targets == i)] == i).mean())
+                for i, name in enumerate(CLASS_NAMES) if (known & (targets == i)).any()
+            }
+        other = mask & (targets == other_index)
+        if other.any():
+            entry["other_lesions"] = int(other.sum())
+            entry["other_called_no_tumour"] = float((predicted[other] == CLASS_NAMES.index("notumor")).mean())
+        out[source] = entry
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
+def _history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")
+    return [
+        {"epoch": r["epoch"], "seconds": r["seconds"], **{f"{side}_{k}": r[side][k] for side in ("train", "val") for k in keys}}
+        for r in history
+    ]
+
+
+def compare_one(arch: str, schedule: Schedule, args: argparse.Namespace, test_samples, leak_free, external) -> dict[str, Any]:
+    """Train ``arch`` with ``schedule``, then score it; returns its comparison entry."""
+    from .train import get_args_parser as train_parser
+    from .train import main as train_main
+
+    folder = args.output / arch
+    logger.info("%s: training (%s)", arch, schedule)
+    result = train_main(train_parser().parse_args(_train_argv(arch, schedule, args, folder)))
+    state, card = load_weights(folder / WEIGHTS_NAME)
+    net = build_network(arch, num_classes=len(CLASS_NAMES))
+    net.load_state_dict(state)
+    net.eval()
+    entry: dict[str, Any] = {
+        "arch": arch,
+        "pretrained": "ImageNet" if schedule.pretrained else None,
+        "schedule": {k: v for k, v in vars(schedule).items() if k != "pretrained"},
+        "params": int(sum(p.numel() for p in net.parameters())),
+        "flops_per_scan": flops_per_scan(net, schedule.image_size),
+        "training_s": card["training"]["wall_time_s"],
+        "hardware": card["training"]["hardware"],
+        "best_epoch": card["training"]["best_epoch"],
+        "validation": {k: card["validation"][k] for k in ("accuracy", "macro_f1", "n_images")},
+        "history": _history(result["history"]),
+    }
+    if test_samples:
+        with torch.inference_mode():
+            report = evaluate_samples(
+                net, test_samples, schedule.image_size, "cpu", 64, args.workers, perturb=False,
+                root=args.data_dir / "Testing", leak_free=leak_free,
+            )
+        for name, key in (("testing", "testing"), ("leak_free", "testing_leak_free")):
+            if key in report["evaluations"]:
+                r = report["evaluations"][key]
+                entry[name] = {"n_images": r["n_images"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+        image = read_scan(test_samples[0].path)
+        classifier = Classifier(net, card)
+        entry["predict_ms"] = predict_latency_ms(classifier, image)
+    if external:
+        with torch.inference_mode():
+            entry["external"] = external_scores(net, external, schedule.image_size, args.workers)
+    return entry
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if len(set(args.archs)) != len(args.archs):
+        raise SystemExit(f"--archs lists an architecture twice: {args.archs}.")
+    for arch in args.archs:
+        build_network(arch)  # unknown names fail here, before any training
+    reductions = parse_reductions(args.reduce, args.archs)
+    schedules = {arch: schedule_for(arch, args, reductions) for arch in args.archs}
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / COMPARISON_NAME
+
+    from .data import find_samples, split_dirs
+
+    _, test_dir = split_dirs(args.data_dir)
+    test_samples = find_samples(test_dir)
+    if args.max_per_class:
+        from .train import _limit
+
+        test_samples = _limit(test_samples, args.max_per_class)
+    leak_free = load_leak_free(None) if not args.max_per_class else None
+    external_root = args.external or (external_dir() if external_dir().is_dir() else None)
+    external = _limit_external(find_external(external_root), args.max_external) if external_root else []
+
+    previous = {}
+    if args.resume and path.is_file():
+        previous = {e["arch"]: e for e in json.loads(path.read_text())["architectures"]}
+    entries = []
+    started = time.perf_counter()
+    for arch in args.archs:
+        same = previous.get(arch, {}).get("schedule") == {k: v for k, v in vars(schedules[arch]).items() if k != "pretrained"}
+        entry = previous[arch] if same else compare_one(arch, schedules[arch], args, test_samples, leak_free, external)
+        entries.append(entry)
+        result = _result(args, entries, external_root, len(test_samples), time.perf_counter() - started)
+        path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        logger.info(
+            "%s: Testing %.4f, leak-free %s, %.1f ms per predict; wrote %s",
+            arch, entry.get("testing", {}).get("accuracy", float("nan")),
+            entry.get("leak_free", {}).get("accuracy"), entry.get("predict_ms", {}).get("p50", float("nan")), path,
+        )
+    return result
+
+
+def _result(args, entries, external_root, n_testing: int, seconds: float) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m train.compare " + " ".join(sys.argv[1:]),
+        "class_names": list(CLASS_NAMES),
+        "machine": _machine(),
+        "common": {
+            "epochs": args.epochs,
+            "image_size": args.image_size,
+            "freeze_epochs": args.freeze_epochs,
+            "freeze_stages": args.freeze_stages,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "extra_data": [Path(p).name for p in args.extra_data],
+            "max_per_class": args.max_per_class,
+        },
+        "scores": "network alone (no calibration, gate or flags); external: the four known classes, "
+        f"'{OTHER_LESION_CLASS}' lesions as the share called no tumour",
+        "testing_images": n_testing,
+        "external": str(external_root) if external_root else None,
+        "seconds": round(seconds, 1),
+        "architectures": entries,
+    }
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args(sys.argv[1:]))
