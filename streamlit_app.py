@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_frame import banner, mark_framed, page_config
+from app.frame import banner, mark_framed, page_config
 
 page_config()
 navigation = st.navigation(

@@ -6,7 +6,7 @@ Prints, for the shipped model (or ``--weights``) on this machine's CPU:
 - p50 and p95 latency of ``read_scan``, ``predict`` and ``explain`` for one scan;
 - ``predict_batch`` throughput at batch 32;
 - the scan review page's work for one upload, from the uploaded bytes to the images it shows
-  (``core.review.analyse_scan``, the Grad-CAM heatmap, display adjustment, overlay, PNG
+  (``app.review.analyse_scan``, the Grad-CAM heatmap, display adjustment, overlay, PNG
   encoding; Streamlit's own drawing is not included): issue 4's "under 1 second";
 - peak resident memory, and its growth over 500 predict-and-explain calls (issue 8: < 50 MB);
 
@@ -208,8 +208,8 @@ def run(
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """All figures for one model, as a JSON-ready dict."""
-    from core.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
-    from core.review import analyse_scan
+    from app.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
+    from app.review import analyse_scan
 
     files = scan_files(root, max(batch_size, 8))
     datas = [f.read_bytes() for f in files]

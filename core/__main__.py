@@ -16,8 +16,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import io
 import json
 import os
@@ -26,13 +24,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .constants import CLASS_NAMES, SUPPORTED_EXTENSIONS
+from .constants import SUPPORTED_EXTENSIONS
+from .results import result_record, write_csv
 from .scan import ScanError, read_scan
 
 FORMATS = ("jsonl", "csv")
-#: Prediction fields beyond the first four, written in JSON only when they differ from their
-#: defaults (an in-distribution scan with no flags keeps the four-key record); CSV always has them.
-_CORE_FIELDS = ("label", "confidence", "probabilities")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -135,49 +131,19 @@ def _batches(files: Sequence[str], batch_size: int, workers: int) -> Iterator[li
 
 
 # ---------------------------------------------------------------------- outputs
-def _record(path: str, prediction: Any = None, error: str | None = None) -> dict[str, Any]:
-    if error is not None:
-        return {"file": path, "error": error}
-    record: dict[str, Any] = {"file": path}
-    values = dataclasses.asdict(prediction)
-    record.update({name: values[name] for name in _CORE_FIELDS})
-    for f in dataclasses.fields(prediction):
-        if f.name in _CORE_FIELDS:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        value = values[f.name]
-        if default is dataclasses.MISSING or value != default:
-            record[f.name] = list(value) if isinstance(value, tuple) else value
-    return record
-
-
-def _spreadsheet_safe(text: str) -> str:
-    """A leading = + - @ would make a spreadsheet read the cell as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 class _Writer:
+    """Records (``core.results.result_record``) as JSON lines or CSV, one per scan."""
+
     def __init__(self, stream: TextIO, fmt: str):
         self.stream, self.fmt = stream, fmt
         if fmt == "csv":
-            self.columns = ["file", "label", "confidence", *(f"p_{n}" for n in CLASS_NAMES),
-                            "is_brain_mri", "outside_training", "ood_score", "flags", "error"]
-            self.csv = csv.DictWriter(stream, fieldnames=self.columns, extrasaction="ignore")
-            self.csv.writeheader()
+            write_csv([], stream)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
             self.stream.write(json.dumps(record) + "\n")
-            return
-        row = {"file": _spreadsheet_safe(record["file"]), "error": record.get("error", "")}
-        if "error" not in record:
-            row.update(label=record["label"], confidence=f"{record['confidence']:.6f}",
-                       is_brain_mri=record.get("is_brain_mri", True),
-                       outside_training=record.get("outside_training", False), ood_score=record.get("ood_score", 0.0),
-                       flags="; ".join(record.get("flags", ())))
-            row.update({f"p_{n}": f"{record['probabilities'][n]:.6f}" for n in CLASS_NAMES})
-        self.csv.writerow(row)
+        else:
+            write_csv([record], self.stream, header=False)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -209,10 +175,10 @@ def main(args: argparse.Namespace) -> int:
                 predictions = iter(model.predict_batch(images, batch_size=args.batch_size) if images else [])
                 for path, image, error in batch:
                     if error is None:
-                        writer.write(_record(path, next(predictions)))
+                        writer.write(result_record(path, next(predictions)))
                     else:
                         failed += 1
-                        writer.write(_record(path, error=error))
+                        writer.write(result_record(path, error=error))
                 writer.flush()
                 bar.update(len(batch))
                 if failed:

@@ -90,4 +90,18 @@ def extra_dir() -> Path:
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 megapixels: far above any MRI slice, far below a decompression bomb
 MIN_SIDE = 32  # pixels; smaller images cannot be a brain MRI slice
+#: Reading refuses an image whose longer side is over 10 times the shorter: a strip, not one
+#: slice (core.pixels.check_dimensions). Not to be confused with MRI_MAX_ASPECT below.
+READ_MAX_ASPECT = 10.0
+#: The image checks call an image "not a brain MRI" above this ratio of longer to shorter side:
+#: no MRI slice is stored that elongated (core.ood.ImageLimits).
+MRI_MAX_ASPECT = 2.5
+#: ... and below this spread of grey levels (a fraction of 0-255): blank or near-constant.
+MRI_MIN_STD = 0.04
+#: ... and above this mean spread between colour channels (a fraction of 0-255): coloured.
+MRI_MAX_COLOUR = 0.04
+#: Calibrated confidence under which a prediction is flagged for weights whose model card has no
+#: fitted threshold (``python -m train`` always fits one on validation and stores it in the card
+#: as ``uncertainty.low_confidence_below``; that value wins).
+UNFITTED_LOW_CONFIDENCE = 0.7
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")

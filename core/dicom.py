@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from .scan import WARNINGS_LOCK, ScanError, check_dimensions, stretch_to_uint8
+from .pixels import WARNINGS_LOCK, ScanError, check_dimensions, stretch_to_uint8
 
 __all__ = ["read_dicom", "STORED_WINDOW", "PERCENTILE_STRETCH"]
 

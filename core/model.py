@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from . import nets  # noqa: F401  (registers small_cnn with timm)
-from .constants import CLASS_LABELS, CLASS_NAMES, default_weights
+from .constants import CLASS_LABELS, CLASS_NAMES, UNFITTED_LOW_CONFIDENCE, default_weights
 from .ood import (
     NOT_BRAIN_MRI_FLAG,
     OUTSIDE_TRAINING_FLAG,
@@ -57,9 +57,6 @@ class Prediction:
     #: ``is_brain_mri`` False, which is for photos, documents and noise.
     outside_training: bool = False
 
-
-#: Calibrated confidence under which a prediction is flagged, when the model card sets none.
-DEFAULT_LOW_CONFIDENCE = 0.7
 
 
 @dataclass(frozen=True)
@@ -126,7 +123,7 @@ class Classifier:
         #: Out-of-distribution gate on the pooled features (None: image checks only).
         self.gate = gate
         self.image_limits = ImageLimits()
-        self.low_confidence = float(card.get("uncertainty", {}).get("low_confidence_below", DEFAULT_LOW_CONFIDENCE))
+        self.low_confidence = float(card.get("uncertainty", {}).get("low_confidence_below", UNFITTED_LOW_CONFIDENCE))
         #: Test-time augmentation: average the probabilities of the scan and its mirror image.
         self.tta = bool(tta)
         self.class_names: tuple[str, ...] = tuple(card["class_names"])

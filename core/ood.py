@@ -31,6 +31,7 @@ from PIL import Image, ImageChops, ImageStat
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .constants import MRI_MAX_ASPECT, MRI_MAX_COLOUR, MRI_MIN_STD
 from .weights import WeightsError, checked_companion, sha256_file
 
 __all__ = [
@@ -59,11 +60,11 @@ class ImageLimits:
     """Limits of the image checks (fractions of the 0-255 range, or ratios)."""
 
     #: Standard deviation of the grey levels below which the image is blank or near-constant.
-    min_std: float = 0.04
+    min_std: float = MRI_MIN_STD
     #: Mean spread between the colour channels above which the image is coloured (MRI is grey).
-    max_colour: float = 0.04
+    max_colour: float = MRI_MAX_COLOUR
     #: Longer side over shorter side above which no MRI slice is stored.
-    max_aspect: float = 2.5
+    max_aspect: float = MRI_MAX_ASPECT
 
 
 def image_stats(image: Image.Image) -> dict[str, float]:

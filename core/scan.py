@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -16,7 +15,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .constants import MAX_PIXELS, MAX_UPLOAD_BYTES, MIN_SIDE
+from .constants import MAX_PIXELS, MAX_UPLOAD_BYTES
+from .pixels import WARNINGS_LOCK, ScanError, check_dimensions, stretch_to_uint8
 
 __all__ = ["ScanError", "ScanSource", "read_scan", "MAX_SIDE"]
 
@@ -32,21 +32,11 @@ MAX_SIDE = 2048
 _PIL_OPEN_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 _PIL_FORMATS = {*_PIL_OPEN_FORMATS, "MPO"}
 _FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP or DICOM"
-#: A slice is roughly square; a longer side over 10 times the shorter is a strip, not a scan.
-MAX_ASPECT = 10
 _KEPT_INFO = ("display_transform",)
-
-#: ``warnings.catch_warnings`` swaps process-wide state; reads that use it take turns, so two
-#: threads cannot leave each other's filter behind.
-WARNINGS_LOCK = threading.Lock()
 
 # Pillow refuses (rather than warns about) anything above twice its limit; between the two,
 # read_scan makes its own decision (a large JPEG is decoded at reduced scale).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class ScanError(ValueError):
-    """A scan could not be read; the message says why in plain words."""
 
 
 def read_scan(source: ScanSource) -> Image.Image:
@@ -116,25 +106,6 @@ def _too_big_message(size: int) -> str:
 
 def _is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
-
-
-def check_dimensions(width: int, height: int, what: str = "image") -> None:
-    """Refuse sizes that cannot be one MRI slice: too small, too many pixels, or a thin strip."""
-    if width * height > MAX_PIXELS:
-        raise ScanError(
-            f"The {what} is {width} x {height} pixels; images up to "
-            f"{MAX_PIXELS // 1_000_000} million pixels are accepted."
-        )
-    if min(width, height) < MIN_SIDE:
-        raise ScanError(
-            f"The {what} is only {width} x {height} pixels; a brain MRI slice needs at least "
-            f"{MIN_SIDE} x {MIN_SIDE}."
-        )
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ScanError(
-            f"The {what} is {width} x {height} pixels, a long thin strip rather than one MRI "
-            "slice; upload a single slice."
-        )
 
 
 def _describe_non_image(data: bytes) -> str:
@@ -235,37 +206,6 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return image.convert("RGB")
     raise ScanError(f"Images with colour mode {mode} are not supported.")
-
-
-#: Percentiles are estimated on at most this many evenly strided values (exact below it).
-_STRETCH_SAMPLE = 1_000_000
-
-
-def stretch_to_uint8(array: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
-    """Map an array of any range to 0..255 with a percentile stretch (robust to outliers)."""
-    array = np.asarray(array)
-    if array.dtype.kind not in "biuf":
-        array = array.astype(np.float64)
-    sample = array.ravel()
-    if sample.size > _STRETCH_SAMPLE:
-        sample = sample[:: -(-sample.size // _STRETCH_SAMPLE)]
-    if sample.dtype.kind == "f":
-        sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return np.zeros(array.shape, dtype=np.uint8)
-    low, high = (float(v) for v in np.percentile(sample, [low_pct, high_pct]))
-    if high <= low:
-        low, high = float(sample.min()), float(sample.max())
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    scaled = np.array(array, dtype=np.float64)  # a copy, then in place
-    if array.dtype.kind == "f":
-        scaled[np.isnan(scaled)] = low  # infinities are clipped below
-    scaled -= low
-    scaled *= 255.0 / (high - low)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    scaled += 0.5
-    return scaled.astype(np.uint8)
 
 
 def _limit_size(image: Image.Image) -> Image.Image:

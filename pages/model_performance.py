@@ -14,8 +14,8 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_frame import ensure_frame
-from core.artifacts import (
+from app.frame import ensure_frame
+from app.artifacts import (
     Artifacts,
     artifact_stamp,
     calibration_views,
@@ -28,7 +28,7 @@ from core.artifacts import (
     sequence_rows,
 )
 from core.constants import CLASS_LABELS, assets_dir
-from core.figures import calibration_figure, confusion_figure, curve_figure, history_figure
+from app.figures import calibration_figure, confusion_figure, curve_figure, history_figure
 
 logger = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ import logging
 
 import streamlit as st
 
-from app_frame import ensure_frame
+from app.frame import ensure_frame
 from core import CLASS_LABELS, CLASS_NAMES, load_model
 from core.constants import MAX_UPLOAD_BYTES, SUPPORTED_EXTENSIONS, default_weights
-from core.figures import probability_figure
+from app.figures import probability_figure
 from core.model import Classifier
-from core.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
-from core.review import ScanAnalysis, analyse_scan, digest_of, results_csv, summary_rows, warm_up
+from app.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
+from app.review import ScanAnalysis, analyse_scan, digest_of, results_csv, summary_rows, warm_up
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_assets import make_assets
-from core.artifacts import (
+from app.artifacts import (
     ArtifactError,
     calibration_views,
     comparison_rows,

@@ -16,11 +16,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import core.model
-import core.review
+from app import review as app_review
 from app_assets import make_assets
 from core import CLASS_LABELS, CLASS_NAMES, load_model, read_scan
 from core.constants import ASSETS_DIR, WEIGHTS_NAME
-from core.review import NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv, summary_rows
+from app.review import NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv, summary_rows
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 BANNER = "Research demonstration — not for diagnostic use"
@@ -132,7 +132,7 @@ def test_batch_of_real_scans_matches_core(app, model, scan_paths):
     assert len(captions) == 3 and captions[0] == "Original" and captions[1].startswith("Grad-CAM")
     assert any("not a tumour outline" in i.value for i in app.info)
     assert [b.label for b in app.get("download_button")] == ["Download results (CSV)", "Download overlay (PNG)"]
-    assert app.selectbox(key=f"explain_{core.review.digest_of(files[0][1])}").value == expected[0].label
+    assert app.selectbox(key=f"explain_{app_review.digest_of(files[0][1])}").value == expected[0].label
 
     # review another row of the batch
     app.selectbox(key="review_index").set_value(2)
@@ -167,13 +167,13 @@ def test_bad_file_gets_its_row_and_the_batch_goes_on(app, model, scan_paths):
 
 def test_reruns_reuse_the_analysis(app, scan_paths, monkeypatch):
     calls = []
-    original = core.review.analyse_scan
+    original = app_review.analyse_scan
 
     def counting(model, data):
         calls.append(len(data))
         return original(model, data)
 
-    monkeypatch.setattr(core.review, "analyse_scan", counting)
+    monkeypatch.setattr(app_review, "analyse_scan", counting)
     data = scan_paths["glioma"].read_bytes()
     _upload(app, [("a.jpg", data), ("same-bytes.jpg", data)])
     assert len(calls) == 1  # identical bytes are analysed once
@@ -192,14 +192,14 @@ def test_display_controls_never_change_the_model_input(app, model, scan_paths):
     app.run()
     assert not app.exception
     assert (_metric(app, "Predicted class"), _metric(app, "Confidence")) == before
-    analysis = app.session_state["scan_analyses"][core.review.digest_of(data)]
+    analysis = app.session_state["scan_analyses"][app_review.digest_of(data)]
     assert analysis.image.tobytes() == read_scan(data).tobytes()
 
 
 def test_explained_class_can_be_chosen(app, model, scan_paths):
     data = scan_paths["notumor"].read_bytes()
     _upload(app, [("n.jpg", data)])
-    digest = core.review.digest_of(data)
+    digest = app_review.digest_of(data)
     other = next(n for n in CLASS_NAMES if n != model.predict(read_scan(data)).label)
     app.selectbox(key=f"explain_{digest}").set_value(other)
     app.run()
@@ -224,7 +224,7 @@ def test_not_a_brain_mri_withholds_the_prediction(app, scan_paths, monkeypatch):
     assert app.dataframe[0].value["Predicted class"][0] == NOT_BRAIN_MRI_TEXT
     assert app.dataframe[0].value["Flags / message"][0] == "outside the training data"
 
-    app.toggle(key=f"reveal_{core.review.digest_of(data)}").set_value(True)
+    app.toggle(key=f"reveal_{app_review.digest_of(data)}").set_value(True)
     app.run()
     assert not app.exception
     assert _metric(app, "Predicted class") in set(CLASS_LABELS.values())
@@ -266,10 +266,10 @@ def test_results_csv_has_outcomes_and_no_patient_tags(model, scan_paths):
     rows = list(csv.DictReader(io.StringIO(text)))
     prediction = model.predict(read_scan(good))
     assert rows[0]["file"] == "'=cmd|calc.jpg"  # no spreadsheet formula injection
-    assert rows[0]["status"] == "ok" and rows[0]["predicted_class"] == prediction.label
+    assert rows[0]["status"] == "ok" and rows[0]["label"] == prediction.label
     assert float(rows[0]["confidence"]) == pytest.approx(prediction.confidence, abs=1e-4)
     assert sum(float(rows[0][f"p_{n}"]) for n in CLASS_NAMES) == pytest.approx(1.0, abs=1e-3)
-    assert rows[1]["status"] == "error" and rows[1]["flags"] == "The file holds text, not an image."
+    assert rows[1]["status"] == "error" and rows[1]["error"] == "The file holds text, not an image."
     assert PATIENT_NAME not in text and "ID-123456" not in text
     assert [r["File"] for r in summary_rows(items)] == [name for name, _ in items]
 
@@ -278,9 +278,9 @@ def test_analyse_scan_turns_unexpected_errors_into_a_message(model, monkeypatch)
     def broken(data):
         raise RuntimeError("internal detail")
 
-    monkeypatch.setattr(core.review, "read_scan", broken)
+    monkeypatch.setattr(app_review, "read_scan", broken)
     analysis = analyse_scan(model, b"anything")
-    assert not analysis.ok and analysis.error == core.review.UNEXPECTED_ERROR_TEXT
+    assert not analysis.ok and analysis.error == app_review.UNEXPECTED_ERROR_TEXT
     assert "internal detail" not in analysis.error
 
 
@@ -306,7 +306,7 @@ def test_two_sessions_in_a_row_bad_then_good(assets, monkeypatch, scan_paths):
 
 
 def test_outside_training_data_is_a_review_state_on_the_page_and_in_the_csv(app, model, scan_paths, monkeypatch):
-    from core.review import OUTSIDE_TRAINING_TEXT
+    from app.review import OUTSIDE_TRAINING_TEXT
 
     original = core.model.Classifier.predict
 

@@ -13,6 +13,7 @@ import pytest
 
 from core import CLASS_NAMES, ScanError, read_scan
 from core.__main__ import cli, find_scans
+from core.results import result_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def test_folder_jsonl_with_workers(scan_tree, tiny_weights, tiny_model):
     bad = by_file[str(scan_tree["bad"])]
     with pytest.raises(ScanError) as info:
         read_scan(scan_tree["bad"])
-    assert bad == {"file": str(scan_tree["bad"]), "error": str(info.value)}
+    assert bad == result_record(str(scan_tree["bad"]), error=str(info.value))
     for path in scan_tree["good"]:
         record = by_file[str(path)]
         assert {"file", "label", "confidence", "probabilities"} <= set(record)

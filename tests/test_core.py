@@ -17,6 +17,7 @@ from PIL import Image
 import core
 from core import CLASS_NAMES, ScanError, WeightsError, load_model, read_scan
 from core.preprocess import eval_transform
+from core.results import result_record
 from core.weights import card_path_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,13 +185,13 @@ def test_cli(tiny_weights, scan_paths, tmp_path):
     lines = [json.loads(line) for line in ok.stdout.splitlines()]
     assert [line["file"] for line in lines] == good
     for line in lines:
-        assert set(line) == {"file", "label", "confidence", "probabilities"}
-        assert line["label"] in CLASS_NAMES
+        assert set(line) == set(result_record("x", error="e"))  # the one result schema
+        assert line["label"] in CLASS_NAMES and line["status"] in ("ok", "outside_training")
     failed = subprocess.run(cmd + [good[0], str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert failed.returncode == 1
     records = [json.loads(line) for line in failed.stdout.splitlines()]
     assert "label" in records[0]
-    assert set(records[1]) == {"file", "error"} and records[1]["file"] == str(bad)
+    assert records[1]["status"] == "error" and records[1]["label"] is None and records[1]["file"] == str(bad)
 
 
 def test_shipped_model_on_real_scans(shipped_model, scan_paths):

@@ -184,11 +184,13 @@ def test_no_external_dev_file_among_the_training_inputs(data_root):
     import hashlib
 
     from core.constants import extra_dir
-    from train.train import get_args_parser, load_data
+    from train.config import TrainConfig
+    from train.splits import load_data
+    from train.train import get_args_parser
 
     extra = extra_dir()
     argv = ["--data-dir", str(data_root), "--max-per-class", "40"] + (["--extra-data", str(extra)] if extra.is_dir() else [])
-    train, val, _ = load_data(get_args_parser().parse_args(argv))
+    train, val, _ = load_data(TrainConfig.from_namespace(get_args_parser().parse_args(argv)))
     external = external_dir()
     if not external.is_dir():
         pytest.skip(f"external set not found at {external}")

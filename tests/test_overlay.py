@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
+from app.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
 
 
 @pytest.fixture

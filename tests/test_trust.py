@@ -21,7 +21,7 @@ from core import load_model, read_scan
 from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, WEIGHTS_NAME
 from core.model import Classifier
 from core.ood import OOD_NAME, FeatureGate, forward_with_taps, image_problem, load_gate, save_gate
-from core.review import analyse_scan, results_csv
+from app.review import analyse_scan, results_csv
 from core.weights import WeightsError
 from train import metrics
 from train.calibrate import apply_temperature, choose_confidence_threshold, fit_temperature
@@ -225,4 +225,4 @@ def test_csv_export_carries_the_gate_and_flags(tiny_model):
     Image.new("L", (128, 128), 0).save(buffer, format="PNG")
     rows = list(csv.DictReader(io.StringIO(results_csv([("blank.png", analyse_scan(tiny_model, buffer.getvalue()))]).decode())))
     assert rows[0]["status"] == "not_brain_mri" and rows[0]["is_brain_mri"] == "false"
-    assert rows[0]["predicted_class"] == "" and rows[0]["flags"].startswith("not recognised as a brain MRI")
+    assert rows[0]["label"] == "" and rows[0]["flags"].startswith("not recognised as a brain MRI")

@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import core.review
+from app import review as app_review
 from app_assets import make_assets
 from benchmarks.non_mri import non_mri_images, photo_files
 from core import CLASS_LABELS
 from core.constants import ASSETS_DIR
 from core.ood import OOD_NAME
-from core.review import NOT_BRAIN_MRI_TEXT
+from app.review import NOT_BRAIN_MRI_TEXT
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 TIMEOUT = 120
@@ -60,7 +60,7 @@ def test_page_withholds_the_prediction_for_non_mri(assets, monkeypatch):
         at.run()
         assert any("not recognised as a brain MRI" in w.value for w in at.warning)
         assert not [m for m in at.metric if m.label == "Predicted class"] and not at.get("plotly_chart")
-        at.toggle(key=f"reveal_{core.review.digest_of(data)}").set_value(True)
+        at.toggle(key=f"reveal_{app_review.digest_of(data)}").set_value(True)
         at.run()
         assert not at.exception
         assert [m.value for m in at.metric if m.label == "Predicted class"][0] in set(CLASS_LABELS.values())

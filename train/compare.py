@@ -47,8 +47,8 @@ from core.model import Classifier, build_network
 from core.scan import read_scan
 from core.weights import load_weights
 
-from . import metrics
-from .data import Sample, ScanFolder
+from .config import TrainConfig
+from .data import Sample, ScanFolder, find_samples, limit_per_class, split_dirs
 from .engine import predict_logits
 from .evaluate import evaluate_samples, load_leak_free
 from .external import find_external
@@ -150,23 +150,15 @@ def schedule_for(arch: str, args: argparse.Namespace, reductions: dict[str, dict
     )
 
 
-def _train_argv(arch: str, schedule: Schedule, args: argparse.Namespace, folder: Path) -> list[str]:
-    argv = [
-        "--data-dir", str(args.data_dir), "--output", str(folder), "--arch", arch,
-        "--epochs", str(schedule.epochs), "--image-size", str(schedule.image_size),
-        "--freeze-epochs", str(schedule.freeze_epochs), "--freeze-stages", str(schedule.freeze_stages),
-        "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--workers", str(args.workers),
-        "--device", "cpu" if not torch.cuda.is_available() else "cuda", "--no-finalize",
-    ]
-    for folder_ in args.extra_data:
-        argv += ["--extra-data", str(folder_)]
-    if not schedule.pretrained:
-        argv.append("--no-pretrained")
-    if args.max_per_class:
-        argv += ["--max-per-class", str(args.max_per_class)]
-    if args.no_progress:
-        argv.append("--no-progress")
-    return argv
+def train_config(arch: str, schedule: Schedule, args: argparse.Namespace, folder: Path) -> TrainConfig:
+    """The project's recipe for ``arch`` with ``schedule``: weights, card and history only."""
+    return TrainConfig(
+        data_dir=args.data_dir, extra_data=tuple(args.extra_data), output=folder, arch=arch,
+        epochs=schedule.epochs, image_size=schedule.image_size, freeze_epochs=schedule.freeze_epochs,
+        freeze_stages=schedule.freeze_stages, batch_size=args.batch_size, seed=args.seed,
+        workers=args.workers, no_pretrained=not schedule.pretrained, max_per_class=args.max_per_class,
+        no_progress=args.no_progress, no_finalize=True,
+    )
 
 
 def flops_per_scan(net: torch.nn.Module, image_size: int) -> int:
@@ -260,12 +252,11 @@ def _history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def compare_one(arch: str, schedule: Schedule, args: argparse.Namespace, test_samples, leak_free, external) -> dict[str, Any]:
     """Train ``arch`` with ``schedule``, then score it; returns its comparison entry."""
-    from .train import get_args_parser as train_parser
     from .train import main as train_main
 
     folder = args.output / arch
     logger.info("%s: training (%s)", arch, schedule)
-    result = train_main(train_parser().parse_args(_train_argv(arch, schedule, args, folder)))
+    result = train_main(train_config(arch, schedule, args, folder))
     state, card = load_weights(folder / WEIGHTS_NAME)
     net = build_network(arch, num_classes=len(CLASS_NAMES))
     net.load_state_dict(state)
@@ -312,14 +303,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / COMPARISON_NAME
 
-    from .data import find_samples, split_dirs
-
     _, test_dir = split_dirs(args.data_dir)
     test_samples = find_samples(test_dir)
     if args.max_per_class:
-        from .train import _limit
-
-        test_samples = _limit(test_samples, args.max_per_class)
+        test_samples = limit_per_class(test_samples, args.max_per_class)
     leak_free = load_leak_free(None) if not args.max_per_class else None
     external_root = args.external or (external_dir() if external_dir().is_dir() else None)
     external = _limit_external(find_external(external_root), args.max_external) if external_root else []

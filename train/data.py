@@ -19,6 +19,7 @@ from core.preprocess import to_grayscale
 from core.scan import read_scan
 
 __all__ = [
+    "limit_per_class",
     "Sample",
     "ScanFolder",
     "find_samples",
@@ -244,3 +245,13 @@ class ScanFolder(Dataset):
     @property
     def targets(self) -> list[int]:
         return [s.label for s in self.samples]
+
+
+def limit_per_class(samples: Sequence[Sample], n: int) -> list[Sample]:
+    """The first ``n`` samples of each class, in order (smoke tests and quick runs)."""
+    kept, per_class = [], {}
+    for s in samples:
+        if per_class.get(s.label, 0) < n:
+            kept.append(s)
+            per_class[s.label] = per_class.get(s.label, 0) + 1
+    return kept

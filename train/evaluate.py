@@ -32,7 +32,7 @@ from core.constants import AUDIT_NAME, CLASS_NAMES, assets_dir, data_dir
 from core.model import load_model
 
 from . import metrics
-from .data import ScanFolder, class_counts, find_samples, fingerprint
+from .data import ScanFolder, class_counts, find_samples, fingerprint, limit_per_class
 from .engine import predict_logits, served_probs
 from .presets import PERTURBATIONS, ClassificationPresetEval, perturbation
 
@@ -197,9 +197,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         folder = folder / "Testing"
     samples = find_samples(folder)
     if args.max_per_class:
-        from .train import _limit
-
-        samples = _limit(samples, args.max_per_class)
+        samples = limit_per_class(samples, args.max_per_class)
     classifier = load_model(args.weights, device=args.device)
     result = evaluate_samples(
         classifier.network, samples, classifier.image_size, classifier.device, args.batch_size,

@@ -27,7 +27,9 @@ import torch
 from core.constants import EVALUATION_NAME, HISTORY_NAME, WEIGHTS_NAME, data_dir
 from core.weights import load_weights, save_weights, write_model_card
 
+from .config import TrainConfig
 from .data import class_counts, fingerprint, split_dirs
+from .splits import load_data
 
 __all__ = ["TrustResult", "finalize", "get_args_parser", "main", "trust_steps"]
 
@@ -74,7 +76,7 @@ def _flag_rates(outputs, temperature: float, low_confidence: float) -> dict[str,
 def trust_steps(
     model: torch.nn.Module,
     card: dict[str, Any],
-    args: argparse.Namespace,
+    config: TrainConfig,
     output: Path,
     device: torch.device,
     splits: tuple[list, list, list],
@@ -90,9 +92,9 @@ def trust_steps(
     train_samples, val_samples, test_samples = splits
     if not val_samples:
         raise ValueError("Calibration and the out-of-distribution gate need validation scans; the split gave none.")
-    size, batch = card["image_size"], args.batch_size * 2
-    train_out = extract(model, train_samples, size, device, batch, args.workers, progress, "features: train")
-    val_out = extract(model, val_samples, size, device, batch, args.workers, progress, "features: validation", mirror=True)
+    size, batch = card["image_size"], config.batch_size * 2
+    train_out = extract(model, train_samples, size, device, batch, config.workers, progress, "features: train")
+    val_out = extract(model, val_samples, size, device, batch, config.workers, progress, "features: validation", mirror=True)
     temperature = fit_temperature(val_out.logits, val_out.targets)
     val_cal = calibration_summary(val_out.logits, val_out.targets, temperature)
     gate = fit_gate(train_out.features, train_out.targets, val_out.features, len(card["class_names"]))
@@ -128,7 +130,7 @@ def trust_steps(
     }
     testing_calibration = testing_trust = None
     if test_samples:
-        test_out = extract(model, test_samples, size, device, batch, args.workers, progress, "features: testing", mirror=True)
+        test_out = extract(model, test_samples, size, device, batch, config.workers, progress, "features: testing", mirror=True)
         test_cal = calibration_summary(test_out.logits, test_out.targets, temperature)
         calibration["testing"] = {"n_images": len(test_samples), "ece_before": test_cal["ece_before"], "ece_after": test_cal["ece_after"]}
         ood["testing_rejected"] = rejection_rate(gate, test_out)
@@ -182,7 +184,7 @@ def _add_trust(evaluation: dict[str, Any], trust: TrustResult) -> None:
 def finalize(
     model: torch.nn.Module,
     card: dict[str, Any],
-    args: argparse.Namespace,
+    config: TrainConfig,
     output: Path,
     device: torch.device,
     history: list[dict[str, Any]] | None = None,
@@ -192,15 +194,13 @@ def finalize(
     """Describe the data, calibrate, fit the out-of-distribution gate, evaluate on Testing,
     write weights, card, history, evaluation and the gate (``ood.safetensors``).
 
-    ``args`` holds the training options (``data_dir``, ``split``, ``seed``, ``val_fraction``,
+    ``config``: the training configuration (``data_dir``, ``split``, ``seed``, ``val_fraction``,
     ``audit``, ``batch_size``, ``workers``, ``tta``, ``no_test``, ``max_per_class``).
     ``splits``: the (train, validation, test) samples when already known; else rebuilt.
     Returns the card as written.
     """
-    from .train import load_data
-
     output.mkdir(parents=True, exist_ok=True)
-    train_samples, val_samples, test_samples = splits or load_data(args)
+    train_samples, val_samples, test_samples = splits or load_data(config)
     card = dict(card)
     card["data"] = {
         "source": "Kaggle Brain Tumor MRI Dataset (Nickparvar): figshare + SARTAJ + Br35H",
@@ -210,12 +210,12 @@ def finalize(
         "train_counts": class_counts(train_samples),
         "val_counts": class_counts(val_samples),
         "test_counts": class_counts(test_samples),
-        "split": args.split,
+        "split": config.split,
         "fingerprint_training": fingerprint(
-            sorted((s for s in train_samples + val_samples if s.source == "kaggle"), key=lambda s: str(s.path)), args.data_dir
+            sorted((s for s in train_samples + val_samples if s.source == "kaggle"), key=lambda s: str(s.path)), config.data_dir
         ),
-        "fingerprint_testing": fingerprint(test_samples, args.data_dir) if test_samples else None,
-        "sources": _sources(train_samples, val_samples, args.extra_data),
+        "fingerprint_testing": fingerprint(test_samples, config.data_dir) if test_samples else None,
+        "sources": _sources(train_samples, val_samples, config.extra_data),
     }
     if history is not None:
         write_json(output / HISTORY_NAME, {"class_names": card["class_names"], "epochs": history})
@@ -227,15 +227,15 @@ def finalize(
 
     # Scans are scored as the app scores them: ONNX Runtime on the CPU (about 3x faster here).
     scorer = scoring_network(model, card, device, GATE_STAGES)
-    trust = trust_steps(scorer, card, args, output, device, (train_samples, val_samples, test_samples), progress)
+    trust = trust_steps(scorer, card, config, output, device, (train_samples, val_samples, test_samples), progress)
     card.update(trust.card)
     if test_samples:
         from .evaluate import evaluate_samples, load_leak_free
 
         evaluation = evaluate_samples(
-            scorer, test_samples, card["image_size"], device, args.batch_size * 2, args.workers,
-            tta=args.tta, progress=progress, root=split_dirs(args.data_dir)[1],
-            leak_free=load_leak_free(args.audit), temperature=card["temperature"],
+            scorer, test_samples, card["image_size"], device, config.batch_size * 2, config.workers,
+            tta=config.tta, progress=progress, root=split_dirs(config.data_dir)[1],
+            leak_free=load_leak_free(config.audit), temperature=card["temperature"],
         )
         _add_trust(evaluation, trust)
         write_json(output / EVALUATION_NAME, evaluation)
@@ -290,19 +290,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from core.model import build_network
 
-    from .train import get_args_parser as train_parser
-
     state, card = load_weights(args.weights)
-    config = dict(card["training"]["config"])
-    train_args = train_parser().parse_args([])
-    for key, value in config.items():
-        setattr(train_args, key, value)
-    train_args.data_dir = args.data_dir
-    train_args.extra_data = [Path(p) for p in config.get("extra_data") or ()]
-    train_args.audit = args.audit
-    train_args.workers = args.workers
-    train_args.no_test = False
-    train_args.tta = True
+    config = TrainConfig.from_dict(card["training"]["config"]).replace(
+        data_dir=args.data_dir, audit=args.audit, workers=args.workers, no_test=False, tta=True,
+    )
     history_path = args.history or args.weights.with_name(HISTORY_NAME)
     history = json.loads(history_path.read_text())["epochs"] if history_path.is_file() else None
     device = torch.device(args.device)
@@ -311,7 +302,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = model.to(device).to(memory_format=torch.channels_last)
     if history is None:
         logger.warning("no history.json found at %s", history_path)
-    return finalize(model, card, train_args, args.output, device, history)
+    return finalize(model, card, config, args.output, device, history)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import external_rows, sequence_rows
+from app.artifacts import external_rows, sequence_rows
 from core.constants import (
     AUDIT_NAME,
     CLASS_LABELS,
@@ -145,7 +145,7 @@ def render(folder: Path | None = None) -> str:
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Rows of the page's tables (``core.artifacts``) as a Markdown table; numbers that are
+    """Rows of the page's tables (``app.artifacts``) as a Markdown table; numbers that are
     percentages keep two decimals."""
     columns = list(rows[0])
 

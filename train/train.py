@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -30,92 +29,73 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.constants import (
-    AUDIT_NAME,
-    CLASS_NAMES,
-    DEFAULT_ARCH,
-    DEFAULT_IMAGE_SIZE,
-    HISTORY_NAME,
-    INPUT_MEAN,
-    INPUT_STD,
-    WEIGHTS_NAME,
-    assets_dir,
-    data_dir,
-    external_dir,
-)
+from core.constants import CLASS_NAMES, HISTORY_NAME, INPUT_MEAN, INPUT_STD, WEIGHTS_NAME
 from core.model import build_network
 from core.optimize import optimize_for_inference
 from core.weights import save_weights, write_model_card
 
 from . import metrics
-from .data import (
-    ScanFolder,
-    check_not_external,
-    find_extra_samples,
-    find_samples,
-    group_split,
-    patient_split,
-    split_dirs,
-    stratified_split,
-)
+from .config import SPLITS, TrainConfig
+from .data import ScanFolder
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .pretrained import load_imagenet_weights
+from .splits import load_data
 
 logger = logging.getLogger("train")
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-SPLITS = ("group", "stratified", "group-strict")
 DIST_TIMEOUT = dt.timedelta(minutes=60)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    defaults = TrainConfig()  # one home for the defaults; read at call time ($BTMRI_DATA)
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train the brain-MRI tumour classifier (EfficientNet-Lite0, transfer learning).",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", type=Path, default=data_dir(), help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
+    parser.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
     parser.add_argument(
         "--extra-data", type=Path, action="append", default=[], metavar="DIR",
         help="an extra training source (repeatable): a folder with CSV manifests (path, patient, "
         "optional sequence and label columns), e.g. ../shared/datasets/extra-train/tcga-lgg. Each "
         "source is split into train and validation by patient, with --val-fraction and --seed",
     )
-    parser.add_argument("--output", type=Path, default=Path("runs/train"), help="folder for weights, model card, metrics and checkpoint")
-    parser.add_argument("--arch", default=DEFAULT_ARCH, help="timm architecture name")
-    parser.add_argument("--epochs", type=int, default=15, help="total epochs, head-only epochs included")
-    parser.add_argument("--freeze-epochs", type=int, default=1, help="first epochs train the classifier head only")
+    parser.add_argument("--output", type=Path, default=defaults.output, help="folder for weights, model card, metrics and checkpoint")
+    parser.add_argument("--arch", default=defaults.arch, help="timm architecture name")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="total epochs, head-only epochs included")
+    parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs, help="first epochs train the classifier head only")
     parser.add_argument(
-        "--freeze-stages", type=int, default=0,
+        "--freeze-stages", type=int, default=defaults.freeze_stages,
         help="keep the stem and the first N stages of the backbone at their ImageNet weights for the "
         "whole run (no gradients there: faster steps on a CPU; batch-norm statistics still adapt)",
     )
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="square input size in pixels")
-    parser.add_argument("--ema-decay", type=float, default=0.0, help="exponential moving average of the weights, validated and saved instead of the raw weights (0 = off, the default: 0.998 gave 96.8%% validation accuracy against 96.7%% without, no clear gain)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (per process)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.02, help="AdamW weight decay")
-    parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
-    parser.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = resize and flip only)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="square input size in pixels")
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="exponential moving average of the weights, validated and saved instead of the raw weights (0 = off)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch (per process)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="cross-entropy label smoothing")
+    parser.add_argument("--augment", type=float, default=defaults.augment, help="augmentation strength (0 = resize and flip only)")
     parser.add_argument(
-        "--invert-p", type=float, default=0.0,
+        "--invert-p", type=float, default=defaults.invert_p,
         help="probability of inverting the grey levels inside the head (train.presets.RandomMaskedInversion): "
         "T1/FLAIR-like contrast becomes T2-like (0 = off)",
     )
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of Training held out for validation")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of Training held out for validation")
     parser.add_argument(
-        "--split", default="group",
+        "--split", default=defaults.split,
         help=f"one of {SPLITS}. group: validation carved from Training so that no near-duplicate group "
         "crosses train/validation; stratified: plain stratified split; group-strict: as group, and "
         "Training scans that the audit report puts in a group with a Testing scan are left out, so "
         "no group crosses train/validation/test either",
     )
     parser.add_argument("--audit", type=Path, default=None, help="audit report for --split group-strict (default: assets/audit.json; run python -m train.audit)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, initialisation and augmentation")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.safetensors")
     parser.add_argument("--no-pretrained", action="store_true", help="start from random weights instead of ImageNet")
@@ -130,22 +110,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if args.split not in SPLITS:
-        raise SystemExit(f"--split {args.split!r} is not one of {SPLITS}.")
-    for name in ("epochs", "image_size", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    if not 0 <= args.freeze_epochs < args.epochs:
-        raise SystemExit(f"--freeze-epochs must be in [0, {args.epochs - 1}], got {args.freeze_epochs}.")
-    if args.freeze_stages < 0:
-        raise SystemExit(f"--freeze-stages must be at least 0, got {args.freeze_stages}.")
-    if not 0.0 <= args.invert_p <= 1.0:
-        raise SystemExit(f"--invert-p must be between 0 and 1, got {args.invert_p}.")
-    if args.lr <= 0:
-        raise SystemExit(f"--lr must be positive, got {args.lr}.")
 
 
 # ---------------------------------------------------------------------- distributed
@@ -200,78 +164,6 @@ def _seed_worker(worker_id: int) -> None:
 
 
 # ---------------------------------------------------------------------- data
-def load_data(args: argparse.Namespace):
-    """(train, validation, Testing) samples: the Kaggle Training folder split by ``--split``,
-    plus each ``--extra-data`` source split by patient. Refuses any scan of the external
-    development set."""
-    train, val, test_samples = _load_kaggle(args)
-    for folder in args.extra_data:
-        extra = find_extra_samples(folder)
-        if args.max_per_class:
-            extra = _limit(extra, args.max_per_class)
-        extra_train, extra_val = patient_split(extra, args.val_fraction, args.seed)
-        logger.info(
-            "extra source %s: %d train, %d validation scans (%d / %d patients)",
-            Path(folder).name, len(extra_train), len(extra_val),
-            len({s.patient for s in extra_train}), len({s.patient for s in extra_val}),
-        )
-        train, val = train + extra_train, val + extra_val
-    check_not_external(train + val, external_dir())
-    return train, val, test_samples
-
-
-def _load_kaggle(args: argparse.Namespace):
-    train_dir, test_dir = split_dirs(args.data_dir, need_testing=not args.no_test)
-    samples = find_samples(train_dir)
-    test_samples = [] if args.no_test else find_samples(test_dir)
-    if args.max_per_class:
-        samples = _limit(samples, args.max_per_class)
-        test_samples = _limit(test_samples, args.max_per_class)
-    if args.split == "stratified":
-        train, val = stratified_split(samples, args.val_fraction, args.seed)
-        return train, val, test_samples
-    from .audit import duplicate_groups
-
-    if args.split == "group-strict":
-        leaked = _training_duplicates_of_testing(args, train_dir)
-        kept = [s for s in samples if s.path.resolve() not in leaked]
-        logger.info("group-strict: left out %d Training scans that duplicate a Testing scan", len(samples) - len(kept))
-        samples = kept
-    groups = duplicate_groups([s.path for s in samples])
-    train, val = group_split(samples, groups, args.val_fraction, args.seed)
-    return train, val, test_samples
-
-
-def _training_duplicates_of_testing(args: argparse.Namespace, train_dir: Path) -> set[Path]:
-    """Training scans in a duplicate group with a Testing scan, according to the audit report."""
-    path = args.audit or (assets_dir() / AUDIT_NAME)
-    if not path.is_file():
-        raise SystemExit(f"--split group-strict needs the audit report {str(path)!r}: run python -m train.audit --data-dir DIR.")
-    report = json.loads(path.read_text(encoding="utf-8"))
-    n_training = len(find_samples(train_dir))
-    if report["counts"]["training"] != n_training:
-        raise SystemExit(
-            f"The audit report {str(path)!r} describes {report['counts']['training']} Training scans, "
-            f"but {str(train_dir)!r} holds {n_training}: rerun python -m train.audit on this data."
-        )
-    root = Path(args.data_dir).resolve()
-    leaked: set[Path] = set()
-    for group in report["groups"]:
-        files = group["files"]
-        if any(f.startswith("Testing/") for f in files):
-            leaked.update(root / f for f in files if f.startswith("Training/"))
-    return leaked
-
-
-def _limit(samples, n):
-    kept, per_class = [], {}
-    for s in samples:
-        if per_class.get(s.label, 0) < n:
-            kept.append(s)
-            per_class[s.label] = per_class.get(s.label, 0) + 1
-    return kept
-
-
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int, sampler=None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -319,39 +211,43 @@ def _hardware(device: torch.device, world: int) -> str:
     )
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, select the best epoch on validation, save weights and metrics, evaluate on Testing."""
-    _check_args(args)
-    rank, world, device = _init_distributed(args.device)
+def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
+    """Train, select the best epoch on validation, save weights and metrics, evaluate on Testing.
+
+    ``args``: the parsed command line, or a :class:`~train.config.TrainConfig`.
+    """
+    config = args if isinstance(args, TrainConfig) else TrainConfig.from_namespace(args)
+    config.check()
+    rank, world, device = _init_distributed(config.device)
     is_main = rank == 0
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(message)s")
-    _seed_everything(args.seed + rank)
+    _seed_everything(config.seed + rank)
     started = time.perf_counter()
-    output: Path = args.output
+    output: Path = config.output
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
 
-    train_samples, val_samples, test_samples = load_data(args)
+    train_samples, val_samples, test_samples = load_data(config)
     logger.info(
         "data: %d train, %d validation, %d test images (%s split)",
-        len(train_samples), len(val_samples), len(test_samples), args.split,
+        len(train_samples), len(val_samples), len(test_samples), config.split,
     )
-    train_set = ScanFolder(train_samples, ClassificationPresetTrain(args.image_size, strength=args.augment, invert_p=args.invert_p))
-    eval_tf = ClassificationPresetEval(args.image_size)
+    train_set = ScanFolder(train_samples, ClassificationPresetTrain(config.image_size, strength=config.augment, invert_p=config.invert_p))
+    eval_tf = ClassificationPresetEval(config.image_size)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
     if world > 1:
         if len(val_set) < world:
             raise SystemExit(f"{len(val_set)} validation scans cannot be shared by {world} processes; use fewer processes or more data.")
-        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
         val_set = Subset(val_set, list(range(rank, len(val_set), world)))
-    train_loader = _loader(train_set, args.batch_size, args.workers, True, args.seed + rank, sampler)
-    val_loader = _loader(val_set, args.batch_size * 2, args.workers, False, args.seed)
+    train_loader = _loader(train_set, config.batch_size, config.workers, True, config.seed + rank, sampler)
+    val_loader = _loader(val_set, config.batch_size * 2, config.workers, False, config.seed)
 
-    model = build_network(args.arch, num_classes=len(CLASS_NAMES))
-    _frozen_stage_modules(model, args.freeze_stages)  # refuses a stage count the network lacks
-    if not args.no_pretrained:
-        load_imagenet_weights(model, args.arch)
+    model = build_network(config.arch, num_classes=len(CLASS_NAMES))
+    _frozen_stage_modules(model, config.freeze_stages)  # refuses a stage count the network lacks
+    if not config.no_pretrained:
+        load_imagenet_weights(model, config.arch)
     # timm initialises a classifier in +-1/sqrt(num_classes): +-0.5 for four classes, which gives
     # logits of +-20 on pre-trained features. Start from uniform predictions instead.
     torch.nn.init.zeros_(model.get_classifier().weight)
@@ -359,28 +255,28 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = model.to(device).to(memory_format=torch.channels_last)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_loader)
-    head_steps = args.freeze_epochs * steps_per_epoch
-    full_steps = (args.epochs - args.freeze_epochs) * steps_per_epoch
+    head_steps = config.freeze_epochs * steps_per_epoch
+    full_steps = (config.epochs - config.freeze_epochs) * steps_per_epoch
     warmup = max(1, steps_per_epoch // 3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, head_steps, full_steps, warmup)
     )
 
     ema = None
-    if args.ema_decay > 0:
+    if config.ema_decay > 0:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(model, decay=args.ema_decay, use_warmup=True)
+        ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     best_key = (-1.0, float("-inf"))
     start_epoch = 0
     elapsed_before = 0.0
     checkpoint_path = output / CHECKPOINT_NAME
-    if args.resume:
+    if config.resume:
         best_state, saved = load_checkpoint(checkpoint_path, model, optimizer, scheduler, ema)
         start_epoch = saved["epoch"] + 1
         history = saved["history"]
@@ -388,10 +284,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         elapsed_before = saved.get("elapsed_s", 0.0)
         logger.info("resumed from %s at epoch %d", checkpoint_path, start_epoch + 1)
 
-    progress = is_main and not args.no_progress
-    epochs = tqdm(range(start_epoch, args.epochs), desc="epochs", disable=not progress, initial=start_epoch, total=args.epochs)
+    progress = is_main and not config.no_progress
+    epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not progress, initial=start_epoch, total=config.epochs)
     for epoch in epochs:
-        set_backbone_trainable(model, epoch >= args.freeze_epochs, args.freeze_stages)
+        set_backbone_trainable(model, epoch >= config.freeze_epochs, config.freeze_stages)
         if sampler is not None:
             sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
@@ -403,7 +299,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         _sync_buffers(selected, world)
         # Validated with the batch norms folded into the convolutions (core.optimize: same
         # logits within 1e-5; 1.5x faster on the CPU: 18.5 against 28 ms a scan).
-        scorer = optimize_for_inference(selected.eval(), args.image_size)
+        scorer = optimize_for_inference(selected.eval(), config.image_size)
         val_probs, val_targets = predict_probs(scorer, val_loader, device, desc="validate", progress=progress)
         del scorer
         train_probs, train_targets = _gather(train_probs, world), _gather(train_targets, world)
@@ -416,7 +312,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         train_m["n_images"], val_m["n_images"] = len(train_targets), len(val_targets)
         record = {
             "epoch": epoch + 1,
-            "phase": "head" if epoch < args.freeze_epochs else "full",
+            "phase": "head" if epoch < config.freeze_epochs else "full",
             "validated": "ema" if ema is not None else "raw",
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - epoch_start, 1),
@@ -433,7 +329,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             logger.info(
                 "epoch %d/%d %s | train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f "
                 "prec %.4f rec %.4f f1 %.4f | %.0fs%s",
-                epoch + 1, args.epochs, record["phase"], train_m["loss"], train_m["accuracy"], train_m["macro_f1"],
+                epoch + 1, config.epochs, record["phase"], train_m["loss"], train_m["accuracy"], train_m["macro_f1"],
                 val_m["loss"], val_m["accuracy"], val_m["macro_precision"], val_m["macro_recall"], val_m["macro_f1"],
                 record["seconds"], " *" if improved else "",
             )
@@ -445,7 +341,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     "history": history,
                     "best_key": list(best_key),
                     "elapsed_s": elapsed_before + time.perf_counter() - started,
-                    "args": _args_dict(args),
+                    "args": config.to_dict(),
                 },
                 ema=ema,
             )
@@ -458,15 +354,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         model.load_state_dict(best_state)
         best_epoch = max(history, key=lambda r: (r["val"]["macro_f1"], -r["val"]["loss"]))["epoch"]
         card = {
-            "arch": args.arch,
-            "image_size": args.image_size,
+            "arch": config.arch,
+            "image_size": config.image_size,
             "mean": list(INPUT_MEAN),
             "std": list(INPUT_STD),
             "class_names": list(CLASS_NAMES),
             "temperature": 1.0,
             "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "training": {
-                "config": _args_dict(args),
+                "config": config.to_dict(),
                 "hardware": _hardware(device, world),
                 "wall_time_s": round(wall_time, 1),
                 "best_epoch": best_epoch,
@@ -474,7 +370,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "torch": torch.__version__,
             },
         }
-        if args.no_finalize:
+        if config.no_finalize:
             card["validation"] = history[best_epoch - 1]["val"]
             result["card"] = save_weights(model, output / WEIGHTS_NAME, card)
             logger.info("wrote %s: training %.0f s (post-training steps skipped: --no-finalize)", output, wall_time)
@@ -483,7 +379,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 dist.destroy_process_group()
             return result
         finalize_started = time.perf_counter()
-        card = finalize(model, card, args, output, device, history, progress, (train_samples, val_samples, test_samples))
+        card = finalize(model, card, config, output, device, history, progress, (train_samples, val_samples, test_samples))
         # wall_time_s is the training itself (data, epochs, validation); the recipe's whole run
         # adds calibration, the gate, the Testing evaluation and the ONNX export.
         post_training = time.perf_counter() - finalize_started
@@ -499,17 +395,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return result
-
-
-def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return {k: plain(v) for k, v in vars(args).items()}
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

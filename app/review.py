@@ -6,9 +6,7 @@ nor DICOM tags are logged.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,9 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .constants import CLASS_LABELS, CLASS_NAMES
-from .model import Classifier, Prediction
-from .scan import ScanError, read_scan
+from core import results as core_results
+from core.constants import CLASS_LABELS, CLASS_NAMES
+from core.model import Classifier, Prediction
+from core.results import result_record
+from core.scan import ScanError, read_scan
 
 __all__ = [
     "NOT_BRAIN_MRI_TEXT",
@@ -146,44 +146,10 @@ def summary_rows(items: Sequence[tuple[str, ScanAnalysis]]) -> list[dict[str, ob
     return rows
 
 
-def _status(prediction: Prediction) -> str:
-    if not prediction.is_brain_mri:
-        return "not_brain_mri"
-    return "outside_training" if prediction.outside_training else "ok"
-
-
-def _cell(text: str) -> str:
-    """Text safe for a spreadsheet: a leading = + - @ would be read as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def results_csv(items: Sequence[tuple[str, ScanAnalysis]]) -> bytes:
-    """The batch's results as UTF-8 CSV: file name, outcome and class probabilities.
-
-    Only the name the user gave the file and the model's outputs are written; no DICOM tag.
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        ["file", "status", "predicted_class", "confidence", "is_brain_mri", "outside_training", "ood_score", "flags"]
-        + [f"p_{name}" for name in CLASS_NAMES]
+    """The batch's results as UTF-8 CSV, in the one result schema (``core.results``) that
+    ``python -m core`` writes too: file name, outcome, class probabilities; no DICOM tag."""
+    return core_results.results_csv(
+        result_record(name, analysis.prediction, None if analysis.prediction is not None else analysis.error or "not analysed")
+        for name, analysis in items
     )
-    for name, analysis in items:
-        prediction = analysis.prediction
-        if prediction is None:
-            writer.writerow([_cell(name), "error", "", "", "", "", "", analysis.error or ""] + [""] * len(CLASS_NAMES))
-            continue
-        writer.writerow(
-            [
-                _cell(name),
-                _status(prediction),
-                prediction.label if prediction.is_brain_mri else "",
-                f"{prediction.confidence:.4f}" if prediction.is_brain_mri else "",
-                str(prediction.is_brain_mri).lower(),
-                str(prediction.outside_training).lower(),
-                f"{prediction.ood_score:.4f}",
-                "; ".join(prediction.flags),
-            ]
-            + [f"{prediction.probabilities.get(c, float('nan')):.4f}" for c in CLASS_NAMES]
-        )
-    return buffer.getvalue().encode("utf-8")

@@ -8,8 +8,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .constants import CLASS_LABELS, CLASS_NAMES
-from .model import Prediction
+from core.constants import CLASS_LABELS, CLASS_NAMES
+from core.model import Prediction
 
 __all__ = [
     "ACCENT",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import AUDIT_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
+from core.constants import AUDIT_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
 
 __all__ = [
     "ArtifactError",
@@ -246,7 +246,7 @@ def _pct(value: Any) -> float | None:
 
 def per_class_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Precision, recall, F1 (percentages), support and AUC for each class of one report."""
-    from .constants import CLASS_LABELS
+    from core.constants import CLASS_LABELS
 
     rows = []
     per_class = report.get("per_class", {})
@@ -320,7 +320,7 @@ def external_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
     The "other" rows are lesions the model never learned: no class is right, and "'No tumour', no
     flag" is the share given the most dangerous answer.
     """
-    from .constants import CLASS_LABELS
+    from core.constants import CLASS_LABELS
 
     rows = [
         _external_row(SOURCE_TITLES.get(key, key), "all four", report)
@@ -337,7 +337,7 @@ def external_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per (source, class, sequence) where file names carry the sequence."""
-    from .constants import CLASS_LABELS
+    from core.constants import CLASS_LABELS
 
     rows = []
     for source, report in (external.get("sources") or {}).items():

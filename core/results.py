@@ -1,0 +1,101 @@
+"""One result schema for a prediction: the app's CSV download, ``python -m core``'s CSV and its
+JSON lines all write :func:`result_record`, with the same field names and precision.
+
+Fields, in order: ``file``, ``status`` (``ok``, ``outside_training``, ``not_brain_mri`` or
+``error``), ``label`` (empty when the scan is not a brain MRI or could not be read),
+``confidence``, ``is_brain_mri``, ``outside_training``, ``ood_score``, ``flags``, one
+``p_CLASS`` per class (JSON: a ``probabilities`` object), ``error``. Only the name the user gave
+the file and the model's outputs are written: no DICOM tag.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .constants import CLASS_NAMES
+
+if TYPE_CHECKING:  # the CLI imports this module before the model (and torch) is loaded
+    from .model import Prediction
+
+__all__ = ["CSV_COLUMNS", "DECIMALS", "csv_row", "result_record", "results_csv", "spreadsheet_safe", "status_of", "write_csv"]
+
+#: Decimals of confidences, probabilities and scores in every output.
+DECIMALS = 6
+CSV_COLUMNS: tuple[str, ...] = (
+    "file", "status", "label", "confidence", "is_brain_mri", "outside_training", "ood_score", "flags",
+    *(f"p_{name}" for name in CLASS_NAMES), "error",
+)
+
+
+def status_of(prediction: Prediction | None) -> str:
+    """``error`` (no prediction), ``not_brain_mri``, ``outside_training`` or ``ok``."""
+    if prediction is None:
+        return "error"
+    if not prediction.is_brain_mri:
+        return "not_brain_mri"
+    return "outside_training" if prediction.outside_training else "ok"
+
+
+def result_record(file: str, prediction: Prediction | None = None, error: str | None = None) -> dict[str, Any]:
+    """The JSON-ready record of one scan: a prediction, or the ``error`` that stopped it."""
+    if (prediction is None) == (error is None):
+        raise ValueError("Give either a prediction or an error, not both or neither.")
+    if prediction is None:
+        return {
+            "file": file, "status": "error", "label": None, "confidence": None, "is_brain_mri": None,
+            "outside_training": None, "ood_score": None, "flags": [], "probabilities": None, "error": error,
+        }
+    shown = prediction.is_brain_mri
+    return {
+        "file": file,
+        "status": status_of(prediction),
+        "label": prediction.label if shown else None,
+        "confidence": round(prediction.confidence, DECIMALS) if shown else None,
+        "is_brain_mri": prediction.is_brain_mri,
+        "outside_training": prediction.outside_training,
+        "ood_score": round(prediction.ood_score, DECIMALS),
+        "flags": list(prediction.flags),
+        "probabilities": {name: round(prediction.probabilities[name], DECIMALS) for name in CLASS_NAMES},
+        "error": None,
+    }
+
+
+def spreadsheet_safe(text: str) -> str:
+    """Text safe for a spreadsheet: a leading = + - @ (or tab, carriage return) would be read
+    as a formula, so it gets a quote in front."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.{DECIMALS}f}"
+    return spreadsheet_safe(str(value))
+
+
+def csv_row(record: dict[str, Any]) -> list[str]:
+    """One record as CSV cells, in :data:`CSV_COLUMNS` order."""
+    probabilities = record.get("probabilities") or {}
+    values = {**record, "flags": "; ".join(record.get("flags") or ()), **{f"p_{n}": probabilities.get(n) for n in CLASS_NAMES}}
+    return [_cell(values.get(column)) for column in CSV_COLUMNS]
+
+
+def write_csv(records: Iterable[dict[str, Any]], stream: TextIO, header: bool = True) -> None:
+    writer = csv.writer(stream, lineterminator="\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for record in records:
+        writer.writerow(csv_row(record))
+
+
+def results_csv(records: Iterable[dict[str, Any]]) -> bytes:
+    """Records as one UTF-8 CSV document."""
+    buffer = io.StringIO()
+    write_csv(records, buffer)
+    return buffer.getvalue().encode("utf-8")
