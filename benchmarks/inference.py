@@ -229,7 +229,7 @@ def run(
             "arch": model.card.get("arch"),
             "image_size": model.image_size,
             "weights": str(weights),
-            "predictions_by": "ONNX Runtime" if model.runtime is not None else "PyTorch",
+            "predictions_by": model.backend.name,
         },
         "load_s": round(load_s, 3),
         "first_predict_explain_s": round(first_call_s, 3),

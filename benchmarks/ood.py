@@ -3,7 +3,7 @@
 Runs the shipped model (or ``--weights``) through ``core``, exactly as the app does, on:
 
 - the Testing scans (read with :func:`core.read_scan`): share rejected (target: at most 1%);
-- the non-MRI set of :mod:`benchmarks.non_mri`: share rejected, overall and per kind
+- the non-MRI set of :mod:`train.non_mri`: share rejected, overall and per kind
   (target: at least 95%).
 
 Prints a table (and writes JSON with ``--output``).
@@ -24,7 +24,7 @@ from core import load_model, read_scan
 from core.constants import data_dir
 from core.model import Classifier
 
-from .non_mri import non_mri_images
+from train.non_mri import non_mri_images
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,18 +15,12 @@ from PIL import Image
 
 from . import nets  # noqa: F401  (registers small_cnn with timm)
 from .constants import CLASS_LABELS, CLASS_NAMES, UNFITTED_LOW_CONFIDENCE, default_weights
-from .ood import (
-    NOT_BRAIN_MRI_FLAG,
-    OUTSIDE_TRAINING_FLAG,
-    FeatureGate,
-    ImageLimits,
-    forward_with_taps,
-    image_problem,
-    load_gate,
-)
+from .backend import Backend, choose_backend
+from .cam import GradCamExplainer
+from .ood import NOT_BRAIN_MRI_FLAG, OUTSIDE_TRAINING_FLAG, FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .ort import OnnxNetwork, load_runtime
-from .preprocess import eval_transform, input_array
+from .preprocess import eval_transform
 from .weights import WeightsError, load_weights
 
 __all__ = ["Classifier", "Prediction", "build_network", "load_model"]
@@ -80,35 +72,15 @@ def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Mo
         ) from exc
 
 
-def _cam_target_layer(net: torch.nn.Module) -> torch.nn.Module:
-    """The last convolutional stage: where Grad-CAM reads activations and gradients."""
-    for name in ("bn2", "conv_head", "norm_pre"):
-        layer = getattr(net, name, None)
-        if isinstance(layer, torch.nn.Module) and not isinstance(layer, torch.nn.Identity):
-            return layer
-    # Plain convolutional networks (core.nets.SmallCNN, timm's VGG): the last layer of
-    # ``features`` that is not a pooling layer.
-    features = getattr(net, "features", None)
-    if isinstance(features, torch.nn.Sequential):
-        for layer in reversed(features):
-            if not isinstance(layer, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
-                return layer
-    raise ValueError(f"No Grad-CAM target layer known for {type(net).__name__}.")
-
-
-def _cam_gradient_source(net: torch.nn.Module, layer: torch.nn.Module) -> torch.nn.Module:
-    """The module whose parameters start the gradient at the Grad-CAM target layer: the layer
-    itself, or (a folded batch norm, now only its activation) the convolution before it."""
-    if any(True for _ in layer.parameters()):
-        return layer
-    conv = getattr(net, "conv_head", None)
-    if isinstance(conv, torch.nn.Module) and any(True for _ in conv.parameters()):
-        return conv
-    return net
-
-
 class Classifier:
-    """A loaded model. ``predict`` and ``explain`` are safe to call from several threads."""
+    """A loaded model. ``predict`` and ``explain`` are safe to call from several threads.
+
+    The prediction pipeline, in :meth:`_predictions`: scans -> preprocess and image checks
+    (``backend.prepare``) -> network, scans and their mirror images in one pass
+    (``backend.run``) -> calibration (temperature) -> out-of-distribution gate -> flags ->
+    :class:`Prediction`. The back-end (PyTorch or ONNX Runtime, ``core.backend``) is chosen
+    once, here; Grad-CAM (``core.cam``) always runs in PyTorch.
+    """
 
     def __init__(
         self,
@@ -136,109 +108,52 @@ class Classifier:
         self.device = torch.device(device)
         self.transform = eval_transform(self.image_size, card["mean"], card["std"])
 
-        self.network = net.to(self.device).eval().to(memory_format=torch.channels_last)
-        for param in self.network.parameters():
+        network = net.to(self.device).eval().to(memory_format=torch.channels_last)
+        for param in network.parameters():
             param.requires_grad_(False)
-        # Batch norms folded into the convolutions (checked equal, else left as they are).
-        self.network = optimize_for_inference(self.network, self.image_size)
-        # Grad-CAM hooks live on a module, so explanations use their own copy of the network
-        # (predictions never pass through the hooks) and are serialised by a lock.
-        self._cam_net = copy.deepcopy(self.network)
-        self._cam_layer = _cam_target_layer(self._cam_net)
-        # Gradients are needed from the logits back to the target layer only: leave the
-        # backbone frozen so the backward pass stops there (several times cheaper). Once the
-        # batch norm is folded the target layer is its activation, which has no parameters:
-        # the convolution before it then starts the gradient.
-        for param in _cam_gradient_source(self._cam_net, self._cam_layer).parameters():
-            param.requires_grad_(True)
-        self._cam_lock = threading.Lock()
-        #: ONNX Runtime session for predictions on the CPU (None: PyTorch).
-        self.runtime = self._checked_runtime(runtime)
-
-    def _checked_runtime(self, runtime: OnnxNetwork | None) -> OnnxNetwork | None:
-        """``runtime`` when it can serve this model's predictions, else None (PyTorch serves)."""
-        if runtime is None:
-            return None
-        if self.device.type != "cpu":
-            logger.info("ONNX Runtime is used on the CPU only; predictions on %s run through PyTorch", self.device)
-            return None
+        #: The PyTorch network, batch norms folded into the convolutions (checked equal, else
+        #: left as it is).
+        self.network = optimize_for_inference(network, self.image_size)
+        #: Grad-CAM, on its own copy of the network.
+        self.cam = GradCamExplainer(self.network)
         stages = self.gate.stages if self.gate is not None else ()
-        if tuple(runtime.stages) != tuple(stages):
-            raise WeightsError(
-                f"The ONNX network taps blocks {tuple(runtime.stages)} but the out-of-distribution gate "
-                f"needs {tuple(stages)}; run python -m train.export again."
-            )
-        generator = torch.Generator().manual_seed(0)
-        # Grey scans, as the preprocessing gives them: three equal channels.
-        grey = torch.rand(2, 1, self.image_size, self.image_size, generator=generator) * 2 - 1
-        batch = grey.expand(-1, 3, -1, -1).contiguous()
-        with torch.inference_mode():
-            expected, expected_taps = forward_with_taps(self.network, batch.contiguous(memory_format=torch.channels_last), stages)
-            got, got_taps = runtime(batch)
-        same = torch.allclose(got, expected.float(), rtol=1e-4, atol=1e-3) and (
-            expected_taps is None or torch.allclose(got_taps, expected_taps.float(), rtol=1e-4, atol=1e-3)
+        #: What runs the network for predictions (``core.backend``).
+        self.backend: Backend = choose_backend(
+            self.network, self.device, stages, self.image_size, card["mean"], card["std"], runtime
         )
-        if not same:
-            logger.warning("the ONNX network's outputs differ from the weights'; predictions run through PyTorch")
-            return None
-        return runtime
 
     # ------------------------------------------------------------------ prediction
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The network input (N, 3, size, size), float32, on the model's device."""
+        """The PyTorch network input (N, 3, size, size), float32, on the model's device."""
         return torch.stack([self.transform(image) for image in images]).to(self.device)
-
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits and the gate's tapped features (None without a gate), float64 on the CPU."""
-        stages = self.gate.stages if self.gate is not None else ()
-        with torch.inference_mode():
-            if self.runtime is not None:
-                logits, taps = self.runtime(batch)
-            else:
-                logits, taps = forward_with_taps(self.network, batch.contiguous(memory_format=torch.channels_last), stages)
-        taps = taps.double().cpu() if stages and taps is not None else None
-        return logits.double().cpu(), taps
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Raw network outputs (N, classes) for the scans as they are (no mirror)."""
-        return self._forward(self.preprocess(images))[0].float()
-
-    def _prepared(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
-        """The network input as NumPy (see :func:`core.preprocess.input_array`) and the image
-        checks' objections, for the ONNX Runtime path."""
-        channels = self.runtime.channels
-        array = input_array(images, self.image_size, self.card["mean"][:channels], self.card["std"][:channels])
-        return array, self._image_problems(images)
-
-    def _image_problems(self, images: Sequence[Image.Image]) -> list[str | None]:
-        return [image_problem(image, self.image_limits) for image in images]
-
-    def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
-        """One forward pass over the scans and their mirror images: probabilities, and the gate's
-        features tapped on the way (no second pass)."""
-        n = len(images)
-        if self.runtime is not None:
-            # Prepared on the runtime's threads, and no torch operation (with its own thread
-            # pool) on the way: measured 18 ms per prediction this way, 27 ms through torch.
-            parts = self.runtime.map(self._prepared, images)
-            array = np.concatenate([part[0] for part in parts])
-            problems = [problem for part in parts for problem in part[1]]
-            raw_logits, raw_taps = self.runtime.run(array, mirror=True)
-            logits = raw_logits.astype(np.float64)
-            taps = raw_taps.astype(np.float64) if raw_taps is not None and self.gate is not None else None
-        else:
-            batch = self.preprocess(images)
-            logits, taps = (t.numpy() if t is not None else None for t in self._forward(torch.cat([batch, torch.flip(batch, dims=[3])])))
-            problems = self._image_problems(images)
-        features = taps[:n] if taps is not None else None
-        probs = torch.from_numpy(softmax(logits, self.temperature))
-        plain, mirror = probs[:n], probs[n:]
-        averaged = (plain + mirror) / 2 if self.tta else plain
-        return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features, problems=problems)
+        return torch.from_numpy(self.backend.run(self.backend.prepare(images))[0]).float()
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Calibrated class probabilities (N, classes), float64; mirror-averaged when ``tta``."""
         return self._outputs(images).probs
+
+    def _prepare(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
+        """Network input and the image checks' objections (None: nothing) for some scans."""
+        return self.backend.prepare(images), [image_problem(image, self.image_limits) for image in images]
+
+    def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
+        """Steps 1-3: preprocess and check, run the network on the scans and their mirror images
+        in one pass (the gate's statistics tapped on the way), calibrate."""
+        n = len(images)
+        # Spread over the back-end's threads where it has them; no torch operation (with its
+        # own thread pool) runs between two ONNX Runtime predictions.
+        parts = self.backend.map(self._prepare, images)
+        batch = np.concatenate([part[0] for part in parts])
+        problems = [problem for part in parts for problem in part[1]]
+        logits, taps = self.backend.run(batch, mirror=True)
+        features = taps[:n] if taps is not None and self.gate is not None else None
+        probs = torch.from_numpy(softmax(logits, self.temperature))
+        plain, mirror = probs[:n], probs[n:]
+        averaged = (plain + mirror) / 2 if self.tta else plain
+        return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features, problems=problems)
 
     def _flags(
         self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None, outside: str | None = None
@@ -260,6 +175,7 @@ class Classifier:
         return tuple(flags)
 
     def _predictions(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """The whole pipeline: outputs (steps 1-3), then the gate and the flags."""
         out = self._outputs(images)
         scores = self.gate.score(out.features) if self.gate is not None and out.features is not None else torch.zeros(len(images))
         reject = self.gate.reject_score if self.gate is not None else float("inf")
@@ -308,23 +224,12 @@ class Classifier:
 
         It explains the predicted class, or the class named by ``target``.
         """
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
         image = _check_image(image)
         if target is not None and target not in self.class_names:
             raise ValueError(f"Unknown target class {target!r}; choose one of {self.class_names}.")
-        batch = self.preprocess([image]).contiguous(memory_format=torch.channels_last)
         # No target: Grad-CAM explains the top class of its own forward pass (no extra pass).
-        targets = None if target is None else [ClassifierOutputTarget(self.class_names.index(target))]
-        with self._cam_lock:
-            with GradCAM(model=self._cam_net, target_layers=[self._cam_layer]) as cam:
-                heatmap = cam(input_tensor=batch, targets=targets)[0]
-            self._cam_net.zero_grad(set_to_none=True)
-        resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F").resize(
-            image.size, Image.Resampling.BILINEAR
-        )
-        return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+        index = None if target is None else self.class_names.index(target)
+        return self.cam(self.preprocess([image]), index, image.size)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -375,8 +280,9 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gate = load_gate(path.parent, card)
     runtime = load_runtime(path.parent, card, threads) if torch.device(device).type == "cpu" else None
+    classifier = Classifier(net, card, device, tta=tta, gate=gate, runtime=runtime)
     logger.info(
-        "loaded %s (%s) on %s; feature gate: %s; ONNX Runtime: %s",
-        path, card["arch"], device, gate is not None, runtime is not None,
+        "loaded %s (%s) on %s; feature gate: %s; back-end: %s",
+        path, card["arch"], device, gate is not None, classifier.backend.name,
     )
-    return Classifier(net, card, device, tta=tta, gate=gate, runtime=runtime)
+    return classifier

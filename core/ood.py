@@ -8,7 +8,7 @@ Two parts, both cheap:
   Training scans, under one shared Ledoit-Wolf-shrunk covariance. Fitted by ``train.ood`` and
   stored beside the weights (``ood.safetensors``, its sha256 in the model card); the threshold
   is the distance that rejects 0.5% of the validation scans. Measured on 700/300 Training
-  scans, 300 Testing scans and the non-MRI set of ``benchmarks.non_mri``: the pooled
+  scans, 300 Testing scans and the non-MRI set of ``train.non_mri``: the pooled
   penultimate features rejected 54-84% of the non-MRI images (max-softmax less), blocks 2 and 4
   100%, at 0.3-0.7% of Testing.
 - :func:`image_problem`: plain checks on the image itself (blank or near-constant, coloured,

@@ -109,20 +109,6 @@ class OnnxNetwork:
         taps = np.concatenate([p[1] for p in parts]) if len(self._outputs) > 1 else None
         return logits, taps
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`run` for the network's usual 3-channel input (N, 3, H, W); a graph exported
-        for grey input takes the first channel, after checking that the channels are equal."""
-        batch = batch.detach().cpu().float()
-        if self.channels == 1 and batch.ndim == 4 and batch.shape[1] > 1:
-            if not torch.equal(batch, batch[:, :1].expand_as(batch)):
-                raise ValueError(
-                    "The ONNX network was exported for grey input (equal channels, see train.export); "
-                    "this batch's channels differ."
-                )
-            batch = batch[:, :1]
-        logits, taps = self.run(batch.numpy())
-        return torch.from_numpy(logits), torch.from_numpy(taps) if taps is not None else None
-
 
 def load_runtime(folder: str | Path, card: dict[str, Any], threads: int | None = None) -> OnnxNetwork | None:
     """The ONNX network named in the model card (``card["onnx"]``), refused unless its sha256

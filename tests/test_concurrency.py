@@ -118,7 +118,7 @@ def test_explain_leaves_no_hooks_or_gradients(tiny_model, scans):
     """Grad-CAM's hooks are released and no gradient is kept after concurrent calls."""
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         list(pool.map(tiny_model.explain, scans))
-    for net in (tiny_model.network, tiny_model._cam_net):
+    for net in (tiny_model.network, tiny_model.cam.net):
         for module in net.modules():
             assert not module._forward_hooks and not module._backward_hooks
             assert not getattr(module, "_forward_pre_hooks", {})

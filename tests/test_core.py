@@ -109,7 +109,7 @@ def test_explain_contract(tiny_model, scan_paths, size):
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
     assert np.array_equal(before, np.asarray(image)), "explain must not modify its input"
     # Hooks are released after each call: no forward or backward hooks remain on the network.
-    for module in tiny_model._cam_net.modules():
+    for module in tiny_model.cam.net.modules():
         assert not module._forward_hooks and not module._backward_hooks
 
 

@@ -116,7 +116,7 @@ def test_gradcam_on_folded_copy_equals_plain_network(model_and_plain, data_root)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model, plain_net = model_and_plain
-    assert _batch_norms(model._cam_net) == 0, "the Grad-CAM copy is folded too"
+    assert _batch_norms(model.cam.net) == 0, "the Grad-CAM copy is folded too"
     for image in _real_scans(data_root)[::3]:
         for target in (None, "meningioma"):
             batch = model.preprocess([image])

@@ -18,7 +18,8 @@ from core.model import build_network
 from core.ood import forward_with_taps
 from core.ort import ONNX_NAME, load_runtime
 from core.weights import WeightsError, load_weights, write_model_card
-from train.export import OnnxScorer, export_beside, export_onnx, fold_grey_stem, grey_input, scoring_network
+from core.backend import OnnxBackend, TorchBackend
+from train.export import export_beside, export_onnx, fold_grey_stem, grey_input, scoring_backend
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_export_records_file_and_hash(exported):
 def test_runtime_matches_pytorch(exported, tmp_path):
     served = load_model(exported, device="cpu")
     plain = load_model(_without_onnx(exported, tmp_path / "plain"), device="cpu")
-    assert served.runtime is not None and plain.runtime is None
+    assert served.backend.name == "onnxruntime" and plain.backend.name == "pytorch"
     scans = _scans()
     for a, b in zip(served.predict_batch(scans), plain.predict_batch(scans)):
         assert a.label == b.label and a.flags == b.flags
@@ -76,11 +77,11 @@ def test_export_with_gate_taps(tmp_path):
     info = export_onnx(net, card, tmp_path)
     runtime = load_runtime(tmp_path, {**card, "onnx": info}, threads=2)
     batch = torch.rand(3, 3, 64, 64) * 2 - 1
-    logits, taps = runtime(batch)
+    logits, taps = runtime.run(batch.numpy())
     with torch.inference_mode():
         expected_logits, expected_taps = forward_with_taps(net, batch, (2, 4))
-    assert torch.allclose(logits, expected_logits, atol=1e-4)
-    assert torch.allclose(taps, expected_taps, atol=1e-4)
+    assert np.abs(logits - expected_logits.numpy()).max() < 1e-4
+    assert np.abs(taps - expected_taps.numpy()).max() < 1e-4
 
 
 def test_grey_input_export(exported):
@@ -100,11 +101,12 @@ def test_grey_input_export(exported):
     assert np.abs(logits - expected.numpy()).max() < 1e-4
     if runtime.stages:
         assert np.abs(taps - expected_taps.numpy()).max() < 1e-4
-    # The 3-channel entry point takes equal channels, and refuses channels that differ.
-    same, _ = runtime(grey.expand(-1, 3, -1, -1))
-    assert np.abs(same.numpy() - logits).max() < 1e-6
+    # The back-end takes the usual 3 equal channels, and refuses channels that differ.
+    backend = OnnxBackend(runtime, 64, card["mean"], card["std"])
+    same, _ = backend.run(grey.expand(-1, 3, -1, -1))
+    assert np.abs(same - logits).max() < 1e-6
     with pytest.raises(ValueError, match="channels differ"):
-        runtime(torch.rand(1, 3, 64, 64))
+        backend.run(torch.rand(1, 3, 64, 64))
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         runtime.run(np.zeros((1, 3, 64, 64), dtype=np.float32))
 
@@ -171,7 +173,7 @@ def test_missing_onnx_is_refused(exported, tmp_path):
 
 def test_shipped_model_runtime_matches_pytorch(shipped_model, data_root, tmp_path):
     """The shipped ONNX file gives the shipped weights' probabilities within 1e-4 (issue 9)."""
-    if shipped_model.runtime is None:
+    if shipped_model.backend.name != "onnxruntime":
         pytest.skip("the shipped model card names no ONNX file")
     from core.constants import default_weights
 
@@ -187,26 +189,26 @@ def test_threads_option(exported):
     torch_threads = torch.get_num_threads()
     try:
         model = load_model(exported, device="cpu", threads=1)
-        assert model.runtime.threads == 1 and torch.get_num_threads() == 1
+        assert model.backend.runtime.threads == 1 and torch.get_num_threads() == 1
         with pytest.raises(ValueError, match="threads"):
             load_model(exported, device="cpu", threads=0)
     finally:
         torch.set_num_threads(torch_threads)
 
 
-def test_scoring_network_scores_as_pytorch():
+def test_scoring_backend_scores_as_pytorch():
     """train.finalize scores scans through ONNX Runtime on the CPU: same logits and gate taps."""
     torch.manual_seed(6)
     net = build_network("efficientnet_lite0").eval()
     card = {"image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
-    scorer = scoring_network(net, card, torch.device("cpu"), (2, 4))
-    assert isinstance(scorer, OnnxScorer)
+    scorer, exported = scoring_backend(net, card, torch.device("cpu"), (2, 4))
+    assert isinstance(scorer, OnnxBackend) and exported is not None and exported[1]["stages"] == [2, 4]
     batch = (torch.rand(4, 1, 64, 64) * 2 - 1).expand(-1, 3, -1, -1)
     with torch.inference_mode():
         expected, expected_taps = forward_with_taps(net, batch, (2, 4))
-        logits, taps = scorer.forward_with_taps(batch, (2, 4))
-        assert torch.allclose(scorer(batch), expected, atol=1e-4)
-    assert torch.allclose(logits, expected, atol=1e-4) and torch.allclose(taps, expected_taps, atol=1e-4)
-    with pytest.raises(ValueError, match="taps"):
-        scorer.forward_with_taps(batch, (3,))
-    assert scoring_network(net, card, torch.device("meta"), (2, 4)) is net  # not the CPU: the network itself
+    logits, taps = scorer.run(batch)
+    assert np.abs(logits - expected.numpy()).max() < 1e-4 and np.abs(taps - expected_taps.numpy()).max() < 1e-4
+    mirrored, _ = scorer.run(batch, mirror=True)
+    assert np.abs(mirrored[:4] - logits).max() < 1e-6 and mirrored.shape[0] == 8
+    plain, none = scoring_backend(net, card, torch.device("meta"), (2, 4))  # not the CPU: PyTorch
+    assert isinstance(plain, TorchBackend) and plain.net is net and none is None

@@ -208,12 +208,12 @@ def test_evaluation_scores_the_served_probabilities(mini_dataset, tiny_weights):
     model = load_model(tiny_weights, device="cpu")
     temperature = 0.25
     result = evaluate_samples(
-        model.network, samples, model.image_size, "cpu", batch_size=8, workers=0, tta=True,
+        model.backend, samples, model.image_size, batch_size=8, workers=0, tta=True,
         perturb=False, temperature=temperature,
     )
     testing, tta = result["evaluations"]["testing"], result["evaluations"]["testing_tta"]
     logits, mirrored, targets = predict_logits(
-        model.network, _loader(samples, ClassificationPresetEval(model.image_size), 8, 0), torch.device("cpu"),
+        model.backend, _loader(samples, ClassificationPresetEval(model.image_size), 8, 0),
         progress=False, mirror=True,
     )
     assert testing["temperature"] == temperature

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.non_mri import KINDS, non_mri_images
+from train.non_mri import KINDS, non_mri_images
 from core import load_model, read_scan
 from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, WEIGHTS_NAME
 from core.model import Classifier

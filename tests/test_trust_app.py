@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import review as app_review
 from app_assets import make_assets
-from benchmarks.non_mri import non_mri_images, photo_files
+from train.non_mri import non_mri_images, photo_files
 from core import CLASS_LABELS
 from core.constants import ASSETS_DIR
 from core.ood import OOD_NAME

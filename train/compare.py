@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.backend import TorchBackend
 from core.constants import CLASS_NAMES, COMPARISON_NAME, OTHER_LESION_CLASS, WEIGHTS_NAME, data_dir, external_dir
 from core.model import Classifier, build_network
 from core.scan import read_scan
@@ -204,7 +205,7 @@ def external_scores(net: torch.nn.Module, scans, image_size: int, workers: int) 
         for s in scans
     ]
     loader = DataLoader(ScanFolder(samples, ClassificationPresetEval(image_size)), batch_size=64, num_workers=workers)
-    logits, _, targets = predict_logits(net, loader, torch.device("cpu"), desc="external", progress=False)
+    logits, _, targets = predict_logits(TorchBackend(net), loader, desc="external", progress=False)
     predicted = logits.argmax(1)
     out: dict[str, Any] = {}
     for source in sorted({s.source for s in samples}):
@@ -276,7 +277,7 @@ def compare_one(arch: str, schedule: Schedule, args: argparse.Namespace, test_sa
     if test_samples:
         with torch.inference_mode():
             report = evaluate_samples(
-                net, test_samples, schedule.image_size, "cpu", 64, args.workers, perturb=False,
+                TorchBackend(net), test_samples, schedule.image_size, 64, args.workers, perturb=False,
                 root=args.data_dir / "Testing", leak_free=leak_free,
             )
         for name, key in (("testing", "testing"), ("leak_free", "testing_leak_free")):

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from core.backend import Backend
+
 from .calibrate import apply_temperature
 
 __all__ = [
@@ -91,28 +93,26 @@ def train_one_epoch(
     )
 
 
-@torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module,
+    backend: Backend,
     loader: Iterable,
-    device: torch.device,
     desc: str = "eval",
     progress: bool = True,
     mirror: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Logits (float32 as the app computes them, returned as float64) for a whole loader, the
-    logits of the horizontally mirrored images when ``mirror`` (else None), and the targets."""
-    model.eval()
+    logits of the horizontally mirrored images when ``mirror`` (else None), and the targets.
+    ``backend``: what runs the network (``core.backend``; the app's own back-ends)."""
     all_logits, all_mirror, all_targets = [], [], []
     for images, targets in _batches(loader, desc, progress):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        all_logits.append(model(images).float().cpu())
+        n = len(images)
+        logits, _ = backend.run(images, mirror=mirror)
+        all_logits.append(logits[:n])
         if mirror:
-            all_mirror.append(model(torch.flip(images, dims=[3])).float().cpu())
-        all_targets.append(torch.as_tensor(targets))
-    logits = torch.cat(all_logits).double().numpy()
-    mirrored = torch.cat(all_mirror).double().numpy() if mirror else None
-    return logits, mirrored, torch.cat(all_targets).numpy()
+            all_mirror.append(logits[n:])
+        all_targets.append(np.asarray(targets))
+    mirrored = np.concatenate(all_mirror) if mirror else None
+    return np.concatenate(all_logits), mirrored, np.concatenate(all_targets)
 
 
 def served_probs(logits: np.ndarray, mirrored: np.ndarray | None = None, temperature: float = 1.0) -> np.ndarray:
@@ -123,9 +123,8 @@ def served_probs(logits: np.ndarray, mirrored: np.ndarray | None = None, tempera
 
 
 def predict_probs(
-    model: torch.nn.Module,
+    backend: Backend,
     loader: Iterable,
-    device: torch.device,
     desc: str = "eval",
     progress: bool = True,
     tta_flip: bool = False,
@@ -136,7 +135,7 @@ def predict_probs(
     The network runs in float32, as the app predicts, so that validation selects what the app
     will run.
     """
-    logits, mirrored, targets = predict_logits(model, loader, device, desc, progress, mirror=tta_flip)
+    logits, mirrored, targets = predict_logits(backend, loader, desc, progress, mirror=tta_flip)
     return served_probs(logits, mirrored, temperature), targets
 
 

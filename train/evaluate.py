@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from core.constants import AUDIT_NAME, CLASS_NAMES, assets_dir, data_dir
 from core.model import load_model
 
 from . import metrics
+from core.backend import Backend
+
 from .data import ScanFolder, class_counts, find_samples, fingerprint, limit_per_class
 from .engine import predict_logits, served_probs
 from .presets import PERTURBATIONS, ClassificationPresetEval, perturbation
@@ -55,10 +56,9 @@ class _Perturbed:
 
 
 def evaluate_samples(
-    model: torch.nn.Module,
+    backend: Backend,
     samples,
     image_size: int,
-    device: torch.device | str = "cpu",
     batch_size: int = 64,
     workers: int = 2,
     tta: bool = False,
@@ -77,10 +77,9 @@ def evaluate_samples(
     ``leak_free``: names (posix, relative to ``root``'s parent, as in the audit report) of the
     samples that form the leak-free subset; its reports reuse the same predictions.
     """
-    device = torch.device(device)
     transform = ClassificationPresetEval(image_size)
     loader = _loader(samples, transform, batch_size, workers)
-    logits, mirrored, targets = predict_logits(model, loader, device, desc="test", progress=progress, mirror=tta)
+    logits, mirrored, targets = predict_logits(backend, loader, desc="test", progress=progress, mirror=tta)
     probs = served_probs(logits, temperature=temperature)
     testing = metrics.report(probs, targets)
     testing["temperature"] = float(temperature)
@@ -118,7 +117,7 @@ def evaluate_samples(
         perturbed: dict[str, float] = {"clean": out["evaluations"]["testing"]["accuracy"]}
         for name in PERTURBATIONS:
             loader = _loader(samples, _Perturbed(name, transform), batch_size, workers)
-            p, _, t = predict_logits(model, loader, device, desc=name, progress=progress)
+            p, _, t = predict_logits(backend, loader, desc=name, progress=progress)
             perturbed[name] = float((p.argmax(1) == t).mean())
             logger.info("perturbation %s: accuracy %.4f", name, perturbed[name])
         names = [n for n in perturbed if n != "clean"]
@@ -200,7 +199,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         samples = limit_per_class(samples, args.max_per_class)
     classifier = load_model(args.weights, device=args.device)
     result = evaluate_samples(
-        classifier.network, samples, classifier.image_size, classifier.device, args.batch_size,
+        classifier.backend, samples, classifier.image_size, args.batch_size,
         args.workers, tta=args.tta, perturb=args.perturb, root=folder,
         leak_free=load_leak_free(args.audit), temperature=classifier.temperature,
     )

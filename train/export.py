@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -33,12 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.backend import Backend, OnnxBackend, TorchBackend
 from core.model import build_network
 from core.ood import forward_with_taps
 from core.ort import INPUT_NAME, ONNX_NAME, OUTPUT_NAMES, OnnxNetwork, open_session
 from core.weights import load_weights, sha256_file, write_model_card
 
-__all__ = ["OnnxScorer", "export_onnx", "fold_grey_stem", "get_args_parser", "grey_input", "main", "scoring_network"]
+__all__ = ["export_onnx", "fold_grey_stem", "get_args_parser", "grey_input", "main", "scoring_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,46 +154,24 @@ def export_onnx(net: torch.nn.Module, card: dict[str, Any], folder: Path) -> dic
     return info
 
 
-class OnnxScorer(torch.nn.Module):
-    """A network exported to ONNX and run by ONNX Runtime, as a module for scoring many scans on
-    the CPU: ``forward`` gives the logits, ``forward_with_taps`` the gate's statistics too (the
-    stages it was exported with). Inputs are the usual (N, 3, H, W) batches."""
-
-    def __init__(self, runtime: OnnxNetwork, exported: tuple[bytes, dict[str, Any]] | None = None):
-        super().__init__()
-        self.runtime = runtime
-        #: The ONNX file's bytes and its ``card["onnx"]`` entry (weights' sha256 still to fill
-        #: in), so that ``train.finalize`` writes this file instead of exporting a second time.
-        self.exported = exported
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.runtime(x)[0]
-
-    def forward_with_taps(self, x: torch.Tensor, stages: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if tuple(stages) != self.runtime.stages:
-            raise ValueError(f"taps of blocks {tuple(stages)} asked, but the graph taps {self.runtime.stages}")
-        return self.runtime(x)
-
-
-def scoring_network(
+def scoring_backend(
     net: torch.nn.Module, card: dict[str, Any], device: torch.device, stages: tuple[int, ...]
-) -> torch.nn.Module:
+) -> tuple[Backend, tuple[bytes, dict[str, Any]] | None]:
     """What ``train.finalize`` scores scans with (calibration and gate features, the Testing
-    reports, the perturbations): on the CPU the network exported to a temporary ONNX file and run
-    by ONNX Runtime, as the app predicts (logits within 1e-4 of PyTorch, checked at export); on
-    CUDA, or without ``onnxruntime``, ``net`` itself.
+    reports, the perturbations), and the exported graph: on the CPU the network exported to a
+    temporary ONNX file and run by ONNX Runtime, as the app predicts (logits within 1e-4 of
+    PyTorch, checked at export), with the file's bytes and its ``card["onnx"]`` entry so that
+    ``train.finalize`` writes it instead of exporting a second time; on CUDA, or without
+    ``onnxruntime``, the PyTorch network (and None).
 
     Why: 400 Testing scans through the data loader took 11.2 s in PyTorch, 7.4 s with folded
     batch norms and 3.9 s in ONNX Runtime on the 2-core CPU (same predictions, logits within
     6e-6), and these steps score about 26,000 images after a training run.
     """
-    if device.type != "cpu":
-        return net
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return net
     net = getattr(net, "module", net)  # DistributedDataParallel
+    size = int(card["image_size"])
+    if device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+        return TorchBackend(net.eval(), device, stages, size, card["mean"], card["std"]), None
     scoring_card = {**card, "weights_sha256": "", "ood": {"stages": list(stages)}}
     with tempfile.TemporaryDirectory(prefix="btmri-onnx-") as folder:
         info = export_onnx(net, scoring_card, Path(folder))
@@ -199,7 +179,7 @@ def scoring_network(
         session = open_session(path)  # read whole: the file may go
         data = path.read_bytes()
     runtime = OnnxNetwork(session, tuple(stages), threads=torch.get_num_threads())
-    return OnnxScorer(runtime, exported=(data, info)).eval()
+    return OnnxBackend(runtime, size, card["mean"], card["std"]), (data, info)
 
 
 def export_beside(weights: Path) -> dict[str, Any]:

@@ -24,11 +24,28 @@ from typing import Any
 
 import torch
 
+from core.backend import Backend
+from core.model import build_network
+from core.ood import OOD_NAME, save_gate
+from core.ort import ONNX_NAME
 from core.constants import EVALUATION_NAME, HISTORY_NAME, WEIGHTS_NAME, data_dir
 from core.weights import load_weights, save_weights, write_model_card
 
+from .calibrate import apply_temperature, calibration_summary, choose_confidence_threshold, fit_temperature
 from .config import TrainConfig
 from .data import class_counts, fingerprint, split_dirs
+from .evaluate import evaluate_samples, load_leak_free
+from .export import export_onnx, scoring_backend
+from .ood import (
+    GATE_STAGES,
+    NON_MRI_REJECT_RATE,
+    VAL_REJECT_RATE,
+    extract,
+    fit_gate,
+    fit_reject_threshold,
+    non_mri_features,
+    rejection_rate,
+)
 from .splits import load_data
 
 __all__ = ["TrustResult", "finalize", "get_args_parser", "main", "trust_steps"]
@@ -55,8 +72,6 @@ class TrustResult:
 
 def _flag_rates(outputs, temperature: float, low_confidence: float) -> dict[str, float]:
     """Shares of a split flagged for low confidence or mirror disagreement, and their accuracy."""
-    from .calibrate import apply_temperature
-
     probs = apply_temperature(outputs.logits, temperature)
     correct = probs.argmax(1) == outputs.targets
     low = probs.max(1) < low_confidence
@@ -74,31 +89,26 @@ def _flag_rates(outputs, temperature: float, low_confidence: float) -> dict[str,
 
 
 def trust_steps(
-    model: torch.nn.Module,
+    backend: Backend,
     card: dict[str, Any],
     config: TrainConfig,
     output: Path,
-    device: torch.device,
     splits: tuple[list, list, list],
     progress: bool = False,
 ) -> TrustResult:
     """Temperature (validation), out-of-distribution gate (Training; threshold on validation),
     low-confidence threshold (validation); measured on Testing, which fits nothing."""
-    from core.ood import OOD_NAME, save_gate
-
-    from .calibrate import apply_temperature, calibration_summary, choose_confidence_threshold, fit_temperature
-    from .ood import NON_MRI_REJECT_RATE, VAL_REJECT_RATE, extract, fit_gate, fit_reject_threshold, non_mri_features, rejection_rate
 
     train_samples, val_samples, test_samples = splits
     if not val_samples:
         raise ValueError("Calibration and the out-of-distribution gate need validation scans; the split gave none.")
     size, batch = card["image_size"], config.batch_size * 2
-    train_out = extract(model, train_samples, size, device, batch, config.workers, progress, "features: train")
-    val_out = extract(model, val_samples, size, device, batch, config.workers, progress, "features: validation", mirror=True)
+    train_out = extract(backend, train_samples, size, batch, config.workers, progress, "features: train")
+    val_out = extract(backend, val_samples, size, batch, config.workers, progress, "features: validation", mirror=True)
     temperature = fit_temperature(val_out.logits, val_out.targets)
     val_cal = calibration_summary(val_out.logits, val_out.targets, temperature)
     gate = fit_gate(train_out.features, train_out.targets, val_out.features, len(card["class_names"]))
-    gate = fit_reject_threshold(gate, non_mri_features(model, size, device))
+    gate = fit_reject_threshold(gate, non_mri_features(backend, size))
     sha = save_gate(gate, output / OOD_NAME, {"arch": str(card["arch"]), "image_size": str(size)})
     low_confidence = choose_confidence_threshold(apply_temperature(val_out.logits, temperature).max(1))
     calibration = {
@@ -117,7 +127,7 @@ def trust_steps(
         "is outside the training data (flagged, still classified)",
         "reject_threshold": gate.reject_threshold,
         "reject_threshold_rule": f"{1 - NON_MRI_REJECT_RATE:.0%} quantile of the distances of the generated non-MRI "
-        "images (benchmarks.non_mri, seed 0) that pass the image checks: above it an input is not a brain MRI",
+        "images (train.non_mri, seed 0) that pass the image checks: above it an input is not a brain MRI",
         "train_images": len(train_samples),
         "training_rejected_by_image_checks": float(train_out.image_rejected.mean()),
         "validation_rejected": rejection_rate(gate, val_out),
@@ -130,7 +140,7 @@ def trust_steps(
     }
     testing_calibration = testing_trust = None
     if test_samples:
-        test_out = extract(model, test_samples, size, device, batch, config.workers, progress, "features: testing", mirror=True)
+        test_out = extract(backend, test_samples, size, batch, config.workers, progress, "features: testing", mirror=True)
         test_cal = calibration_summary(test_out.logits, test_out.targets, temperature)
         calibration["testing"] = {"n_images": len(test_samples), "ece_before": test_cal["ece_before"], "ece_after": test_cal["ece_after"]}
         ood["testing_rejected"] = rejection_rate(gate, test_out)
@@ -222,18 +232,13 @@ def finalize(
         best = card["training"]["best_epoch"]
         card["validation"] = history[best - 1]["val"]
     model.eval()
-    from .export import scoring_network
-    from .ood import GATE_STAGES
-
     # Scans are scored as the app scores them: ONNX Runtime on the CPU (about 3x faster here).
-    scorer = scoring_network(model, card, device, GATE_STAGES)
-    trust = trust_steps(scorer, card, config, output, device, (train_samples, val_samples, test_samples), progress)
+    scorer, exported = scoring_backend(model, card, device, GATE_STAGES)
+    trust = trust_steps(scorer, card, config, output, (train_samples, val_samples, test_samples), progress)
     card.update(trust.card)
     if test_samples:
-        from .evaluate import evaluate_samples, load_leak_free
-
         evaluation = evaluate_samples(
-            scorer, test_samples, card["image_size"], device, config.batch_size * 2, config.workers,
+            scorer, test_samples, card["image_size"], config.batch_size * 2, config.workers,
             tta=config.tta, progress=progress, root=split_dirs(config.data_dir)[1],
             leak_free=load_leak_free(config.audit), temperature=card["temperature"],
         )
@@ -249,7 +254,7 @@ def finalize(
             testing["accuracy"], testing["macro_f1"], testing["n_images"],
         )
     card = save_weights(model, output / WEIGHTS_NAME, card)
-    return _export(model, card, output, getattr(scorer, "exported", None))
+    return _export(model, card, output, exported)
 
 
 def _export(
@@ -257,10 +262,6 @@ def _export(
 ) -> dict[str, Any]:
     """Write ``model.onnx`` for ONNX Runtime (see ``train.export``) and record it in the card:
     the graph already exported for scoring when it taps the gate's stages, else a new export."""
-    from core.ort import ONNX_NAME
-
-    from .export import export_onnx
-
     if exported is not None and exported[1]["stages"] == list((card.get("ood") or {}).get("stages", ())):
         data, info = exported
         (output / ONNX_NAME).write_bytes(data)
@@ -288,8 +289,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from core.model import build_network
-
     state, card = load_weights(args.weights)
     config = TrainConfig.from_dict(card["training"]["config"]).replace(
         data_dir=args.data_dir, audit=args.audit, workers=args.workers, no_test=False, tta=True,

@@ -18,11 +18,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.ood import FeatureGate, forward_with_taps, image_problem
+from core.backend import Backend
+from core.ood import FeatureGate, image_problem
 from core.preprocess import eval_transform
 from core.scan import read_scan
 
 from .data import Sample
+from .non_mri import non_mri_images
 
 __all__ = ["SplitOutputs", "extract", "fit_gate", "fit_reject_threshold", "non_mri_features", "rejection_rate"]
 
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 VAL_REJECT_RATE = 0.005
 #: Blocks whose output statistics the gate reads (measured: see :mod:`core.ood`).
 GATE_STAGES = (2, 4)
-#: Share of the generated non-MRI images (``benchmarks.non_mri``, seed 0) that pass the image
+#: Share of the generated non-MRI images (``train.non_mri``, seed 0) that pass the image
 #: checks and that the gate alone must call "not a brain MRI": the reject threshold is the
 #: matching quantile of their distances. Brain MRIs between the two thresholds are "outside the
 #: training data", not rejected. Measured on another seed of the generator.
@@ -67,44 +69,38 @@ class _Scans(Dataset):
 
 @torch.inference_mode()
 def extract(
-    model: torch.nn.Module,
+    backend: Backend,
     samples: Sequence[Sample],
     image_size: int,
-    device: torch.device,
     batch_size: int = 64,
     workers: int = 2,
     progress: bool = False,
     desc: str = "features",
     mirror: bool = False,
-    stages: tuple[int, ...] = GATE_STAGES,
 ) -> SplitOutputs:
     """Gate features and logits of ``samples`` in one forward pass (float32, as the app runs);
-    with ``mirror``, the mirror images go through the same pass, as in ``core``."""
+    with ``mirror``, the mirror images go through the same pass, as in ``core``. ``backend``
+    taps the gate's stages (``core.backend``)."""
     if not samples:
         raise ValueError("No samples to extract features from.")
-    model.eval()
+    if not backend.stages:
+        raise ValueError("The back-end taps no block statistics; the gate needs them.")
     loader = DataLoader(_Scans(samples, image_size), batch_size=batch_size, num_workers=workers)
     features, logits, mirrored, targets, rejected = [], [], [], [], []
     for images, labels, problems in tqdm(loader, desc=desc, leave=False, disable=not progress):
         n = len(images)
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        if mirror:
-            images = torch.cat([images, torch.flip(images, dims=[3])])
-        # An ONNX Runtime scorer (train.export.OnnxScorer) computes the taps itself.
-        tapped = getattr(model, "forward_with_taps", None)
-        out, taps = tapped(images, stages) if tapped is not None else forward_with_taps(model, images, stages)
-        out = out.double().cpu()
-        features.append(taps[:n].double().cpu())
+        out, taps = backend.run(images, mirror=mirror)
+        features.append(taps[:n])
         logits.append(out[:n])
         mirrored.append(out[n:])
-        targets.append(torch.as_tensor(labels))
-        rejected.append(torch.as_tensor(problems))
+        targets.append(np.asarray(labels))
+        rejected.append(np.asarray(problems))
     return SplitOutputs(
-        features=torch.cat(features).numpy(),
-        logits=torch.cat(logits).numpy(),
-        targets=torch.cat(targets).numpy(),
-        image_rejected=torch.cat(rejected).numpy().astype(bool),
-        mirror_logits=torch.cat(mirrored).numpy() if mirror else None,
+        features=np.concatenate(features),
+        logits=np.concatenate(logits),
+        targets=np.concatenate(targets),
+        image_rejected=np.concatenate(rejected).astype(bool),
+        mirror_logits=np.concatenate(mirrored) if mirror else None,
     )
 
 
@@ -138,19 +134,12 @@ def fit_gate(
 
 
 @torch.inference_mode()
-def non_mri_features(
-    model: torch.nn.Module, image_size: int, device: torch.device, seed: int = NON_MRI_FIT_SEED,
-    stages: tuple[int, ...] = GATE_STAGES,
-) -> np.ndarray:
+def non_mri_features(backend: Backend, image_size: int, seed: int = NON_MRI_FIT_SEED) -> np.ndarray:
     """Gate features of the generated non-MRI images that the image checks let through."""
-    from benchmarks.non_mri import non_mri_images
-
     transform = eval_transform(image_size)
     images = [image for _, image in non_mri_images(seed=seed) if image_problem(image) is None]
-    batch = torch.stack([transform(image) for image in images]).to(device).contiguous(memory_format=torch.channels_last)
-    tapped = getattr(model, "forward_with_taps", None)
-    _, taps = tapped(batch, stages) if tapped is not None else forward_with_taps(model, batch, stages)
-    return taps.double().cpu().numpy()
+    _, taps = backend.run(torch.stack([transform(image) for image in images]))
+    return taps
 
 
 def fit_reject_threshold(gate: FeatureGate, non_mri: np.ndarray, rate: float = NON_MRI_REJECT_RATE) -> FeatureGate:
