@@ -11,49 +11,22 @@ Prints, for the shipped model (or ``--weights``) on this machine's CPU:
 - peak resident memory, and its growth over 500 predict-and-explain calls (issue 8: < 50 MB);
 
 and writes them as JSON (``--output``, default ``benchmarks/results.json``) with the torch
-version, thread count, CPU model, git commit and the load average, so that runs can be compared
-between commits. ``--variants`` also times the inference options one against the other
-(interleaved, so that a busy machine slows all of them alike) and checks that each gives the
-same probabilities as the plain network. A busy machine inflates every figure: compare runs
-taken on a quiet one (the load average is recorded).
+version, thread count, CPU model, git commit and the load average. A busy machine inflates every
+figure: compare runs taken on a quiet one (the load average is recorded).
 
 Usage::
 
     python -m benchmarks                       # shipped model, torch's default thread count
     python -m benchmarks --threads 1 --repeats 100 --output /tmp/one-thread.json
-    python -m benchmarks --variants            # also compare the optimisation options
 
-Measured effect of the inference options (``--variants``): forward pass of EfficientNet-Lite0
-at 192 px, median ms at batch 1 and ms per scan at batch 32, options timed in turn, with 1 and
-2 torch threads; 2-core AMD EPYC, quiet, 2026-11-27 (ONNX rows: the graph for grey input, see
-``train.export``), stored in ``benchmarks/results.json``::
-
-    option                                   1 thread         2 threads        max prob  kept
-                                             b1     b32/scan  b1     b32/scan  diff
-    plain (channels_last, inference_mode)    30.3   34.7      22.8   22.9      0         -
-    contiguous memory format                 31.4   56.2      24.7   39.2      1.2e-06   no
-    torch.no_grad instead of inference_mode  29.4   36.0      22.8   23.6      0         no
-    batch norm folded (core.optimize)        22.7   25.0      18.1   14.3      9.0e-07   yes (1)
-    torch.jit.trace + freeze                 18.3   24.6      15.9   14.8      9.4e-07   no (2)
-    torch.jit.optimize_for_inference         17.1   23.3      12.9   12.6      1.7e-06   no (2)
-    ONNX Runtime, 2 intra-op threads         9.1    7.6       10.1   7.5       1.2e-06   no (3)
-    ONNX Runtime, 2 concurrent runs (core)   12.7   7.7       12.5   7.1       1.2e-06   yes
-    torch.compile                            -      -         -      -         -         no (4)
-
-(1) for CUDA, for models without an ONNX file, and for the Grad-CAM copy (gradients need
-PyTorch). (2) a TorchScript module has no submodules to tap for the out-of-distribution gate,
-and TorchScript is deprecated in torch 2.14. (3) ONNX Runtime columns do not depend on torch's
-thread count (the session's threads are fixed): the two ways of using both cores are equal at
-batch 32; ``predict`` runs a scan and its mirror (batch 2), which the concurrent runs split one
-per core. (4) compiles for minutes on this CPU and needs a C++ toolchain at run time; measure
-with ``--variants --compile``. On this shared 2-core machine single figures vary by +-30 %
-between runs; compare variants within one run.
+The inference options that were measured and not kept (TorchScript, torch.compile, ONNX Runtime
+thread layouts) are compared by ``python -m benchmarks.experiments.inference_variants``; results
+in ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import gc
 import json
@@ -61,7 +34,6 @@ import logging
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -75,7 +47,7 @@ import torch
 from core import load_model, read_scan
 from core.constants import CLASS_NAMES, PROJECT_ROOT, data_dir, default_weights
 
-__all__ = ["TARGETS", "environment", "get_args_parser", "main", "run", "compare_variants"]
+__all__ = ["TARGETS", "environment", "get_args_parser", "main", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -315,141 +287,6 @@ def check_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-# ---------------------------------------------------------------------- options compared
-def _plain_network(weights: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from core.model import build_network
-    from core.weights import load_weights
-
-    state, card = load_weights(weights)
-    net = build_network(card["arch"], num_classes=len(card["class_names"]))
-    net.load_state_dict(state, strict=True)
-    net.eval().requires_grad_(False)
-    return net.to(memory_format=torch.channels_last), card
-
-
-def _variants(plain: torch.nn.Module, example: torch.Tensor, with_compile: bool, weights: Path) -> dict[str, tuple[Any, str]]:
-    """name -> (network or error text, memory format of the input)."""
-    from core.optimize import optimize_for_inference
-
-    found: dict[str, tuple[Any, str]] = {
-        "plain (channels_last, inference_mode)": (plain, "channels_last"),
-        "contiguous memory format": (copy.deepcopy(plain).to(memory_format=torch.contiguous_format), "contiguous"),
-        "no_grad instead of inference_mode": (plain, "no_grad"),
-        "batch norm folded (core.optimize)": (optimize_for_inference(copy.deepcopy(plain)), "channels_last"),
-    }
-    try:
-        with torch.inference_mode():
-            traced = torch.jit.trace(copy.deepcopy(plain), example, check_trace=False)
-        found["torch.jit.trace + freeze"] = (torch.jit.freeze(traced.eval()), "channels_last")
-        with torch.inference_mode():
-            traced = torch.jit.trace(copy.deepcopy(plain), example, check_trace=False)
-        found["torch.jit optimize_for_inference"] = (
-            torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())), "channels_last")
-    except Exception as exc:  # noqa: BLE001 - recorded, not fatal
-        found["torch.jit.trace + freeze"] = (f"failed: {exc}", "")
-    if with_compile:
-        try:
-            compiled = torch.compile(copy.deepcopy(plain), dynamic=False)
-            with torch.inference_mode():
-                compiled(example)  # compiles now, not inside the timing
-            found["torch.compile"] = (compiled, "channels_last")
-        except Exception as exc:  # noqa: BLE001
-            found["torch.compile"] = (f"failed: {type(exc).__name__}: {str(exc)[:200]}", "")
-    found.update(_onnx_variants(weights))
-    return found
-
-
-def _onnx_variants(weights: Path) -> dict[str, tuple[Any, str]]:
-    """The shipped ONNX file (``python -m train.export``) under ONNX Runtime: one run with two
-    intra-op threads, and a batch split across two concurrent single-threaded runs (core's choice)."""
-    from core.ort import OnnxNetwork, load_runtime
-    from core.weights import read_model_card
-
-    card = read_model_card(weights)
-    if not card.get("onnx"):
-        return {"ONNX Runtime": ("no model.onnx recorded in the model card", "")}
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"ONNX Runtime": ("onnxruntime not installed", "")}
-    split = load_runtime(weights.parent, card, threads=2)
-    assert split is not None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    single = ort.InferenceSession(str(weights.parent / card["onnx"]["file"]), options, providers=["CPUExecutionProvider"])
-    return {
-        "ONNX Runtime, 2 intra-op threads": (OnnxNetwork(single, split.stages, threads=1), "onnx"),
-        "ONNX Runtime, 2 concurrent runs (core)": (split, "onnx"),
-    }
-
-
-def compare_variants(weights: Path, root: Path, repeats: int = 30, with_compile: bool = False,
-                     threads: Sequence[int] = (1, 2)) -> dict[str, Any]:
-    """Forward-pass time of each inference option at batch 1 and 32, timed in turn.
-
-    Each round times every option once, so that a change in the machine's load slows all of
-    them alike; ``max_prob_diff`` is the largest probability difference to the plain network
-    over the 32 scans (must stay under 1e-4).
-    """
-    plain, card = _plain_network(weights)
-    from core.preprocess import eval_transform
-
-    transform = eval_transform(int(card["image_size"]), card["mean"], card["std"])
-    scans = [read_scan(f) for f in scan_files(root, BATCH_SIZE)]
-    x32 = torch.stack([transform(s) for s in scans]).contiguous(memory_format=torch.channels_last)
-    x1 = x32[:1].contiguous(memory_format=torch.channels_last)
-    variants = _variants(plain, x1, with_compile, weights)
-    runnable = {name: v for name, v in variants.items() if not isinstance(v[0], str)}
-
-    def forward(net, fmt: str, x: torch.Tensor) -> torch.Tensor:
-        if fmt == "onnx":
-            return net(x.contiguous())[0]
-        if fmt == "contiguous":
-            x = x.contiguous()
-        if fmt == "no_grad":
-            with torch.no_grad():
-                return net(x)
-        with torch.inference_mode():
-            return net(x)
-
-    with torch.inference_mode():
-        reference = torch.softmax(plain(x32).double(), dim=-1)
-    out: dict[str, Any] = {}
-    saved_threads = torch.get_num_threads()
-    try:
-        for n_threads in threads:
-            torch.set_num_threads(n_threads)
-            times: dict[str, dict[int, list[float]]] = {name: {1: [], BATCH_SIZE: []} for name in runnable}
-            for name, (net, fmt) in runnable.items():  # warm-up
-                for _ in range(2):
-                    forward(net, fmt, x1)
-                forward(net, fmt, x32)
-            for round_ in range(repeats):
-                for name, (net, fmt) in runnable.items():
-                    start = time.perf_counter()
-                    forward(net, fmt, x1)
-                    times[name][1].append(time.perf_counter() - start)
-                    if round_ % 5 == 0:
-                        start = time.perf_counter()
-                        forward(net, fmt, x32)
-                        times[name][BATCH_SIZE].append(time.perf_counter() - start)
-            for name, (net, fmt) in runnable.items():
-                probs = torch.softmax(forward(net, fmt, x32).double(), dim=-1)
-                entry = out.setdefault(name, {"max_prob_diff": float((probs - reference).abs().max())})
-                entry[f"threads_{n_threads}"] = {
-                    "batch1_p50_ms": round(statistics.median(times[name][1]) * 1000, 2),
-                    "batch1_min_ms": round(min(times[name][1]) * 1000, 2),
-                    "batch32_per_scan_ms": round(statistics.median(times[name][BATCH_SIZE]) * 1000 / BATCH_SIZE, 2),
-                }
-    finally:
-        torch.set_num_threads(saved_threads)
-    for name, (value, _) in variants.items():
-        if isinstance(value, str):
-            out[name] = {"skipped": value}
-    return out
-
-
 # ---------------------------------------------------------------------- command line
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -463,8 +300,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per figure")
     parser.add_argument("--memory-calls", type=int, default=500, help="predict + explain calls for the memory-growth figure")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
-    parser.add_argument("--variants", action="store_true", help="also compare the inference options (slower)")
-    parser.add_argument("--compile", action="store_true", help="with --variants: include torch.compile (compiles for minutes)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     return parser
 
@@ -528,10 +363,6 @@ def main(args: argparse.Namespace) -> int:
     report["config"] = {"repeats": args.repeats, "memory_calls": args.memory_calls, "batch_size": BATCH_SIZE}
     report["results"] = run(weights, root, args.repeats, args.memory_calls, progress=progress)
     report["targets"] = check_targets(report["results"])
-    if args.variants:
-        progress("comparing inference options")
-        report["variants"] = compare_variants(weights, root, repeats=max(10, args.repeats // 2),
-                                              with_compile=args.compile)
     report["environment"]["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Studies behind design choices, kept runnable; their results are in ``docs/``."""
