@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.constants import AUDIT_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
+from core.constants import AUDIT_NAME, COMPARISON_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
 
 __all__ = [
     "ArtifactError",
@@ -52,6 +52,8 @@ class Artifacts:
     audit: dict[str, Any] | None = None
     #: The evaluation on scans from other sources (``python -m train.evaluate --external``).
     external: dict[str, Any] | None = None
+    #: The architecture comparison (``python -m train.compare``).
+    comparison: dict[str, Any] | None = None
     #: File name -> plain message, for each required file that is missing or malformed.
     problems: dict[str, str] = field(default_factory=dict)
 
@@ -120,6 +122,15 @@ def _check_report(name: str, key: str, report: Any) -> None:
         raise ArtifactError(f"{name}: evaluation {key!r} has a malformed 'confusion_matrix'.")
 
 
+def _check_comparison(name: str, data: dict[str, Any]) -> None:
+    entries = data.get("architectures")
+    if not isinstance(entries, list) or not entries:
+        raise ArtifactError(f"{name} must hold a non-empty list under 'architectures'.")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("arch"), str):
+            raise ArtifactError(f"{name}: architecture entry {i} lacks its 'arch' name.")
+
+
 def _check_evaluation(name: str, data: dict[str, Any]) -> None:
     evaluations = data.get("evaluations")
     if not isinstance(evaluations, Mapping) or "testing" not in evaluations:
@@ -132,14 +143,18 @@ _CHECKS = {
     MODEL_CARD_NAME: _check_card,
     HISTORY_NAME: _check_history,
     EVALUATION_NAME: _check_evaluation,
+    COMPARISON_NAME: _check_comparison,
 }
+#: Files the page shows when present; their absence is not a problem.
+_OPTIONAL = (AUDIT_NAME, EXTERNAL_NAME, COMPARISON_NAME)
+_ALL = (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, *_OPTIONAL)
 
 
 def artifact_stamp(folder: Path | None = None) -> tuple[tuple[str, int, int], ...]:
     """(name, size, mtime) of each artifact: a cache key that changes when a file does."""
     folder = Path(folder) if folder is not None else assets_dir()
     stamp = []
-    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME, EXTERNAL_NAME):
+    for name in _ALL:
         path = folder / name
         try:
             info = path.stat()
@@ -153,15 +168,15 @@ def load_artifacts(folder: Path | None = None) -> Artifacts:
     """Read every artifact in ``folder`` (default: :func:`core.constants.assets_dir`).
 
     Never raises for a missing or malformed file: its content is ``None`` and
-    :attr:`Artifacts.problems` says why. ``audit.json`` and ``external.json`` are optional and
-    are not a problem when absent.
+    :attr:`Artifacts.problems` says why. ``audit.json``, ``external.json`` and ``comparison.json``
+    are optional and are not a problem when absent.
     """
     folder = Path(folder) if folder is not None else assets_dir()
     found: dict[str, dict[str, Any] | None] = {}
     problems: dict[str, str] = {}
-    for name in (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, AUDIT_NAME, EXTERNAL_NAME):
+    for name in _ALL:
         path = folder / name
-        if name in (AUDIT_NAME, EXTERNAL_NAME) and not path.exists():
+        if name in _OPTIONAL and not path.exists():
             found[name] = None
             continue
         try:
@@ -177,6 +192,7 @@ def load_artifacts(folder: Path | None = None) -> Artifacts:
         evaluation=found[EVALUATION_NAME],
         audit=found[AUDIT_NAME],
         external=found[EXTERNAL_NAME],
+        comparison=found[COMPARISON_NAME],
         problems=problems,
     )
 
@@ -346,3 +362,94 @@ def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
             label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
             rows.append(_external_row(SOURCE_TITLES.get(source, source), label, sub, sequence))
     return rows
+
+
+#: Display names of the architectures of ``comparison.json`` (others are shown by their key).
+ARCH_TITLES = {
+    "small_cnn": "Small CNN",
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    "efficientnet_lite1": "EfficientNet-Lite1",
+    "efficientnet_lite2": "EfficientNet-Lite2",
+    "vgg16_bn": "VGG16 (batch norm)",
+    "vgg16": "VGG16",
+}
+
+
+def arch_title(arch: str) -> str:
+    return ARCH_TITLES.get(arch, arch)
+
+
+def external_mean(entry: Mapping[str, Any]) -> float | None:
+    """Mean accuracy over the external sources of one comparison entry (each source counts once)."""
+    values = [s["accuracy"] for s in (entry.get("external") or {}).values() if isinstance(s, Mapping) and "accuracy" in s]
+    return sum(values) / len(values) if values else None
+
+
+def _schedule_text(entry: Mapping[str, Any]) -> str:
+    schedule = entry.get("schedule") or {}
+    start = "ImageNet" if entry.get("pretrained") else "from scratch"
+    text = f"{schedule.get('epochs', '?')} epochs at {schedule.get('image_size', '?')} px, {start}"
+    return text + (f" (reduced: {schedule['reduced']})" if schedule.get("reduced") else "")
+
+
+def architecture_rows(comparison: Mapping[str, Any], shipped_arch: str | None = None) -> list[dict[str, Any]]:
+    """One row per architecture: schedule (any reduction stated), size, cost and accuracy."""
+    sources = sorted({s for e in comparison.get("architectures", []) for s in (e.get("external") or {})})
+    rows = []
+    for entry in comparison.get("architectures", []):
+        external = entry.get("external") or {}
+        row: dict[str, Any] = {
+            "Architecture": arch_title(entry["arch"]) + (" (shipped)" if entry["arch"] == shipped_arch else ""),
+            "Training": _schedule_text(entry),
+            "Parameters (M)": round(entry["params"] / 1e6, 2) if "params" in entry else None,
+            "GFLOPs per scan": round(entry["flops_per_scan"] / 1e9, 2) if "flops_per_scan" in entry else None,
+            "Testing (%)": _pct((entry.get("testing") or {}).get("accuracy")),
+            "Testing macro F1": round(entry["testing"]["macro_f1"], 4) if "testing" in entry else None,
+            "Leak-free (%)": _pct((entry.get("leak_free") or {}).get("accuracy")),
+            "Other sources, mean (%)": _pct(external_mean(entry)),
+        }
+        for source in sources:
+            row[f"{SOURCE_TITLES.get(source, source)} (%)"] = _pct((external.get(source) or {}).get("accuracy"))
+        row["predict p50 (ms)"] = (entry.get("predict_ms") or {}).get("p50")
+        row["Training time (min)"] = round(entry["training_s"] / 60, 1) if "training_s" in entry else None
+        rows.append(row)
+    return rows
+
+
+def architecture_points(comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """(architecture, evaluation set, accuracy %, predict ms) for the accuracy-latency chart:
+    one point per architecture per evaluation set."""
+    points = []
+    for entry in comparison.get("architectures", []):
+        latency = (entry.get("predict_ms") or {}).get("p50")
+        if latency is None:
+            continue
+        sets = [("Official Testing", (entry.get("testing") or {}).get("accuracy")),
+                ("Leak-free Testing", (entry.get("leak_free") or {}).get("accuracy")),
+                ("Other sources (mean)", external_mean(entry))]
+        for name, accuracy in sets:
+            if accuracy is not None:
+                points.append({"arch": arch_title(entry["arch"]), "set": name, "accuracy": 100 * accuracy, "latency_ms": latency})
+    return points
+
+
+def shipped_reason(comparison: Mapping[str, Any], shipped_arch: str | None) -> str | None:
+    """Which architecture is shipped and how it stands in the comparison, from the figures."""
+    entries = [e for e in comparison.get("architectures", []) if "testing" in e]
+    shipped = next((e for e in entries if e["arch"] == shipped_arch), None)
+    if shipped is None:
+        return None
+    best_test = max(entries, key=lambda e: e["testing"]["accuracy"])
+    best_external = max(entries, key=lambda e: external_mean(e) or 0.0)
+    fastest = min(entries, key=lambda e: (e.get("predict_ms") or {}).get("p50", float("inf")))
+
+    def who(entry: Mapping[str, Any]) -> str:
+        return "it" if entry is shipped else arch_title(entry["arch"])
+
+    parts = [
+        f"{arch_title(shipped_arch)} is shipped.",
+        f"Best on the official Testing split: {who(best_test)} ({100 * best_test['testing']['accuracy']:.1f} %);",
+        f"best on other sources: {who(best_external)} ({100 * (external_mean(best_external) or 0):.1f} %);",
+        f"fastest predict: {who(fastest)} ({(fastest.get('predict_ms') or {}).get('p50', float('nan')):.1f} ms).",
+    ]
+    return " ".join(parts)

@@ -13,6 +13,7 @@ from core.model import Prediction
 
 __all__ = [
     "ACCENT",
+    "architecture_figure",
     "MUTED",
     "calibration_figure",
     "confusion_figure",
@@ -179,3 +180,36 @@ def calibration_figure(views: Sequence[tuple[str, Mapping[str, Any]]]) -> go.Fig
     fig.update_xaxes(title_text="Mean confidence in bin", range=[0, 1.02])
     fig.update_yaxes(title_text="Accuracy in bin", range=[0, 1.02])
     return _layout(fig, 380, title_text="Reliability diagram", legend=dict(orientation="h", y=-0.2))
+
+
+#: Marker symbols of the evaluation sets in :func:`architecture_figure`.
+_SET_SYMBOLS = {"Official Testing": "circle", "Leak-free Testing": "square", "Other sources (mean)": "diamond"}
+
+
+def architecture_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Accuracy against ``predict`` latency: one point per architecture per evaluation set
+    (``app.artifacts.architecture_points``), one colour per architecture."""
+    palette = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"]
+    archs = list(dict.fromkeys(p["arch"] for p in points))
+    fig = go.Figure()
+    for i, arch in enumerate(archs):
+        mine = [p for p in points if p["arch"] == arch]
+        fig.add_trace(
+            go.Scatter(
+                x=[p["latency_ms"] for p in mine],
+                y=[p["accuracy"] for p in mine],
+                mode="markers+text",
+                name=arch,
+                text=[arch if p["set"] == "Official Testing" else "" for p in mine],
+                textposition="top center",
+                customdata=[p["set"] for p in mine],
+                marker=dict(size=12, color=palette[i % len(palette)], symbol=[_SET_SYMBOLS.get(p["set"], "circle") for p in mine]),
+                hovertemplate="%{fullData.name}<br>%{customdata}: %{y:.1f} %<br>predict %{x:.1f} ms<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="predict p50 on this CPU (ms, log scale)", type="log")
+    fig.update_yaxes(title_text="Accuracy (%)")
+    return _layout(
+        fig, 420, title_text="Accuracy against latency (circle: official Testing, square: leak-free, diamond: other sources)",
+        legend=dict(orientation="h", y=-0.2),
+    )

@@ -14,9 +14,10 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.frame import ensure_frame
 from app.artifacts import (
     Artifacts,
+    architecture_points,
+    architecture_rows,
     artifact_stamp,
     calibration_views,
     comparison_rows,
@@ -26,9 +27,11 @@ from app.artifacts import (
     per_class_rows,
     perturbed_rows,
     sequence_rows,
+    shipped_reason,
 )
+from app.frame import ensure_frame
 from core.constants import CLASS_LABELS, assets_dir
-from app.figures import calibration_figure, confusion_figure, curve_figure, history_figure
+from app.figures import architecture_figure, calibration_figure, confusion_figure, curve_figure, history_figure
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ _CHART_CONFIG = {"displaylogo": False}
 TAB_KEY = "performance_tab"
 TABS = (
     "Training curves", "Confusion matrix", "ROC and PR curves", "Calibration", "Robustness and audit",
-    "Other sources and shortcut", "Model card",
+    "Other sources and shortcut", "Architectures", "Model card",
 )
 EVALUATION_TABS = TABS[1:4]  # drawn from the chosen evaluation report
 
@@ -252,6 +255,45 @@ def _other_sources_ui(artifacts: Artifacts) -> None:
     _pointing_ui(artifacts.evaluation)
 
 
+def _architectures_ui(artifacts: Artifacts) -> None:
+    comparison = artifacts.comparison
+    if comparison is None:
+        st.info("No architecture comparison is stored: run `python -m train.compare` and copy its "
+                "`comparison.json` to the assets folder.")
+        return
+    shipped = (artifacts.model_card or {}).get("arch")
+    st.markdown(
+        "The study this project began from compared a CNN trained from scratch with transfer learning "
+        "from EfficientNet and VGG16. `python -m train.compare` reruns that comparison: every architecture "
+        "is trained with the project's recipe (same data, split, augmentation and selection on validation) "
+        "and scored the same way."
+    )
+    common = comparison.get("common") or {}
+    machine = comparison.get("machine") or {}
+    st.caption(
+        f"Common schedule: {common.get('epochs')} epochs at {common.get('image_size')} px, batch "
+        f"{common.get('batch_size')}, seed {common.get('seed')}"
+        + (f", training data Kaggle + {', '.join(common['extra_data'])}" if common.get("extra_data") else "")
+        + f". Measured on {machine.get('gpu') or machine.get('cpu', '?')} ({machine.get('threads', '?')} threads), "
+        f"{_date(comparison.get('created'))}. Scores are those of each network alone (no calibration, gate or "
+        "flags), so they differ from the shipped model's served figures above; reductions of a schedule "
+        "on this machine are stated in the Training column."
+    )
+    columns = {k: st.column_config.NumberColumn(format="%.1f %%") for k in architecture_rows(comparison)[0] if k.endswith("(%)")}
+    st.dataframe(architecture_rows(comparison, shipped), hide_index=True, width="stretch",
+                 key="architecture_table", column_config=columns)
+    points = architecture_points(comparison)
+    if points:
+        _chart(st, "architectures", lambda: architecture_figure(points))
+    reason = shipped_reason(comparison, shipped)
+    if reason:
+        st.markdown(
+            f"**Shipped model.** {reason} The shipped architecture must also fit the app's speed budget "
+            "and the one-hour CPU recipe; the shipped weights come from the full recipe (model card), "
+            "not from this shorter comparison run."
+        )
+
+
 def _history_ui(artifacts: Artifacts) -> None:
     if artifacts.history is None:
         st.warning("No training history is stored, so the training curves cannot be shown.")
@@ -438,6 +480,7 @@ def main() -> None:
         lambda: _calibration_ui(report, key, artifacts.model_card or {}),
         lambda: _robustness_and_audit_ui(artifacts),
         lambda: _other_sources_ui(artifacts),
+        lambda: _architectures_ui(artifacts),
         lambda: _model_card_ui(artifacts.model_card, artifacts.evaluation),
     )
     for index, (tab, draw) in enumerate(zip(st.tabs(list(TABS), key=TAB_KEY, on_change="rerun"), sections)):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import make_model_dir
-from core.constants import AUDIT_NAME, CLASS_NAMES, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME
+from core.constants import AUDIT_NAME, CLASS_NAMES, COMPARISON_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME
 from train import metrics
 
 N_EPOCHS = 4
@@ -28,7 +28,10 @@ def _synthetic(n: int, skill: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return probs, targets
 
 
-def make_assets(folder: Path, image_size: int = 64, leak_free: bool = True, audit: bool = True, external: bool = True) -> Path:
+def make_assets(
+    folder: Path, image_size: int = 64, leak_free: bool = True, audit: bool = True, external: bool = True,
+    comparison: bool = True,
+) -> Path:
     """Write model.safetensors, model_card.json, history.json, evaluation.json (and audit.json)."""
     folder.mkdir(parents=True, exist_ok=True)
     make_model_dir(folder, image_size=image_size)
@@ -86,7 +89,36 @@ def make_assets(folder: Path, image_size: int = 64, leak_free: bool = True, audi
         (folder / AUDIT_NAME).write_text(json.dumps({"summary": {"exact_duplicates_across": 3, "near_duplicates_across": 9}}))
     if external:
         (folder / EXTERNAL_NAME).write_text(json.dumps(synthetic_external(seed=11)))
+    if comparison:
+        (folder / COMPARISON_NAME).write_text(json.dumps(synthetic_comparison(seed=12)))
     return folder
+
+
+def synthetic_comparison(seed: int) -> dict:
+    """A comparison.json in the layout ``train.compare`` writes, with random figures; VGG16's
+    schedule reduced, as on a CPU."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for arch, pretrained, reduced in (("small_cnn", None, None), ("efficientnet_lite0", "ImageNet", None),
+                                       ("vgg16_bn", None, "epochs 3 instead of 4, image size 64 instead of 160")):
+        acc = lambda: float(rng.uniform(0.5, 1.0))  # noqa: E731
+        entries.append({
+            "arch": arch, "pretrained": pretrained,
+            "schedule": {"epochs": 3 if reduced else 4, "image_size": 64 if reduced else 160, "freeze_epochs": 0,
+                         "freeze_stages": 0, "reduced": reduced},
+            "params": int(rng.integers(10**5, 10**8)), "flops_per_scan": int(rng.integers(10**8, 10**10)),
+            "training_s": float(rng.uniform(100, 3000)), "hardware": "CPU", "best_epoch": 2,
+            "validation": {"accuracy": acc(), "macro_f1": acc(), "n_images": 100},
+            "testing": {"n_images": 1311, "accuracy": acc(), "macro_f1": acc()},
+            "leak_free": {"n_images": 207, "accuracy": acc(), "macro_f1": acc()},
+            "predict_ms": {"p50": float(rng.uniform(5, 100)), "p90": 120.0, "calls": 30},
+            "external": {"hospital": {"n_images": 50, "accuracy": acc()}, "clinic": {"n_images": 30, "accuracy": acc()}},
+            "history": [],
+        })
+    return {"schema": 1, "created": "2026-12-03T10:00:00+00:00", "class_names": list(CLASS_NAMES),
+            "machine": {"cpu": "test CPU", "threads": 2, "gpu": None},
+            "common": {"epochs": 4, "image_size": 160, "batch_size": 32, "seed": 0, "extra_data": ["tcga-lgg"]},
+            "architectures": entries}
 
 
 def synthetic_external(seed: int) -> dict:

@@ -355,3 +355,51 @@ def test_shortcut_audit_and_pointing_game_are_shown(tmp_path, fixture_assets, mo
     pointing = _table(at, "Hit rate (%)")
     assert pointing["Hit rate (%)"].tolist() == pytest.approx([100 * 2 / 3] * 2)
     assert _table(at, "Largest class (%)")["Scans"].tolist() == [10]
+
+
+# ---------------------------------------------------------------------- architectures
+def test_architecture_comparison_tab(fixture_assets, monkeypatch):
+    from app.artifacts import architecture_points, architecture_rows, external_mean, shipped_reason
+    from core.constants import COMPARISON_NAME
+
+    stored = json.loads((fixture_assets / COMPARISON_NAME).read_text())
+    shipped = json.loads((fixture_assets / "model_card.json").read_text())["arch"]
+    at = _open_tab(_page(fixture_assets, monkeypatch), "Architectures")
+    assert not at.exception
+    table = _table(at, "predict p50 (ms)")
+    assert len(table) == len(stored["architectures"])
+    assert list(table["Architecture"]) == [r["Architecture"] for r in architecture_rows(stored, shipped)]
+    assert [a for a in table["Architecture"] if a.endswith("(shipped)")] == ["EfficientNet-Lite0 (shipped)"]
+    vgg = stored["architectures"][2]
+    assert "reduced: " + vgg["schedule"]["reduced"] in table["Training"][2]  # any reduction is stated
+    assert table["Testing (%)"][1] == pytest.approx(100 * stored["architectures"][1]["testing"]["accuracy"])
+    assert table["Other sources, mean (%)"][0] == pytest.approx(100 * external_mean(stored["architectures"][0]))
+    assert any(t.startswith("Accuracy against latency") for t in _chart_titles(at))
+    chart = next(c for c in at.get("plotly_chart") if "Accuracy against latency" in c.proto.spec)
+    traces = json.loads(chart.proto.spec)["data"]
+    assert sum(len(trace["x"]) for trace in traces) == len(architecture_points(stored)) == 3 * len(stored["architectures"])
+    assert any(shipped_reason(stored, shipped) in m.value for m in at.markdown)
+
+
+def test_shipped_reason_names_the_best_of_each_kind():
+    from app.artifacts import shipped_reason
+    from tests.app_assets import synthetic_comparison
+
+    comparison = synthetic_comparison(seed=3)
+    entries = comparison["architectures"]
+    for entry, accuracy in zip(entries, (0.9, 0.8, 0.7)):
+        entry["testing"]["accuracy"] = accuracy
+    text = shipped_reason(comparison, "efficientnet_lite0")
+    assert text.startswith("EfficientNet-Lite0 is shipped.")
+    assert "official Testing split: Small CNN (90.0 %)" in text
+    assert shipped_reason(comparison, "resnet50") is None
+
+
+def test_page_says_when_no_comparison_is_stored(tmp_path, fixture_assets, monkeypatch):
+    from core.constants import COMPARISON_NAME
+
+    folder = _copy(fixture_assets, tmp_path / "assets")
+    assert not (folder / COMPARISON_NAME).exists()
+    at = _open_tab(_page(folder, monkeypatch), "Architectures")
+    assert not at.exception
+    assert any("python -m train.compare" in i.value for i in at.info)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.artifacts import external_rows, sequence_rows
+from app.artifacts import external_rows
 from core.constants import (
     AUDIT_NAME,
     CLASS_LABELS,
@@ -51,18 +51,6 @@ def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] 
     return card, evaluation, audit
 
 
-def _mean_confidence(report: dict[str, Any]) -> tuple[float, float] | None:
-    """Mean top-class confidence and accuracy of a report, from its calibration bins."""
-    bins = [b for b in report.get("calibration", {}).get("bins", []) if b.get("count")]
-    total = sum(b["count"] for b in bins)
-    if not total:
-        return None
-    return (
-        sum(b["count"] * b["confidence"] for b in bins) / total,
-        sum(b["count"] * b["accuracy"] for b in bins) / total,
-    )
-
-
 def render(folder: Path | None = None) -> str:
     folder = folder or assets_dir()
     card, evaluation, _ = _load(folder)
@@ -78,43 +66,14 @@ def render(folder: Path | None = None) -> str:
         recalls = " | ".join(_pct(r["per_class"][c]["recall"]) if r["support"][c] else "–" for c in CLASS_NAMES)
         ece = _pct(r["calibration"]["ece"]) if isinstance(r.get("calibration"), dict) else "–"
         lines.append(f"| {title} | {r['n_images']} | {_pct(r['accuracy'])} | {r['macro_f1']:.4f} | {ece} | {recalls} |")
-    testing = evals["testing"]
     lines += [
         "",
         "ECE: expected calibration error (15 bins) of the probabilities the app serves (the model's "
         "temperature applied; TTA rows average the scan's and its mirror image's).",
         "",
-        "Confusion matrix on the official Testing split (rows: true class, columns: predicted):",
-        "",
-        "| | " + " | ".join(CLASS_LABELS[c] for c in CLASS_NAMES) + " |",
-        "|---|" + "---:|" * len(CLASS_NAMES),
+        "Confusion matrices, curves, calibration, robustness and per-sequence figures are on the "
+        "model-performance page.",
     ]
-    for name, row in zip(CLASS_NAMES, testing["confusion_matrix"]):
-        lines.append(f"| **{CLASS_LABELS[name]}** | " + " | ".join(str(v) for v in row) + " |")
-    if "leak_free_counts" in evaluation:
-        counts = ", ".join(f"{CLASS_LABELS[c]} {n}" for c, n in evaluation["leak_free_counts"].items())
-        lines += ["", f"Leak-free subset by class: {counts}."]
-    perturbed = evaluation.get("testing_perturbed")
-    if perturbed:
-        lines += ["", "Accuracy on the official Testing split under perturbations (the same scans, altered):", ""]
-        lines += ["| Perturbation | Accuracy |", "|---|---:|"]
-        lines += [f"| {name} | {_pct(acc)} |" for name, acc in perturbed.items()]
-    calibration = card.get("calibration")
-    if calibration:
-        parts = [
-            f"{name} {_pct(c['ece_before'])} before, {_pct(c['ece_after'])} after"
-            for name, c in calibration.items()
-            if isinstance(c, dict) and "ece_before" in c
-        ]
-        lines += ["", f"Calibration (expected calibration error, 15 bins; temperature {card.get('temperature', 1.0):.3f} "
-                  "fitted on validation): " + "; ".join(parts) + "."]
-        means = []
-        for key, title in (("testing", "official Testing split"), ("testing_leak_free", "leak-free subset")):
-            found = _mean_confidence(evals[key]) if key in evals else None
-            if found is not None:
-                means.append(f"{title} {_pct(found[0])} against {_pct(found[1])}")
-        if means:
-            lines += ["", "Mean confidence against accuracy, as served: " + "; ".join(means) + "."]
     external_path = folder / EXTERNAL_NAME
     if external_path.is_file():
         lines += ["", *_external_lines(json.loads(external_path.read_text()))]
@@ -170,9 +129,6 @@ def _external_lines(external: dict[str, Any]) -> list[str]:
         "",
         *_markdown_table(external_rows(external)),
     ]
-    sequences = sequence_rows(external)
-    if sequences:
-        lines += ["", "By sequence, where file names carry it:", "", *_markdown_table(sequences)]
     return lines
 
 
