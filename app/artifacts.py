@@ -410,7 +410,8 @@ def architecture_rows(comparison: Mapping[str, Any], shipped_arch: str | None = 
         }
         for source in sources:
             row[f"{SOURCE_TITLES.get(source, source)} (%)"] = _pct((external.get(source) or {}).get("accuracy"))
-        row["predict p50 (ms)"] = (entry.get("predict_ms") or {}).get("p50")
+        latency = (entry.get("predict_ms") or {}).get("p50")
+        row["predict p50 (ms)"] = round(latency, 1) if latency is not None else None
         row["Training time (min)"] = round(entry["training_s"] / 60, 1) if "training_s" in entry else None
         rows.append(row)
     return rows

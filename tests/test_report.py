@@ -62,3 +62,19 @@ def test_training_line_gives_the_whole_run_when_stored(tmp_path):
     card["training"]["total_wall_time_s"] = card["training"]["wall_time_s"] + 600.0
     card_path.write_text(json.dumps(card))
     assert f"{loop:.1f} min for the training loop, {loop + 10:.1f} min in all with calibration" in render(assets)
+
+
+def test_architecture_table_comes_from_the_stored_comparison(tmp_path):
+    from app_assets import make_assets
+
+    from core.constants import COMPARISON_NAME
+
+    assets = make_assets(tmp_path / "assets")
+    comparison = json.loads((assets / COMPARISON_NAME).read_text())
+    text = render(assets)
+    assert "python -m train.compare" in text
+    for entry in comparison["architectures"]:
+        assert f"{100 * entry['testing']['accuracy']:.2f} %" in text
+    assert "(reduced: " in text and "EfficientNet-Lite0 (shipped)" in text
+    (assets / COMPARISON_NAME).unlink()
+    assert "python -m train.compare" not in render(assets)

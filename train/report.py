@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.artifacts import external_rows
+from app.artifacts import architecture_rows, external_rows
 from core.constants import (
     AUDIT_NAME,
     CLASS_LABELS,
     CLASS_NAMES,
+    COMPARISON_NAME,
     EVALUATION_NAME,
     EXTERNAL_NAME,
     MODEL_CARD_NAME,
@@ -77,6 +78,9 @@ def render(folder: Path | None = None) -> str:
     external_path = folder / EXTERNAL_NAME
     if external_path.is_file():
         lines += ["", *_external_lines(json.loads(external_path.read_text()))]
+    comparison_path = folder / COMPARISON_NAME
+    if comparison_path.is_file():
+        lines += ["", *_comparison_lines(json.loads(comparison_path.read_text()), card.get("arch"))]
     training = card["training"]
     config = training["config"]
     data = card["data"]
@@ -117,6 +121,24 @@ def _markdown_table(rows: list[dict[str, Any]]) -> list[str]:
              "|" + "|".join("---:" if c.endswith("(%)") or c == "N" else "---" for c in columns) + "|"]
     lines += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in rows]
     return lines
+
+
+#: The architecture table's columns in the README (the page shows every source too).
+_COMPARISON_COLUMNS = (
+    "Architecture", "Training", "Parameters (M)", "GFLOPs per scan", "Testing (%)", "Leak-free (%)",
+    "Other sources, mean (%)", "predict p50 (ms)", "Training time (min)",
+)
+
+
+def _comparison_lines(comparison: dict[str, Any], shipped_arch: str | None) -> list[str]:
+    """The architecture comparison (``python -m train.compare``), the page's rows."""
+    rows = [{c: row[c] for c in _COMPARISON_COLUMNS} for row in architecture_rows(comparison, shipped_arch)]
+    return [
+        "Architectures trained the same way (`python -m train.compare`; each network alone, without "
+        f"calibration, gate or flags; {comparison.get('machine', {}).get('cpu', '?')}):",
+        "",
+        *_markdown_table(rows),
+    ]
 
 
 def _external_lines(external: dict[str, Any]) -> list[str]:
