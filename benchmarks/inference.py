@@ -46,6 +46,7 @@ import torch
 
 from core import load_model, read_scan
 from core.constants import CLASS_NAMES, PROJECT_ROOT, data_dir, default_weights
+from train.data import find_samples
 
 __all__ = ["TARGETS", "environment", "get_args_parser", "main", "run"]
 
@@ -159,7 +160,8 @@ def scan_files(root: Path, count: int) -> list[Path]:
     testing = root / "Testing"
     if not testing.is_dir():
         raise SystemExit(f"No Testing folder under {str(root)!r}; pass --data-dir (or set $BTMRI_DATA).")
-    per_class = [sorted(p for p in (testing / name).glob("*") if p.is_file()) for name in CLASS_NAMES]
+    samples = find_samples(testing)
+    per_class = [[s.path for s in samples if s.label == label] for label in range(len(CLASS_NAMES))]
     files: list[Path] = []
     for i in range(max(map(len, per_class), default=0)):
         files += [paths[i] for paths in per_class if i < len(paths)]

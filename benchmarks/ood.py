@@ -24,6 +24,7 @@ from core import load_model, read_scan
 from core.constants import data_dir
 from core.model import Classifier
 
+from train.data import find_samples, limit_per_class
 from train.non_mri import non_mri_images
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,8 @@ def _testing_files(root: Path, max_per_class: int | None) -> list[Path]:
     testing = root / "Testing"
     if not testing.is_dir():
         raise SystemExit(f"No Testing folder under {str(root)!r}; pass --data-dir.")
-    files = []
-    for folder in sorted(p for p in testing.iterdir() if p.is_dir()):
-        found = sorted(f for f in folder.iterdir() if f.is_file())
-        files += found[:max_per_class] if max_per_class else found
-    return files
+    samples = find_samples(testing)
+    return [s.path for s in (limit_per_class(samples, max_per_class) if max_per_class else samples)]
 
 
 def measure(model: Classifier, root: Path, max_per_class: int | None = None, seed: int = 1) -> dict[str, Any]:

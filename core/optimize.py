@@ -1,5 +1,5 @@
-"""Inference-only rewrites of the prediction network (never of the Grad-CAM copy, which needs
-the original modules for its hooks).
+"""Inference-only rewrites of the prediction network (the Grad-CAM copy in ``core.cam`` is
+made from the rewritten network; its target layer keeps its place).
 
 :func:`optimize_for_inference` folds each batch norm into the convolution before it: the
 network then runs one convolution where it ran a convolution and a normalisation. The rewrite
@@ -7,7 +7,7 @@ is checked on a random input against the original network, and dropped (with a w
 the outputs differ, so a model that it does not understand is served as it is.
 
 Measured on the shipped EfficientNet-Lite0 (192 px, 2-core CPU; ``python -m benchmarks``): see
-the table in ``benchmarks/inference.py``. Options measured and *not* kept are listed there too.
+``docs/performance.md``, with the options measured and not kept.
 """
 
 from __future__ import annotations

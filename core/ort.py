@@ -9,7 +9,7 @@ for CUDA. When the card names no ONNX file, or ``onnxruntime`` is not installed,
 through PyTorch as before.
 
 Why: on the 2-core development CPU ONNX Runtime runs the shipped network about twice as fast as
-PyTorch with the batch norms folded (figures in ``benchmarks/inference.py``), with the same
+PyTorch with the batch norms folded (figures in ``docs/performance.md``), with the same
 probabilities within 1e-6. A batch is split across ``threads`` concurrent single-threaded runs
 of one session (a session is safe to run from several threads): measured faster at batch 32
 than one run with two intra-op threads. :meth:`OnnxNetwork.map` spreads the preprocessing the same

@@ -221,10 +221,10 @@ def _fragment_sources(data_root: Path | None, n: int) -> list[Path]:
     if not testing.is_dir():
         logger.warning("no Testing folder under %s: MRI fragments are left out", data_root)
         return []
-    per_class = []
-    for folder in sorted(p for p in testing.iterdir() if p.is_dir()):
-        per_class.append(sorted(folder.glob("*.jpg"))[: max(1, n // 4)])
-    return [p for files in per_class for p in files]
+    from .data import find_samples
+
+    samples = find_samples(testing)
+    return [p for label in sorted({s.label for s in samples}) for p in [s.path for s in samples if s.label == label][: max(1, n // 4)]]
 
 
 def non_mri_images(seed: int = 0, data_root: Path | None = None, n_fragment_scans: int = 8) -> list[tuple[str, Image.Image]]:
