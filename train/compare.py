@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from .external import find_external
 from .presets import ClassificationPresetEval
 from .pretrained import PRETRAINED_PACKAGES
 
-__all__ = ["DEFAULT_ARCHS", "Schedule", "get_args_parser", "main"]
+__all__ = ["DEFAULT_ARCHS", "CompareConfig", "Schedule", "get_args_parser", "main"]
 
 logger = logging.getLogger("train.compare")
 
@@ -77,6 +77,36 @@ class Schedule:
     freeze_stages: int
     #: What differs from the common schedule, in words (None: nothing).
     reduced: str | None = None
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What one comparison run depends on (``python -m train.compare --help``)."""
+
+    data_dir: Path = field(default_factory=data_dir)
+    extra_data: tuple[Path, ...] = ()
+    external: Path | None = None
+    output: Path = Path("runs/compare")
+    archs: tuple[str, ...] = DEFAULT_ARCHS
+    epochs: int = 4
+    image_size: int = 160
+    freeze_epochs: int = 1
+    freeze_stages: int = 2
+    reduce: tuple[str, ...] = ()
+    batch_size: int = 32
+    seed: int = 0
+    workers: int = 2
+    max_per_class: int | None = None
+    max_external: int | None = None
+    resume: bool = False
+    no_progress: bool = False
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> CompareConfig:
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        for name in ("extra_data", "archs", "reduce"):
+            values[name] = tuple(values[name])
+        return cls(**values)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -131,34 +161,34 @@ def parse_reductions(items: Sequence[str], archs: Sequence[str]) -> dict[str, di
     return out
 
 
-def schedule_for(arch: str, args: argparse.Namespace, reductions: dict[str, dict[str, int]]) -> Schedule:
+def schedule_for(arch: str, config: CompareConfig, reductions: dict[str, dict[str, int]]) -> Schedule:
     """The common schedule, with ImageNet weights where they ship offline, and any reduction."""
     pretrained = arch in PRETRAINED_PACKAGES
     change = reductions.get(arch, {})
-    epochs = change.get("epochs", args.epochs)
-    image_size = change.get("image_size", args.image_size)
+    epochs = change.get("epochs", config.epochs)
+    image_size = change.get("image_size", config.image_size)
     reduced = ", ".join(
-        f"{key.replace('_', ' ')} {value} instead of {getattr(args, key)}"
-        for key, value in change.items() if value != getattr(args, key)
+        f"{key.replace('_', ' ')} {value} instead of {getattr(config, key)}"
+        for key, value in change.items() if value != getattr(config, key)
     ) or None
     return Schedule(
         epochs=epochs,
         image_size=image_size,
         pretrained=pretrained,
-        freeze_epochs=min(args.freeze_epochs, epochs - 1) if pretrained else 0,
-        freeze_stages=args.freeze_stages if pretrained and arch.startswith("efficientnet") else 0,
+        freeze_epochs=min(config.freeze_epochs, epochs - 1) if pretrained else 0,
+        freeze_stages=config.freeze_stages if pretrained and arch.startswith("efficientnet") else 0,
         reduced=reduced,
     )
 
 
-def train_config(arch: str, schedule: Schedule, args: argparse.Namespace, folder: Path) -> TrainConfig:
+def train_config(arch: str, schedule: Schedule, config: CompareConfig, folder: Path) -> TrainConfig:
     """The project's recipe for ``arch`` with ``schedule``: weights, card and history only."""
     return TrainConfig(
-        data_dir=args.data_dir, extra_data=tuple(args.extra_data), output=folder, arch=arch,
+        data_dir=config.data_dir, extra_data=tuple(config.extra_data), output=folder, arch=arch,
         epochs=schedule.epochs, image_size=schedule.image_size, freeze_epochs=schedule.freeze_epochs,
-        freeze_stages=schedule.freeze_stages, batch_size=args.batch_size, seed=args.seed,
-        workers=args.workers, no_pretrained=not schedule.pretrained, max_per_class=args.max_per_class,
-        no_progress=args.no_progress, no_finalize=True,
+        freeze_stages=schedule.freeze_stages, batch_size=config.batch_size, seed=config.seed,
+        workers=config.workers, no_pretrained=not schedule.pretrained, max_per_class=config.max_per_class,
+        no_progress=config.no_progress, no_finalize=True,
     )
 
 
@@ -251,13 +281,13 @@ def _history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def compare_one(arch: str, schedule: Schedule, args: argparse.Namespace, test_samples, leak_free, external) -> dict[str, Any]:
+def compare_one(arch: str, schedule: Schedule, config: CompareConfig, test_samples, leak_free, external) -> dict[str, Any]:
     """Train ``arch`` with ``schedule``, then score it; returns its comparison entry."""
     from .train import main as train_main
 
-    folder = args.output / arch
+    folder = config.output / arch
     logger.info("%s: training (%s)", arch, schedule)
-    result = train_main(train_config(arch, schedule, args, folder))
+    result = train_main(train_config(arch, schedule, config, folder))
     state, card = load_weights(folder / WEIGHTS_NAME)
     net = build_network(arch, num_classes=len(CLASS_NAMES))
     net.load_state_dict(state)
@@ -277,8 +307,8 @@ def compare_one(arch: str, schedule: Schedule, args: argparse.Namespace, test_sa
     if test_samples:
         with torch.inference_mode():
             report = evaluate_samples(
-                TorchBackend(net), test_samples, schedule.image_size, 64, args.workers, perturb=False,
-                root=args.data_dir / "Testing", leak_free=leak_free,
+                TorchBackend(net), test_samples, schedule.image_size, 64, config.workers, perturb=False,
+                root=config.data_dir / "Testing", leak_free=leak_free,
             )
         for name, key in (("testing", "testing"), ("leak_free", "testing_leak_free")):
             if key in report["evaluations"]:
@@ -289,39 +319,39 @@ def compare_one(arch: str, schedule: Schedule, args: argparse.Namespace, test_sa
         entry["predict_ms"] = predict_latency_ms(classifier, image)
     if external:
         with torch.inference_mode():
-            entry["external"] = external_scores(net, external, schedule.image_size, args.workers)
+            entry["external"] = external_scores(net, external, schedule.image_size, config.workers)
     return entry
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def main(config: CompareConfig) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if len(set(args.archs)) != len(args.archs):
-        raise SystemExit(f"--archs lists an architecture twice: {args.archs}.")
-    for arch in args.archs:
+    if len(set(config.archs)) != len(config.archs):
+        raise SystemExit(f"--archs lists an architecture twice: {config.archs}.")
+    for arch in config.archs:
         build_network(arch)  # unknown names fail here, before any training
-    reductions = parse_reductions(args.reduce, args.archs)
-    schedules = {arch: schedule_for(arch, args, reductions) for arch in args.archs}
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / COMPARISON_NAME
+    reductions = parse_reductions(config.reduce, config.archs)
+    schedules = {arch: schedule_for(arch, config, reductions) for arch in config.archs}
+    config.output.mkdir(parents=True, exist_ok=True)
+    path = config.output / COMPARISON_NAME
 
-    _, test_dir = split_dirs(args.data_dir)
+    _, test_dir = split_dirs(config.data_dir)
     test_samples = find_samples(test_dir)
-    if args.max_per_class:
-        test_samples = limit_per_class(test_samples, args.max_per_class)
-    leak_free = load_leak_free(None) if not args.max_per_class else None
-    external_root = args.external or (external_dir() if external_dir().is_dir() else None)
-    external = _limit_external(find_external(external_root), args.max_external) if external_root else []
+    if config.max_per_class:
+        test_samples = limit_per_class(test_samples, config.max_per_class)
+    leak_free = load_leak_free(None) if not config.max_per_class else None
+    external_root = config.external or (external_dir() if external_dir().is_dir() else None)
+    external = _limit_external(find_external(external_root), config.max_external) if external_root else []
 
     previous = {}
-    if args.resume and path.is_file():
+    if config.resume and path.is_file():
         previous = {e["arch"]: e for e in json.loads(path.read_text())["architectures"]}
     entries = []
     started = time.perf_counter()
-    for arch in args.archs:
+    for arch in config.archs:
         same = previous.get(arch, {}).get("schedule") == {k: v for k, v in vars(schedules[arch]).items() if k != "pretrained"}
-        entry = previous[arch] if same else compare_one(arch, schedules[arch], args, test_samples, leak_free, external)
+        entry = previous[arch] if same else compare_one(arch, schedules[arch], config, test_samples, leak_free, external)
         entries.append(entry)
-        result = _result(args, entries, external_root, len(test_samples), time.perf_counter() - started)
+        result = _result(config, entries, external_root, len(test_samples), time.perf_counter() - started)
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         logger.info(
             "%s: Testing %.4f, leak-free %s, %.1f ms per predict; wrote %s",
@@ -331,22 +361,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _result(args, entries, external_root, n_testing: int, seconds: float) -> dict[str, Any]:
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _result(config: CompareConfig, entries, external_root, n_testing: int, seconds: float) -> dict[str, Any]:
     return {
         "schema": 1,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m train.compare " + " ".join(sys.argv[1:]),
+        "config": {f.name: _plain(getattr(config, f.name)) for f in fields(config)},
         "class_names": list(CLASS_NAMES),
         "machine": _machine(),
         "common": {
-            "epochs": args.epochs,
-            "image_size": args.image_size,
-            "freeze_epochs": args.freeze_epochs,
-            "freeze_stages": args.freeze_stages,
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "extra_data": [Path(p).name for p in args.extra_data],
-            "max_per_class": args.max_per_class,
+            "epochs": config.epochs,
+            "image_size": config.image_size,
+            "freeze_epochs": config.freeze_epochs,
+            "freeze_stages": config.freeze_stages,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "extra_data": [Path(p).name for p in config.extra_data],
+            "max_per_class": config.max_per_class,
         },
         "scores": "network alone (no calibration, gate or flags); external: the four known classes, "
         f"'{OTHER_LESION_CLASS}' lesions as the share called no tumour",
