@@ -323,7 +323,9 @@ def compare_one(arch: str, schedule: Schedule, config: CompareConfig, test_sampl
     return entry
 
 
-def main(config: CompareConfig) -> dict[str, Any]:
+def main(args: argparse.Namespace | CompareConfig) -> dict[str, Any]:
+    """Train and score every architecture; writes and returns the comparison."""
+    config = args if isinstance(args, CompareConfig) else CompareConfig.from_namespace(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if len(set(config.archs)) != len(config.archs):
         raise SystemExit(f"--archs lists an architecture twice: {config.archs}.")
