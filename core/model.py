@@ -57,7 +57,7 @@ class _Outputs:
 
     probs: torch.Tensor  # (N, C) calibrated, mirror-averaged when tta
     plain: torch.Tensor  # (N, C) calibrated, scans as they are
-    mirror: torch.Tensor  # (N, C) calibrated, mirror images
+    mirror: torch.Tensor | None  # (N, C) calibrated, mirror images (None: not run)
     features: np.ndarray | None  # (N, D) gate features of the scans as they are (None: no gate)
     problems: list[str | None]  # what the image checks object to, per scan (None: nothing)
 
@@ -90,8 +90,12 @@ class Classifier:
         tta: bool = False,
         gate: FeatureGate | None = None,
         runtime: OnnxNetwork | None = None,
+        mirror_check: bool = True,
     ):
         self.card = card
+        #: Run each scan's mirror image too and flag the scan when the two get different
+        #: classes (with ``tta`` the mirror image always runs, for the average).
+        self.mirror_check = bool(mirror_check)
         #: Out-of-distribution gate on the pooled features (None: image checks only).
         self.gate = gate
         self.image_limits = ImageLimits()
@@ -148,15 +152,16 @@ class Classifier:
         parts = self.backend.map(self._prepare, images)
         batch = np.concatenate([part[0] for part in parts])
         problems = [problem for part in parts for problem in part[1]]
-        logits, taps = self.backend.run(batch, mirror=True)
+        mirrored = self.tta or self.mirror_check
+        logits, taps = self.backend.run(batch, mirror=mirrored)
         features = taps[:n] if taps is not None and self.gate is not None else None
         probs = torch.from_numpy(softmax(logits, self.temperature))
-        plain, mirror = probs[:n], probs[n:]
+        plain, mirror = probs[:n], (probs[n:] if mirrored else None)
         averaged = (plain + mirror) / 2 if self.tta else plain
         return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features, problems=problems)
 
     def _flags(
-        self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor, ood: str | None, outside: str | None = None
+        self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor | None, ood: str | None, outside: str | None = None
     ) -> tuple[str, ...]:
         flags = []
         if ood is not None:
@@ -166,6 +171,8 @@ class Classifier:
         confidence = float(probs.max())
         if confidence < self.low_confidence:
             flags.append(f"low confidence ({confidence:.0%}, below {self.low_confidence:.0%})")
+        if mirror is None or not self.mirror_check:
+            return tuple(flags)
         plain_label, mirror_label = (self.class_names[int(p.argmax())] for p in (plain, mirror))
         if plain_label != mirror_label:
             flags.append(
@@ -187,7 +194,7 @@ class Classifier:
                 ood = f"far from any brain MRI the model learned from: out-of-distribution score {score:.2f} > {reject:.2f}"
             elif ood is None and score > 1.0:
                 outside = f"unlike the training scans: out-of-distribution score {score:.2f} > 1"
-            flags = self._flags(out.probs[i], out.plain[i], out.mirror[i], ood, outside)
+            flags = self._flags(out.probs[i], out.plain[i], out.mirror[i] if out.mirror is not None else None, ood, outside)
             results.append(self._to_prediction(out.probs[i], score, ood, flags, outside is not None))
         return results
 
