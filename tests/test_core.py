@@ -198,3 +198,23 @@ def test_shipped_model_on_real_scans(shipped_model, scan_paths):
     """The committed model recognises one clear scan of each class."""
     for name, path in scan_paths.items():
         assert shipped_model.predict(read_scan(path)).label == name
+
+
+def test_without_the_mirror_check_the_scan_runs_alone(tiny_model, scan_paths):
+    """mirror_check=False: one pass per scan, the same probabilities, no mirror flag."""
+    from core.model import Classifier
+
+    single = Classifier(tiny_model.network, tiny_model.card, mirror_check=False)
+    calls = []
+    run = single.backend.run
+    single.backend.run = lambda batch, mirror=False: calls.append((len(batch), mirror)) or run(batch, mirror)
+    images = [read_scan(scan_paths[name]) for name in CLASS_NAMES]
+    got, expected = single.predict_batch(images), tiny_model.predict_batch(images)
+    assert calls == [(len(images), False)]
+    for a, b in zip(got, expected):
+        assert a.label == b.label
+        assert all(abs(a.probabilities[c] - b.probabilities[c]) < 1e-6 for c in CLASS_NAMES)
+        assert not any(f.startswith("the mirror image") for f in a.flags)
+        assert set(a.flags) <= set(b.flags)
+    with_tta = Classifier(tiny_model.network, tiny_model.card, tta=True, mirror_check=False)
+    assert with_tta.predict(images[0]).probabilities == pytest.approx(Classifier(tiny_model.network, tiny_model.card, tta=True).predict(images[0]).probabilities)
