@@ -90,6 +90,8 @@ def extra_dir() -> Path:
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 megapixels: far above any MRI slice, far below a decompression bomb
 MIN_SIDE = 32  # pixels; smaller images cannot be a brain MRI slice
+#: Larger images are downscaled on reading (the model sees 192 px; the viewer needs no more).
+MAX_SIDE = 2048
 #: Reading refuses an image whose longer side is over 10 times the shorter: a strip, not one
 #: slice (core.pixels.check_dimensions). Not to be confused with MRI_MAX_ASPECT below.
 READ_MAX_ASPECT = 10.0

@@ -15,7 +15,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .constants import MAX_PIXELS, MAX_UPLOAD_BYTES
+from .constants import MAX_PIXELS, MAX_SIDE, MAX_UPLOAD_BYTES
 from .pixels import WARNINGS_LOCK, ScanError, check_dimensions, stretch_to_uint8
 
 __all__ = ["ScanError", "ScanSource", "read_scan", "MAX_SIDE"]
@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 ScanSource = Union[bytes, bytearray, memoryview, str, Path, BinaryIO]
 
-#: Larger images are downscaled on reading (the model sees 224 px; the viewer needs no more).
-MAX_SIDE = 2048
 
 #: Pillow plugins tried on an upload (MPO, a multi-picture JPEG, is opened by the JPEG plugin);
 #: no other parser ever sees the bytes.
