@@ -78,7 +78,7 @@ def test_comparison_end_to_end(generated, tmp_path):
         assert entry["params"] == sum(p.numel() for p in net.parameters())
         assert entry["flops_per_scan"] > 2 * entry["params"] * 0.01
         assert entry["testing"]["n_images"] == 12 and 0 <= entry["testing"]["accuracy"] <= 1
-        assert entry["predict_ms"]["p50"] > 0 and entry["training_s"] > 0
+        assert entry["predict_ms"]["p50"] > 0 and entry["predict_ms"]["interleaved"] and entry["training_s"] > 0
         assert set(entry["external"]) == {"hospital_a", "hospital_b"}
         for source in entry["external"].values():
             assert source["n_images"] == 4 and source["other_lesions"] == 2
@@ -96,7 +96,9 @@ def test_resume_reuses_finished_architectures(generated, tmp_path):
     ]
     first = main(get_args_parser().parse_args(base))
     again = main(get_args_parser().parse_args(base + ["--resume"]))
-    assert again["architectures"] == first["architectures"]
+    # the trained entries are kept; only the latency is measured again (all in the same rounds)
+    strip = lambda entries: [{k: v for k, v in e.items() if k != "predict_ms"} for e in entries]  # noqa: E731
+    assert strip(again["architectures"]) == strip(first["architectures"])
 
 
 def test_flops_scale_with_the_input_area():

@@ -201,19 +201,6 @@ def flops_per_scan(net: torch.nn.Module, image_size: int) -> int:
     return int(counter.get_total_flops())
 
 
-def predict_latency_ms(classifier: Classifier, image: Image.Image, calls: int = _LATENCY_CALLS) -> dict[str, float]:
-    """p50 and p90 of ``classifier.predict`` on one scan, after three warm-up calls."""
-    for _ in range(3):
-        classifier.predict(image)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        classifier.predict(image)
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return {"p50": round(statistics.median(times), 2), "p90": round(times[int(0.9 * (len(times) - 1))], 2), "calls": calls}
-
-
 def _limit_external(scans, n: int | None):
     if not n:
         return scans
@@ -314,9 +301,6 @@ def compare_one(arch: str, schedule: Schedule, config: CompareConfig, test_sampl
             if key in report["evaluations"]:
                 r = report["evaluations"][key]
                 entry[name] = {"n_images": r["n_images"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
-        image = read_scan(test_samples[0].path)
-        classifier = Classifier(net, card)
-        entry["predict_ms"] = predict_latency_ms(classifier, image)
     if external:
         with torch.inference_mode():
             entry["external"] = external_scores(net, external, schedule.image_size, config.workers)
@@ -356,11 +340,45 @@ def main(args: argparse.Namespace | CompareConfig) -> dict[str, Any]:
         result = _result(config, entries, external_root, len(test_samples), time.perf_counter() - started)
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         logger.info(
-            "%s: Testing %.4f, leak-free %s, %.1f ms per predict; wrote %s",
-            arch, entry.get("testing", {}).get("accuracy", float("nan")),
-            entry.get("leak_free", {}).get("accuracy"), entry.get("predict_ms", {}).get("p50", float("nan")), path,
+            "%s: Testing %.4f, leak-free %s; wrote %s",
+            arch, entry.get("testing", {}).get("accuracy", float("nan")), entry.get("leak_free", {}).get("accuracy"), path,
         )
+    if test_samples:
+        # Latency last, all architectures in the same rounds: a busy moment slows them alike.
+        latencies = interleaved_latencies(config, read_scan(test_samples[0].path))
+        for entry in entries:
+            entry["predict_ms"] = latencies[entry["arch"]]
+        result = _result(config, entries, external_root, len(test_samples), time.perf_counter() - started)
+        path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        logger.info("predict p50: %s ms; wrote %s", {a: v["p50"] for a, v in latencies.items()}, path)
     return result
+
+
+def interleaved_latencies(config: CompareConfig, image: Image.Image, calls: int = _LATENCY_CALLS) -> dict[str, dict[str, Any]]:
+    """``Classifier.predict`` latency (PyTorch back-end, one scan, mirror pass included, as the
+    app predicts) of every trained architecture, measured in interleaved rounds: each round
+    calls each architecture once."""
+    classifiers = {}
+    for arch in config.archs:
+        state, card = load_weights(config.output / arch / WEIGHTS_NAME)
+        net = build_network(arch, num_classes=len(CLASS_NAMES))
+        net.load_state_dict(state)
+        classifiers[arch] = Classifier(net, card)
+    for classifier in classifiers.values():
+        for _ in range(3):
+            classifier.predict(image)
+    times: dict[str, list[float]] = {arch: [] for arch in classifiers}
+    for _ in range(calls):
+        for arch, classifier in classifiers.items():
+            start = time.perf_counter()
+            classifier.predict(image)
+            times[arch].append((time.perf_counter() - start) * 1000)
+    out = {}
+    for arch, values in times.items():
+        values.sort()
+        out[arch] = {"p50": round(statistics.median(values), 2), "p90": round(values[int(0.9 * (len(values) - 1))], 2),
+                     "calls": calls, "interleaved": True, "threads": torch.get_num_threads()}
+    return out
 
 
 def _plain(value: Any) -> Any:
