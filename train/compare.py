@@ -48,7 +48,7 @@ from core.model import Classifier, build_network
 from core.scan import read_scan
 from core.weights import load_weights
 
-from .config import TrainConfig
+from .config import TrainConfig, plain
 from .data import Sample, ScanFolder, find_samples, limit_per_class, split_dirs
 from .engine import predict_logits
 from .evaluate import evaluate_samples, load_leak_free
@@ -381,19 +381,11 @@ def interleaved_latencies(config: CompareConfig, image: Image.Image, calls: int 
     return out
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _result(config: CompareConfig, entries, external_root, n_testing: int, seconds: float) -> dict[str, Any]:
     return {
         "schema": 1,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": {f.name: _plain(getattr(config, f.name)) for f in fields(config)},
+        "config": {f.name: plain(getattr(config, f.name)) for f in fields(config)},
         "class_names": list(CLASS_NAMES),
         "machine": _machine(),
         "common": {

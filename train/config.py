@@ -24,6 +24,15 @@ SPLITS = ("group", "stratified", "group-strict")
 _PATH_FIELDS = ("data_dir", "output", "audit")
 
 
+def plain(value: Any) -> Any:
+    """``value`` ready for JSON: paths as strings, tuples as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on (``python -m train --help`` says what each does)."""
@@ -97,11 +106,4 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (paths as strings), as stored in the model card."""
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            if isinstance(value, (list, tuple)):
-                return [plain(v) for v in value]
-            return value
-
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

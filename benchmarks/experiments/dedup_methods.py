@@ -12,7 +12,6 @@ included) separate them. Results: ``docs/audit.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.experiments import emit
 from core.constants import data_dir
 from core.preprocess import to_grayscale
 from core.scan import read_scan
@@ -168,11 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     train_dir, test_dir = split_dirs(args.data_dir)
     result = compare_methods(find_samples(train_dir) + find_samples(test_dir), n=args.n, seed=args.seed)
-    text = json.dumps(result, indent=1)
-    if args.output is None:
-        print(text)
-    else:
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.output)
     return result
 
 

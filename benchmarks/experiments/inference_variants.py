@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.inference import BATCH_SIZE, scan_files
+from benchmarks.experiments import emit
 from core.constants import data_dir, default_weights
 from core.scan import read_scan
 
@@ -171,11 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print)")
     args = parser.parse_args(argv)
     result = compare_variants(Path(args.weights or default_weights()), Path(args.data_dir or data_dir()), args.repeats, args.compile)
-    text = json.dumps(result, indent=1)
-    if args.output is None:
-        print(text)
-    else:
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.output)
     return result
 
 

@@ -16,7 +16,6 @@ graph and reports:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.experiments import emit
 from core import load_model, read_scan
 from core.backend import OnnxBackend
 from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, external_dir
@@ -173,11 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "int8, scan + mirror": int8,
             "int8, scan only": int8_single,
         }, images, args.repeats)
-    text = json.dumps(result, indent=1)
-    if args.output is None:
-        print(text)
-    else:
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.output)
     return result
 
 

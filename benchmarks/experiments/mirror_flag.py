@@ -12,12 +12,12 @@ is "no tumour", the most dangerous answer.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.experiments import emit
 from core import load_model, read_scan
 from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, external_dir
 from train.config import TrainConfig
@@ -84,11 +84,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: print)")
     args = parser.parse_args(argv)
     result = measure(args.weights, args.data_dir, args.external)
-    text = json.dumps(result, indent=1)
-    if args.output is None:
-        print(text)
-    else:
-        args.output.write_text(text + "\n", encoding="utf-8")
+    emit(result, args.output)
     return result
 
 
