@@ -255,9 +255,17 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
     args = get_args_parser().parse_args([
         "--data-dir", str(mini_dataset), "--extra-data", str(extra), "--output", str(out), "--image-size", "64",
         "--batch-size", "8", "--workers", "0", "--no-progress", "--val-fraction", "0.34", "--split", "stratified",
-        "--epochs", "1", "--freeze-epochs", "0", "--invert-p", "0.5",
+        "--epochs", "1", "--freeze-epochs", "0", "--invert-p", "0.5", "--balance", "appearance",
     ])
     card = main(args)["card"]
+    # --balance appearance: each class a quarter of the draws; the extra source's named sequence
+    # is its group, the Kaggle scans fall into appearance clusters.
+    balance = card["training"]["balance"]
+    for name in CLASS_NAMES:
+        assert sum(r["draw_share"] for r in balance if r["class"] == name) == pytest.approx(0.25)
+    assert {"lgg:flair"} <= {r["group"] for r in balance}
+    assert any(r["group"].startswith("cluster ") for r in balance)
+    assert card["training"]["config"]["balance"] == "appearance"
     sources = {s["name"]: s for s in card["data"]["sources"]}
     assert set(sources) == {"kaggle", "lgg"}
     lgg = sources["lgg"]

@@ -17,10 +17,12 @@ from typing import Any
 
 from core.constants import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, data_dir
 
-__all__ = ["SPLITS", "TrainConfig"]
+__all__ = ["BALANCE_MODES", "SPLITS", "TrainConfig"]
 
 #: How validation is carved from Kaggle Training (see ``python -m train --help``).
 SPLITS = ("group", "stratified", "group-strict")
+#: How training batches are drawn (``train.sampling``).
+BALANCE_MODES = ("none", "class", "appearance")
 _PATH_FIELDS = ("data_dir", "output", "audit")
 
 
@@ -52,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: float = 1.0
     invert_p: float = 0.0
+    balance: str = "none"
     val_fraction: float = 0.15
     split: str = "group"
     audit: Path | None = None
@@ -84,6 +87,8 @@ class TrainConfig:
             raise SystemExit(f"--freeze-epochs must be in [0, {self.epochs - 1}], got {self.freeze_epochs}.")
         if self.freeze_stages < 0:
             raise SystemExit(f"--freeze-stages must be at least 0, got {self.freeze_stages}.")
+        if self.balance not in BALANCE_MODES:
+            raise SystemExit(f"--balance {self.balance!r} is not one of {BALANCE_MODES}.")
         if not 0.0 <= self.invert_p <= 1.0:
             raise SystemExit(f"--invert-p must be between 0 and 1, got {self.invert_p}.")
         if self.lr <= 0:

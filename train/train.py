@@ -36,12 +36,13 @@ from core.optimize import optimize_for_inference
 from core.weights import save_weights, write_model_card
 
 from . import metrics
-from .config import SPLITS, TrainConfig
+from .config import BALANCE_MODES, SPLITS, TrainConfig
 from .data import ScanFolder
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .pretrained import load_imagenet_weights
+from .sampling import appearance_groups, describe, sample_weights
 from .splits import load_data
 
 logger = logging.getLogger("train")
@@ -85,6 +86,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--invert-p", type=float, default=defaults.invert_p,
         help="probability of inverting the grey levels inside the head (train.presets.RandomMaskedInversion): "
         "T1/FLAIR-like contrast becomes T2-like (0 = off)",
+    )
+    parser.add_argument(
+        "--balance", default=defaults.balance, choices=BALANCE_MODES,
+        help="how training batches are drawn (train.sampling): every scan once per epoch (none), each class "
+        "equally often (class), or also each class's rarer appearance clusters more often (appearance)",
     )
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of Training held out for validation")
     parser.add_argument(
@@ -237,6 +243,19 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     eval_tf = ClassificationPresetEval(config.image_size)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
+    balance_table = None
+    if config.balance != "none":
+        if world > 1:
+            raise SystemExit(f"--balance {config.balance!r} runs in one process; use --balance none with several.")
+        groups = appearance_groups(train_samples, seed=config.seed) if config.balance == "appearance" else None
+        weights = sample_weights(train_samples, config.balance, groups)
+        balance_table = describe(train_samples, weights, groups)
+        for row in balance_table:
+            logger.info("balance: %-11s %-22s %5d scans, %.1f %% of draws", row["class"], row["group"], row["scans"], 100 * row["draw_share"])
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), len(train_samples), replacement=True,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
     if world > 1:
         if len(val_set) < world:
             raise SystemExit(f"{len(val_set)} validation scans cannot be shared by {world} processes; use fewer processes or more data.")
@@ -289,7 +308,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     epochs = tqdm(range(start_epoch, config.epochs), desc="epochs", disable=not progress, initial=start_epoch, total=config.epochs)
     for epoch in epochs:
         set_backbone_trainable(model, epoch >= config.freeze_epochs, config.freeze_stages)
-        if sampler is not None:
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
             sampler.set_epoch(epoch)
         epoch_start = time.perf_counter()
         train_loss, train_probs, train_targets = train_one_epoch(
@@ -371,6 +390,8 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
                 "torch": torch.__version__,
             },
         }
+        if balance_table is not None:
+            card["training"]["balance"] = balance_table
         if config.no_finalize:
             card["validation"] = history[best_epoch - 1]["val"]
             result["card"] = save_weights(model, output / WEIGHTS_NAME, card)
