@@ -9,6 +9,11 @@ Prints, for the shipped model (or ``--weights``) on this machine's CPU:
   (``app.review.analyse_scan``, the Grad-CAM heatmap, display adjustment, overlay, PNG
   encoding; Streamlit's own drawing is not included): issue 4's "under 1 second";
 - peak resident memory, and its growth over 500 predict-and-explain calls (issue 8: < 50 MB);
+- a baseline row: the same weights served through the float32 ONNX graph (scan plus mirror
+  pass), timed interleaved with the served model (int8 when its card records a quantized graph
+  that passed the fidelity check, ``train.quantize``), and the ratios of the two (issue 18);
+- with ``--cli``: ``python -m core`` over the whole Testing folder, decoding included, served
+  precision and float32 baseline alternately, in scans per second;
 
 and writes them as JSON (``--output``, default ``benchmarks/results.json``) with the torch
 version, thread count, CPU model, git commit and the load average. A busy machine inflates every
@@ -55,7 +60,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 BATCH_SIZE = 32
 
-#: Targets for the shipped model on the 2-core development CPU (issues 3, 4, 8 and 9).
+#: Targets for the shipped model on the 2-core development CPU (issues 3, 4, 8 and 9), and the
+#: speed-ups over the float32 baseline measured in the same run (issue 18; "explain" runs the
+#: same float32 PyTorch code in both, so its ratio only has a 5 % allowance for noise).
 #: name -> (limit, "max" when the figure must stay at or under it, "min" at or over it).
 TARGETS: dict[str, tuple[float, str]] = {
     "predict_p50_ms": (15.0, "max"),
@@ -63,7 +70,13 @@ TARGETS: dict[str, tuple[float, str]] = {
     "batch_scans_per_s": (100.0, "min"),
     "page_p50_ms": (1000.0, "max"),
     "memory_growth_mb": (50.0, "max"),
+    "predict_speedup": (2.0, "min"),
+    "batch_speedup": (2.0, "min"),
+    "explain_speedup": (0.95, "min"),
+    "cli_speedup": (1.8, "min"),
 }
+#: CPU features that decide which kernels int8 and bf16 can use.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
 # ---------------------------------------------------------------------- measuring
@@ -93,6 +106,21 @@ def _time_calls(fn: Callable[[int], Any], repeats: int, warmup: int = 2) -> list
         start = time.perf_counter()
         fn(i)
         times.append(time.perf_counter() - start)
+    return times
+
+
+def _time_interleaved(fns: dict[str, Callable[[int], Any]], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each ``fns[name](i)``, the names called in turn within each round, so
+    that load drift on the machine hits them alike."""
+    for i in range(warmup):
+        for fn in fns.values():
+            fn(i)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(i)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -134,6 +162,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def environment() -> dict[str, Any]:
     """What the figures depend on: versions, threads, CPU, commit and how busy the machine was."""
     import timm
@@ -150,6 +189,7 @@ def environment() -> dict[str, Any]:
         "onnxruntime": _version("onnxruntime"),
         "threads": torch.get_num_threads(),
         "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
@@ -193,6 +233,7 @@ def run(
     start = time.perf_counter()
     model = load_model(weights, device="cpu")
     load_s = time.perf_counter() - start
+    baseline = load_model(weights, device="cpu", precision="float32")
     images = [read_scan(d) for d in datas]
     start = time.perf_counter()
     model.predict(images[0])
@@ -204,27 +245,41 @@ def run(
             "image_size": model.image_size,
             "weights": str(weights),
             "predictions_by": model.backend.name,
+            "precision": model.backend.precision,
         },
         "load_s": round(load_s, 3),
         "first_predict_explain_s": round(first_call_s, 3),
     }
+    base: dict[str, Any] = {"predictions_by": baseline.backend.name, "precision": baseline.backend.precision}
 
     progress(f"read_scan x {repeats}")
     results["read_scan"] = _summary_ms(_time_calls(lambda i: read_scan(datas[i % len(datas)]), repeats))
-    progress(f"predict x {repeats}")
-    results["predict"] = _summary_ms(_time_calls(lambda i: model.predict(images[i % len(images)]), repeats))
-    progress(f"explain x {repeats}")
-    results["explain"] = _summary_ms(_time_calls(lambda i: model.explain(images[i % len(images)]), repeats))
+    for name, call in (("predict", lambda m, i: m.predict(images[i % len(images)])),
+                       ("explain", lambda m, i: m.explain(images[i % len(images)]))):
+        progress(f"{name} x {repeats}, interleaved with the float32 baseline")
+        times = _time_interleaved({"served": lambda i, c=call: c(model, i), "baseline": lambda i, c=call: c(baseline, i)}, repeats)
+        results[name], base[name] = _summary_ms(times["served"]), _summary_ms(times["baseline"])
 
     batch = images[:batch_size]
     batch_repeats = max(3, repeats // 10)
-    progress(f"predict_batch({batch_size}) x {batch_repeats}")
-    batch_times = _time_calls(lambda i: model.predict_batch(batch, batch_size=batch_size), batch_repeats, warmup=1)
-    results["predict_batch"] = {
-        "batch_size": len(batch),
-        **_summary_ms(batch_times),
-        "scans_per_s": round(len(batch) / float(np.median(batch_times)), 1),
+    progress(f"predict_batch({batch_size}) x {batch_repeats}, interleaved with the float32 baseline")
+    times = _time_interleaved({
+        "served": lambda i: model.predict_batch(batch, batch_size=batch_size),
+        "baseline": lambda i: baseline.predict_batch(batch, batch_size=batch_size),
+    }, batch_repeats, warmup=1)
+    for target, key in ((results, "served"), (base, "baseline")):
+        target["predict_batch"] = {
+            "batch_size": len(batch),
+            **_summary_ms(times[key]),
+            "scans_per_s": round(len(batch) / float(np.median(times[key])), 1),
+        }
+    results["baseline"] = base
+    results["speedup"] = {
+        "predict": round(base["predict"]["p50_ms"] / results["predict"]["p50_ms"], 2),
+        "predict_batch": round(results["predict_batch"]["scans_per_s"] / base["predict_batch"]["scans_per_s"], 2),
+        "explain": round(base["explain"]["p50_ms"] / results["explain"]["p50_ms"], 2),
     }
+    del baseline
 
     def page(i: int) -> None:
         analysis = analyse_scan(model, datas[i % len(datas)])
@@ -242,6 +297,30 @@ def run(
     results["memory"]["start_mb"] = round(rss_start, 1)
     results["memory"]["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     return results
+
+
+def cli_throughput(weights: Path, root: Path, rounds: int = 2, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """``python -m core`` over every scan of ``root/Testing`` (a new process each time, decoding
+    included, output discarded), the served precision and the float32 baseline alternately;
+    scans per second of the median run of each."""
+    testing = root / "Testing"
+    count = sum(1 for p in testing.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    seconds: dict[str, list[float]] = {"int8": [], "float32": []}
+    for r in range(rounds):
+        for precision in seconds:
+            progress(f"python -m core over {count} Testing scans, {precision}, round {r + 1} of {rounds}")
+            start = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "core", str(testing), "--weights", str(weights), "--precision", precision,
+                 "--no-progress", "--output", os.devnull],
+                cwd=PROJECT_ROOT, check=True,
+            )
+            seconds[precision].append(time.perf_counter() - start)
+    out: dict[str, Any] = {"scans": count, "rounds": rounds}
+    for precision, runs in seconds.items():
+        out[precision] = {"seconds": [round(t, 2) for t in runs], "scans_per_s": round(count / float(np.median(runs)), 1)}
+    out["speedup"] = round(out["int8"]["scans_per_s"] / out["float32"]["scans_per_s"], 2)
+    return out
 
 
 def _memory_growth(model, images, calls: int) -> dict[str, Any]:
@@ -280,9 +359,16 @@ def check_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "batch_scans_per_s": results["predict_batch"]["scans_per_s"],
         "page_p50_ms": results["page"]["p50_ms"],
         "memory_growth_mb": results["memory"]["growth_mb"],
+        "predict_speedup": results["speedup"]["predict"],
+        "batch_speedup": results["speedup"]["predict_batch"],
+        "explain_speedup": results["speedup"]["explain"],
     }
+    if "cli" in results:
+        measured["cli_speedup"] = results["cli"]["speedup"]
     out = {}
     for name, (limit, kind) in TARGETS.items():
+        if name not in measured:
+            continue
         value = measured[name]
         out[name] = {"value": value, "target": limit, "kind": kind,
                      "met": value <= limit if kind == "max" else value >= limit}
@@ -302,6 +388,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per figure")
     parser.add_argument("--memory-calls", type=int, default=500, help="predict + explain calls for the memory-growth figure")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
+    parser.add_argument("--cli", action="store_true", help="also time python -m core over the whole Testing folder (int8 and float32, alternately)")
+    parser.add_argument("--cli-rounds", type=int, default=2, help="runs of python -m core per precision with --cli")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     return parser
 
@@ -309,6 +397,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads must be at least 1, got {args.threads}.")
+    if args.cli_rounds < 1:
+        raise SystemExit(f"--cli-rounds must be at least 1, got {args.cli_rounds}.")
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}.")
     if args.memory_calls < 1:
@@ -323,13 +413,25 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"{env['cpu_model']}, {env['threads']} torch threads, torch {env['torch']}, "
           f"commit {str(env['git_commit'])[:10]}{' (dirty)' if env['git_dirty'] else ''}, "
           f"load average {env['load_average_1min']}")
-    print(f"model {res['model']['arch']} at {res['model']['image_size']} px; predictions by {res['model'].get('predictions_by', 'PyTorch')}")
+    print(f"CPU flags: {', '.join(env.get('cpu_flags', [])) or 'unknown'}")
+    print(f"model {res['model']['arch']} at {res['model']['image_size']} px; predictions by "
+          f"{res['model'].get('predictions_by', 'PyTorch')}, {res['model'].get('precision', 'float32')}")
     print(f"  load_model                {res['load_s'] * 1000:9.1f} ms   first predict+explain {res['first_predict_explain_s'] * 1000:.0f} ms")
     for name in ("read_scan", "predict", "explain", "page"):
         label = "scan review page" if name == "page" else name
         print(f"  {label:24s}  p50 {res[name]['p50_ms']:8.2f} ms   p95 {res[name]['p95_ms']:8.2f} ms")
     b = res["predict_batch"]
     print(f"  predict_batch({b['batch_size']})        {b['scans_per_s']:8.1f} scans/s  (p50 {b['p50_ms']:.0f} ms per batch)")
+    base = res["baseline"]
+    print(f"  baseline ({base['predictions_by']}, {base['precision']}, same run, interleaved): predict p50 "
+          f"{base['predict']['p50_ms']:.2f} ms, explain p50 {base['explain']['p50_ms']:.2f} ms, "
+          f"predict_batch {base['predict_batch']['scans_per_s']:.1f} scans/s")
+    print(f"  speed-up over the baseline: predict {res['speedup']['predict']:.2f}x, predict_batch "
+          f"{res['speedup']['predict_batch']:.2f}x, explain {res['speedup']['explain']:.2f}x")
+    if "cli" in res:
+        c = res["cli"]
+        print(f"  python -m core, {c['scans']} scans: int8 {c['int8']['scans_per_s']:.1f} scans/s, float32 "
+              f"{c['float32']['scans_per_s']:.1f} scans/s ({c['speedup']:.2f}x)")
     m = res["memory"]
     print(f"  memory                    peak {m['peak_rss_mb']:.0f} MB; +{m['growth_mb']:.1f} MB over {m['calls']} "
           f"predict+explain calls (trace {m['growth_trace_mb']})")
@@ -364,6 +466,8 @@ def main(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"environment": environment()}
     report["config"] = {"repeats": args.repeats, "memory_calls": args.memory_calls, "batch_size": BATCH_SIZE}
     report["results"] = run(weights, root, args.repeats, args.memory_calls, progress=progress)
+    if args.cli:
+        report["results"]["cli"] = cli_throughput(weights, root, args.cli_rounds, progress)
     report["targets"] = check_targets(report["results"])
     report["environment"]["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .constants import SUPPORTED_EXTENSIONS
+from .ort import PRECISIONS
 from .results import result_record, write_csv
 from .scan import ScanError, read_scan
 
@@ -49,6 +50,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="data-loader processes reading scans (default: min(4, CPUs); 0 reads in this process)",
     )
     parser.add_argument("--tta", action="store_true", help="average each prediction with the mirrored scan's")
+    parser.add_argument(
+        "--precision", default="int8",
+        help=f"served graph on the CPU, one of {PRECISIONS}: int8 when the model card records a quantized "
+        "graph that passed its fidelity check, else float32 (default: int8)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -60,6 +66,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers < 0:
         raise SystemExit(f"--workers must be 0 or more, got {args.workers}.")
+    if args.precision not in PRECISIONS:
+        raise SystemExit(f"--precision {args.precision!r} is not one of {PRECISIONS}.")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -162,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
     # Worker processes pay off only beyond one batch.
     workers = args.workers if len(files) > args.batch_size else 0
     batches = _batches(files, args.batch_size, workers)
-    model = load_model(args.weights, device=args.device, tta=args.tta)
+    model = load_model(args.weights, device=args.device, tta=args.tta, precision=args.precision)
 
     stream: TextIO = sys.stdout if args.output is None else io.open(args.output, "w", encoding="utf-8", newline="")
     writer = _Writer(stream, args.format)

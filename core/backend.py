@@ -8,7 +8,9 @@ implementations:
   device; input from :func:`core.preprocess.eval_transform`.
 - :class:`OnnxBackend`: the exported ``model.onnx`` in ONNX Runtime on the CPU (about twice as
   fast on the 2-core development machine; ``docs/performance.md``); input from
-  :func:`core.preprocess.input_array`, the same numbers computed with Pillow and NumPy.
+  :func:`core.preprocess.input_array`, the same numbers computed with Pillow and NumPy; float32,
+  or int8 when the model card records a quantized graph that passed its fidelity check
+  (``core.ort``, ``python -m train.quantize``).
 
 :func:`choose_backend` picks one, once, when a model is built; nothing else branches on which
 is in use. Training (``train.finalize``, ``train.evaluate``, ``train.ood``) scores scans through
@@ -46,6 +48,8 @@ class Backend(ABC):
 
     #: "pytorch" or "onnxruntime".
     name: str
+    #: "float32" or "int8" (``core.ort.PRECISIONS``).
+    precision: str = "float32"
     #: Indices of the network blocks whose statistics ``run`` taps (empty: no taps).
     stages: tuple[int, ...]
 
@@ -106,6 +110,7 @@ class OnnxBackend(Backend):
 
     def __init__(self, runtime: OnnxNetwork, image_size: int, mean: Sequence[float] = INPUT_MEAN, std: Sequence[float] = INPUT_STD):
         self.runtime = runtime
+        self.precision = runtime.precision
         self.stages = runtime.stages
         self.image_size = int(image_size)
         # A graph exported for grey input (train.export) takes the one channel.
@@ -140,9 +145,11 @@ def choose_backend(
     std: Sequence[float],
     runtime: OnnxNetwork | None = None,
 ) -> Backend:
-    """ONNX Runtime when a runtime is given, the device is the CPU and its outputs match the
-    PyTorch network's on a test batch; else PyTorch. Raises when the runtime taps other blocks
-    than the gate needs (the files do not belong together)."""
+    """ONNX Runtime when a runtime is given, the device is the CPU and, for a float32 graph, its
+    outputs match the PyTorch network's on a test batch; else PyTorch. An int8 graph is not held
+    to that equality: it was checked against float32 on real scans when it was made
+    (``train.quantize``), and its sha256 ties it to that check. Raises when the runtime taps
+    other blocks than the gate needs (the files do not belong together)."""
     torch_backend = TorchBackend(network, device, stages, image_size, mean, std)
     if runtime is None:
         return torch_backend
@@ -157,6 +164,8 @@ def choose_backend(
             f"needs {tuple(stages)}; run python -m train.export again."
         )
     onnx_backend = OnnxBackend(runtime, image_size, mean, std)
+    if runtime.precision != "float32":
+        return onnx_backend
     generator = torch.Generator().manual_seed(0)
     # Grey scans, as the preprocessing gives them: three equal channels.
     grey = torch.rand(2, 1, image_size, image_size, generator=generator) * 2 - 1

@@ -19,7 +19,7 @@ from .backend import Backend, choose_backend
 from .cam import GradCamExplainer
 from .ood import NOT_BRAIN_MRI_FLAG, OUTSIDE_TRAINING_FLAG, FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
-from .ort import OnnxNetwork, load_runtime
+from .ort import PRECISIONS, OnnxNetwork, load_runtime
 from .preprocess import eval_transform
 from .weights import WeightsError, load_weights
 
@@ -260,6 +260,7 @@ def load_model(
     device: str | torch.device | None = None,
     tta: bool = False,
     threads: int | None = None,
+    precision: str = "int8",
 ) -> Classifier:
     """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
@@ -268,8 +269,13 @@ def load_model(
     the sha256 of the weights and of the gate must match it. ``tta=True`` averages each
     prediction with that of the mirrored scan (twice the compute). ``threads``: CPU threads one
     call may use (ONNX Runtime's concurrent runs; torch's thread count is process-wide and is
-    set to it too); default: torch's current thread count.
+    set to it too); default: torch's current thread count. ``precision``: "int8" serves the
+    quantized ONNX graph on the CPU when the card records one that passed its fidelity check
+    against float32 (``python -m train.quantize``), else float32; "float32" serves the float32
+    graph, the reference (``core.ort.PRECISIONS``). Grad-CAM always runs in float32 PyTorch.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose one of {PRECISIONS}.")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads!r}.")
@@ -286,10 +292,10 @@ def load_model(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gate = load_gate(path.parent, card)
-    runtime = load_runtime(path.parent, card, threads) if torch.device(device).type == "cpu" else None
+    runtime = load_runtime(path.parent, card, threads, precision) if torch.device(device).type == "cpu" else None
     classifier = Classifier(net, card, device, tta=tta, gate=gate, runtime=runtime)
     logger.info(
-        "loaded %s (%s) on %s; feature gate: %s; back-end: %s",
-        path, card["arch"], device, gate is not None, classifier.backend.name,
+        "loaded %s (%s) on %s; feature gate: %s; back-end: %s, %s",
+        path, card["arch"], device, gate is not None, classifier.backend.name, classifier.backend.precision,
     )
     return classifier

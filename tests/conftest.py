@@ -69,6 +69,18 @@ def shipped_model():
     return load_model(device="cpu")
 
 
+@pytest.fixture(scope="session")
+def shipped_float32_model():
+    """The committed default model served in float32 (the reference the int8 graph is checked
+    against); skipped while assets/ holds none."""
+    from core.constants import default_weights
+    from core import load_model
+
+    if not default_weights().is_file():
+        pytest.skip("no shipped weights in assets/ yet")
+    return load_model(device="cpu", precision="float32")
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """The app sets torch's process-wide thread count (core.load_model(threads=1)); AppTest runs

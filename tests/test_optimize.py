@@ -85,7 +85,7 @@ def model_and_plain(request):
     from core.constants import default_weights
     from core.weights import load_weights
 
-    model = request.getfixturevalue("tiny_model" if request.param == "tiny" else "shipped_model")
+    model = request.getfixturevalue("tiny_model" if request.param == "tiny" else "shipped_float32_model")
     weights = request.getfixturevalue("tiny_weights") if request.param == "tiny" else default_weights()
     state, card = load_weights(weights)
     net = build_network(card["arch"], num_classes=len(CLASS_NAMES))
