@@ -30,7 +30,7 @@ from PIL import Image
 
 from .constants import INPUT_MEAN, INPUT_STD
 from .ood import forward_with_taps
-from .ort import OnnxNetwork
+from .ort import OnnxNetwork, Recheck
 from .preprocess import eval_transform, input_array
 
 __all__ = ["Backend", "OnnxBackend", "TorchBackend", "choose_backend"]
@@ -50,6 +50,10 @@ class Backend(ABC):
     name: str
     #: "float32" or "int8" (``core.ort.PRECISIONS``).
     precision: str = "float32"
+    #: The float32 back-end near-boundary answers are run again through (int8 only; else None).
+    reference: Backend | None = None
+    #: Which answers to run again through ``reference`` (``core.ort.Recheck``; None: none).
+    recheck: Recheck | None = None
     #: Indices of the network blocks whose statistics ``run`` taps (empty: no taps).
     stages: tuple[int, ...]
 
@@ -115,6 +119,9 @@ class OnnxBackend(Backend):
         self.image_size = int(image_size)
         # A graph exported for grey input (train.export) takes the one channel.
         self.mean, self.std = list(mean)[: runtime.channels], list(std)[: runtime.channels]
+        if runtime.reference is not None:
+            self.reference = OnnxBackend(runtime.reference, image_size, mean, std)
+            self.recheck = runtime.recheck
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
         return input_array(images, self.image_size, self.mean, self.std)
@@ -145,10 +152,11 @@ def choose_backend(
     std: Sequence[float],
     runtime: OnnxNetwork | None = None,
 ) -> Backend:
-    """ONNX Runtime when a runtime is given, the device is the CPU and, for a float32 graph, its
-    outputs match the PyTorch network's on a test batch; else PyTorch. An int8 graph is not held
-    to that equality: it was checked against float32 on real scans when it was made
-    (``train.quantize``), and its sha256 ties it to that check. Raises when the runtime taps
+    """ONNX Runtime when a runtime is given, the device is the CPU and its float32 graph's
+    outputs (for an int8 runtime: its float32 reference's) match the PyTorch network's on a test
+    batch; else PyTorch. An int8 graph is not held to that equality: it was checked against
+    float32 on real scans when it was made (``train.quantize``), and its sha256 ties it to that
+    check. Raises when the runtime taps
     other blocks than the gate needs (the files do not belong together)."""
     torch_backend = TorchBackend(network, device, stages, image_size, mean, std)
     if runtime is None:
@@ -164,14 +172,15 @@ def choose_backend(
             f"needs {tuple(stages)}; run python -m train.export again."
         )
     onnx_backend = OnnxBackend(runtime, image_size, mean, std)
-    if runtime.precision != "float32":
+    checked = onnx_backend if onnx_backend.reference is None else onnx_backend.reference
+    if runtime.precision != "float32" and onnx_backend.reference is None:
         return onnx_backend
     generator = torch.Generator().manual_seed(0)
     # Grey scans, as the preprocessing gives them: three equal channels.
     grey = torch.rand(2, 1, image_size, image_size, generator=generator) * 2 - 1
     batch = grey.expand(-1, 3, -1, -1).contiguous()
     expected, expected_taps = torch_backend.run(batch)
-    got, got_taps = onnx_backend.run(batch)
+    got, got_taps = checked.run(batch)
     same = np.allclose(got, expected, rtol=1e-4, atol=1e-3) and (
         expected_taps is None or np.allclose(got_taps, expected_taps, rtol=1e-4, atol=1e-3)
     )

@@ -99,6 +99,8 @@ class Classifier:
         #: Out-of-distribution gate on the pooled features (None: image checks only).
         self.gate = gate
         self.image_limits = ImageLimits()
+        #: Scans whose int8 answer was run again in float32 since loading (for reports).
+        self.rechecked_scans = 0
         self.low_confidence = float(card.get("uncertainty", {}).get("low_confidence_below", UNFITTED_LOW_CONFIDENCE))
         #: Test-time augmentation: average the probabilities of the scan and its mirror image.
         self.tta = bool(tta)
@@ -137,28 +139,68 @@ class Classifier:
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Calibrated class probabilities (N, classes), float64; mirror-averaged when ``tta``."""
-        return self._outputs(images).probs
+        out, batch = self._outputs(images)
+        return self._rechecked(out, self._scores(out), batch)[0].probs
 
     def _prepare(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
         """Network input and the image checks' objections (None: nothing) for some scans."""
         return self.backend.prepare(images), [image_problem(image, self.image_limits) for image in images]
 
-    def _outputs(self, images: Sequence[Image.Image]) -> _Outputs:
+    def _outputs(self, images: Sequence[Image.Image]) -> tuple[_Outputs, np.ndarray]:
         """Steps 1-3: preprocess and check, run the network on the scans and their mirror images
-        in one pass (the gate's statistics tapped on the way), calibrate."""
-        n = len(images)
+        in one pass (the gate's statistics tapped on the way), calibrate. Also the network input."""
         # Spread over the back-end's threads where it has them; no torch operation (with its
         # own thread pool) runs between two ONNX Runtime predictions.
         parts = self.backend.map(self._prepare, images)
         batch = np.concatenate([part[0] for part in parts])
         problems = [problem for part in parts for problem in part[1]]
+        return self._run(self.backend, batch, problems), batch
+
+    def _run(self, backend: Backend, batch: np.ndarray, problems: list[str | None]) -> _Outputs:
+        n = len(batch)
         mirrored = self.tta or self.mirror_check
-        logits, taps = self.backend.run(batch, mirror=mirrored)
+        logits, taps = backend.run(batch, mirror=mirrored)
         features = taps[:n] if taps is not None and self.gate is not None else None
         probs = torch.from_numpy(softmax(logits, self.temperature))
         plain, mirror = probs[:n], (probs[n:] if mirrored else None)
         averaged = (plain + mirror) / 2 if self.tta else plain
         return _Outputs(probs=averaged, plain=plain, mirror=mirror, features=features, problems=problems)
+
+    def _scores(self, out: _Outputs) -> torch.Tensor:
+        if self.gate is not None and out.features is not None:
+            return torch.as_tensor(self.gate.score(out.features)).clone()
+        return torch.zeros(len(out.problems))
+
+    def _rechecked(self, out: _Outputs, scores: torch.Tensor, batch: np.ndarray) -> tuple[_Outputs, torch.Tensor]:
+        """An int8 back-end's answers that float32 could give otherwise (``core.ort.Recheck``),
+        run again through its float32 reference; the others as they are."""
+        backend = self.backend
+        if backend.recheck is None or backend.reference is None:
+            return out, scores
+        reject = self.gate.reject_score if self.gate is not None else float("inf")
+        views = [out.probs, out.plain] + ([out.mirror] if out.mirror is not None else [])
+        rows = backend.recheck.rows([v.numpy() for v in views], scores.numpy(), self.low_confidence, (1.0, reject))
+        # Scans the image checks reject get no network answer to differ in.
+        rows &= np.array([problem is None for problem in out.problems])
+        index = np.flatnonzero(rows)
+        self.rechecked_scans += len(index)
+        if len(index) == 0:
+            return out, scores
+        again = self._run(backend.reference, batch[index], [out.problems[i] for i in index])
+        t = torch.from_numpy(index)
+        probs, plain = out.probs.clone(), out.plain.clone()
+        probs[t], plain[t] = again.probs, again.plain
+        mirror = None
+        if out.mirror is not None and again.mirror is not None:
+            mirror = out.mirror.clone()
+            mirror[t] = again.mirror
+        features = out.features
+        if features is not None and again.features is not None:
+            features = features.copy()
+            features[index] = again.features
+        scores = scores.clone()
+        scores[t] = self._scores(again).to(scores.dtype)
+        return _Outputs(probs=probs, plain=plain, mirror=mirror, features=features, problems=out.problems), scores
 
     def _flags(
         self, probs: torch.Tensor, plain: torch.Tensor, mirror: torch.Tensor | None, ood: str | None, outside: str | None = None
@@ -183,8 +225,8 @@ class Classifier:
 
     def _predictions(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """The whole pipeline: outputs (steps 1-3), then the gate and the flags."""
-        out = self._outputs(images)
-        scores = self.gate.score(out.features) if self.gate is not None and out.features is not None else torch.zeros(len(images))
+        out, batch = self._outputs(images)
+        out, scores = self._rechecked(out, self._scores(out), batch)
         reject = self.gate.reject_score if self.gate is not None else float("inf")
         results = []
         for i in range(len(images)):

@@ -18,7 +18,15 @@ statically quantized to int8 (calibrated on validation scans), and records in th
 0.3 points on Testing, its leak-free subset and every external source; the same label and flags
 for at least 99.5 % of Testing). :func:`load_runtime` serves that graph by default
 (``precision="int8"``) when it passed, and the float32 graph otherwise or when asked
-(``precision="float32"``, the reference). A batch is split across ``threads`` concurrent single-threaded runs
+(``precision="float32"``, the reference).
+
+int8 answers are not trusted near a decision: a scan whose int8 probabilities or
+out-of-distribution score lie so close to a boundary (the label's, the low-confidence
+threshold's, the mirror flag's, the gate's) that float32 could fall on the other side is run
+again through the float32 graph, and that answer is served (:class:`Recheck`; the bands are
+fitted on validation scans by ``train.quantize`` and stored in ``card["onnx_int8"]["recheck"]``).
+So an int8 answer differs from float32 only where int8 strays further than it did on any but
+the rarest validation scans. A batch is split across ``threads`` concurrent single-threaded runs
 of one session (a session is safe to run from several threads): measured faster at batch 32
 than one run with two intra-op threads. :meth:`OnnxNetwork.map` spreads the preprocessing the same
 way.
@@ -27,6 +35,7 @@ way.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,7 +46,7 @@ import torch
 
 from .weights import WeightsError, checked_companion
 
-__all__ = ["INT8_NAME", "ONNX_NAME", "PRECISIONS", "OnnxNetwork", "load_runtime", "open_session"]
+__all__ = ["INT8_NAME", "ONNX_NAME", "PRECISIONS", "OnnxNetwork", "Recheck", "load_runtime", "open_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +62,83 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "taps")
 
 
+@dataclass(frozen=True)
+class Recheck:
+    """Which int8 answers are run again in float32: those that float32 could answer otherwise,
+    assuming each float32 probability lies within ``prob_tolerance`` of int8's and the float32
+    out-of-distribution score within ``score_ratio`` (low, high) of ``int8 score / ratio``."""
+
+    #: Largest difference between an int8 and a float32 probability counted on.
+    prob_tolerance: float
+    #: Range of (int8 score / float32 score) counted on.
+    score_ratio: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        low, high = self.score_ratio
+        if not (self.prob_tolerance >= 0 and 0 < low <= high):
+            raise ValueError(f"Bad re-check bands: prob_tolerance={self.prob_tolerance!r}, score_ratio={self.score_ratio!r}.")
+
+    @classmethod
+    def from_card(cls, info: dict[str, Any] | None) -> Recheck | None:
+        """From ``card["onnx_int8"]["recheck"]`` (None when absent)."""
+        if not info:
+            return None
+        return cls(float(info["prob_tolerance"]), (float(info["score_ratio"][0]), float(info["score_ratio"][1])))
+
+    def to_card(self) -> dict[str, Any]:
+        return {"prob_tolerance": self.prob_tolerance, "score_ratio": list(self.score_ratio)}
+
+    def rows(
+        self,
+        probs: Sequence[np.ndarray],
+        scores: np.ndarray,
+        low_confidence: float,
+        score_thresholds: Sequence[float],
+    ) -> np.ndarray:
+        """Boolean mask of the scans to run again. ``probs``: the int8 probability arrays
+        (N, classes) each decision reads (the served ones, the scan's, the mirror image's);
+        ``scores``: int8 out-of-distribution scores (N,); ``low_confidence``: the confidence
+        below which a scan is flagged; ``score_thresholds``: the scores above which it is."""
+        t = self.prob_tolerance
+        near = np.zeros(len(scores), dtype=bool)
+        for p in probs:
+            p = np.asarray(p, dtype=np.float64)
+            top = np.sort(p, axis=1)
+            near |= top[:, -1] - top[:, -2] < 2 * t  # the label could change
+        served = np.asarray(probs[0], dtype=np.float64).max(axis=1)
+        near |= np.abs(served - low_confidence) < t  # the low-confidence flag could change
+        low, high = self.score_ratio
+        scores = np.asarray(scores, dtype=np.float64)
+        for threshold in score_thresholds:
+            if np.isfinite(threshold):  # float32's score lies in [score / high, score / low]
+                near |= (scores / high <= threshold) & (threshold <= scores / low)
+        return near
+
+
 class OnnxNetwork:
     """An ONNX Runtime session computing ``(logits, taps)`` for a float32 NCHW batch.
 
     ``taps`` is None when the exported network has no gate stages. Calls are thread-safe.
+    An int8 network carries its float32 ``reference`` and the :class:`Recheck` bands that say
+    which answers to run again through it.
     """
 
-    def __init__(self, session: Any, stages: tuple[int, ...], threads: int = 1, precision: str = "float32"):
+    def __init__(
+        self,
+        session: Any,
+        stages: tuple[int, ...],
+        threads: int = 1,
+        precision: str = "float32",
+        reference: OnnxNetwork | None = None,
+        recheck: Recheck | None = None,
+    ):
         self.session = session
         #: "float32" or "int8" (see :data:`PRECISIONS`).
         self.precision = precision
+        #: The float32 network near-boundary int8 answers are run again through (None: none).
+        self.reference = reference
+        #: Which int8 answers to run again (None: none).
+        self.recheck = recheck
         self.stages = tuple(stages)
         self.threads = max(1, int(threads))
         self._outputs = [o.name for o in session.get_outputs()]
@@ -132,7 +208,8 @@ def load_runtime(
 
     ``precision``: "int8" serves ``card["onnx_int8"]`` when the card records one that passed its
     fidelity check, else the float32 graph (``card["onnx"]``) with a log message; "float32"
-    always serves the float32 graph. ``threads``: concurrent runs a batch is split into
+    always serves the float32 graph. An int8 network carries the float32 one as its
+    ``reference``, with the card's re-check bands. ``threads``: concurrent runs a batch is split into
     (default: torch's thread count).
     """
     if precision not in PRECISIONS:
@@ -140,14 +217,30 @@ def load_runtime(
     info = card.get("onnx")
     if not info:
         return None
-    chosen, name = "float32", ONNX_NAME
     quantized = card.get("onnx_int8")
     if precision == "int8" and quantized:
-        if quantized.get("passed") and quantized.get("float32_sha256") == info.get("sha256"):
-            chosen, info, name = "int8", quantized, INT8_NAME
-        else:
+        if not (quantized.get("passed") and quantized.get("float32_sha256") == info.get("sha256")):
             logger.info("the int8 graph did not pass its fidelity check (or belongs to another graph): serving float32")
-    what = "int8 ONNX file" if chosen == "int8" else "ONNX file"
+            precision = "float32"
+    else:
+        precision = "float32"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning("onnxruntime is not installed: predictions run through PyTorch")
+        return None
+    threads = threads if threads is not None else torch.get_num_threads()
+    stages = tuple(int(s) for s in info.get("stages", ()))
+    reference = OnnxNetwork(_session(folder, info, ONNX_NAME, "ONNX file", card), stages, threads)
+    if precision == "float32":
+        return reference
+    session = _session(folder, quantized, INT8_NAME, "int8 ONNX file", card)
+    return OnnxNetwork(session, stages, threads, "int8", reference, Recheck.from_card(quantized.get("recheck")))
+
+
+def _session(folder: str | Path, info: dict[str, Any], name: str, what: str, card: dict[str, Any]) -> Any:
+    """The session of the graph ``info`` names, refused unless its sha256 matches and it was made
+    from the card's weights."""
     path = checked_companion(folder, info, name, what)
     if info.get("weights_sha256") != card.get("weights_sha256"):
         raise WeightsError(
@@ -156,16 +249,9 @@ def load_runtime(
             "run python -m train.export (and python -m train.quantize) again."
         )
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        logger.warning("onnxruntime is not installed: predictions run through PyTorch")
-        return None
-    try:
-        session = open_session(path)
+        return open_session(path)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise WeightsError(f"{what} {str(path)!r} could not be loaded: {exc}") from exc
-    stages = tuple(int(s) for s in card["onnx"].get("stages", ()))
-    return OnnxNetwork(session, stages, threads if threads is not None else torch.get_num_threads(), chosen)
 
 
 def open_session(path: str | Path) -> Any:

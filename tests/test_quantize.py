@@ -14,7 +14,7 @@ from conftest import make_model_dir
 from core import load_model, read_scan
 from core.constants import CLASS_NAMES
 from core.model import Classifier, Prediction
-from core.ort import INT8_NAME, ONNX_NAME, load_runtime, open_session
+from core.ort import INT8_NAME, ONNX_NAME, Recheck, load_runtime, open_session
 from core.weights import WeightsError, read_model_card, sha256_file, write_model_card
 from train.export import export_beside
 from train.quantize import (
@@ -198,3 +198,48 @@ def test_shipped_card_records_the_fidelity_check():
     assert info["float32_sha256"] == card["onnx"]["sha256"]
     assert {"testing", "testing_leak_free"} <= set(report) and any(k.startswith("external/") for k in report)
     assert json.dumps(report)  # plain JSON figures
+
+
+# ------------------------------------------------------------------- the float32 re-check
+
+
+def test_recheck_rows_pick_scans_near_a_decision():
+    recheck = Recheck(0.05, (0.9, 1.2))
+    probs = np.array([
+        [0.97, 0.01, 0.01, 0.01],  # clear: nothing near
+        [0.50, 0.46, 0.02, 0.02],  # label margin 0.04 < 2 * 0.05
+        [0.72, 0.10, 0.10, 0.08],  # confidence 0.72 within 0.05 of the 0.70 threshold
+        [0.97, 0.01, 0.01, 0.01],  # score 1.1: float32's could be 0.92-1.22, either side of 1
+        [0.97, 0.01, 0.01, 0.01],  # score 1.3: float32's 1.08-1.44, flagged either way
+    ])
+    scores = np.array([0.5, 0.5, 0.5, 1.1, 1.3])
+    rows = recheck.rows([probs], scores, low_confidence=0.70, score_thresholds=(1.0, float("inf")))
+    assert rows.tolist() == [False, True, True, True, False]
+    mirror = probs.copy()
+    mirror[0] = [0.51, 0.47, 0.01, 0.01]  # the mirror image's label could change
+    assert recheck.rows([probs, probs, mirror], scores, 0.70, (1.0,))[0]
+
+
+def test_recheck_bands_validated_and_round_trip():
+    with pytest.raises(ValueError, match="score_ratio"):
+        Recheck(0.1, (1.2, 0.9))
+    band = Recheck(0.1, (0.9, 1.2))
+    assert Recheck.from_card(band.to_card()) == band and Recheck.from_card(None) is None
+
+
+def test_recheck_serves_float32_answers_where_it_reruns(exported, quantized):
+    model = load_model(exported, device="cpu", precision="float32")
+    rng = np.random.default_rng(2)
+    from PIL import Image
+
+    images = [Image.fromarray(rng.integers(0, 255, (80, 72), dtype=np.uint8)) for _ in range(6)]
+    reference = model.predict_batch(images)
+    always = serve_graph(model, quantized, "int8", recheck=Recheck(1.0, (1e-6, 1e6)))
+    again = always.predict_batch(images)
+    assert always.rechecked_scans == len(images)
+    for a, b in zip(reference, again):
+        assert a.label == b.label and a.flags == b.flags
+        assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASS_NAMES) < 1e-9
+    never = serve_graph(model, quantized, "int8", recheck=Recheck(0.0, (1.0, 1.0)))
+    never.predict_batch(images)
+    assert never.rechecked_scans == 0

@@ -163,7 +163,7 @@ def test_tapped_pass_gives_the_network_logits(tiny_model):
 
 def test_one_pass_gives_the_network_outputs(tiny_model):
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (96, 80), dtype=np.uint8)) for i in range(3)]
-    outputs = tiny_model._outputs(images)
+    outputs, _ = tiny_model._outputs(images)
     expected = torch.softmax(tiny_model.logits(images).double() / tiny_model.temperature, dim=-1)
     assert torch.allclose(outputs.plain, expected, atol=1e-5)
     mirrored = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]

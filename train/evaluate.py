@@ -2,7 +2,9 @@
 
 The model is loaded with :func:`core.load_model`, so it is evaluated through exactly the
 preprocessing the app uses, and scored on the probabilities the app serves (the model card's
-temperature applied). The JSON holds one report per evaluation (layout in :mod:`train.metrics`)
+temperature applied): in float32 for the Testing reports (the network's own figures; the
+served int8 graph's fidelity to them is ``python -m train.quantize``'s report), and as served
+(int8 with its float32 re-check, gate and flags) for ``--external``. The JSON holds one report per evaluation (layout in :mod:`train.metrics`)
 under ``"evaluations"``:
 
 - ``testing``: the folder given, as it is;
@@ -197,7 +199,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     samples = find_samples(folder)
     if args.max_per_class:
         samples = limit_per_class(samples, args.max_per_class)
-    classifier = load_model(args.weights, device=args.device)
+    # The network's own figures, float32: evaluate_samples runs the back-end directly (the int8
+    # graph's fidelity to them is checked by python -m train.quantize).
+    classifier = load_model(args.weights, device=args.device, precision="float32")
     result = evaluate_samples(
         classifier.backend, samples, classifier.image_size, args.batch_size,
         args.workers, tta=args.tta, perturb=args.perturb, root=folder,

@@ -38,7 +38,7 @@ import numpy as np
 from core.backend import OnnxBackend
 from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, data_dir, default_weights, external_dir
 from core.model import Classifier, Prediction, load_model
-from core.ort import INPUT_NAME, INT8_NAME, ONNX_NAME, OnnxNetwork, open_session
+from core.ort import INPUT_NAME, INT8_NAME, ONNX_NAME, OnnxNetwork, Recheck, open_session
 from core.preprocess import input_array
 from core.scan import read_scan
 from core.weights import read_model_card, sha256_file, write_model_card
@@ -53,12 +53,15 @@ __all__ = [
     "MAX_ACCURACY_DROP_POINTS",
     "MIN_SAME_TESTING",
     "EvalSet",
+    "RECHECK_QUANTILE",
     "fidelity",
+    "fit_recheck",
     "flag_kinds",
     "get_args_parser",
     "main",
     "passes",
     "quantize_graph",
+    "sensitive_nodes",
     "serve_graph",
 ]
 
@@ -70,6 +73,8 @@ MAX_ACCURACY_DROP_POINTS = 0.3
 MIN_SAME_TESTING = 0.995
 #: How activation ranges are set from the calibration scans (ONNX Runtime's calibrators).
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+#: Quantile of the int8-float32 differences on validation scans the re-check bands cover.
+RECHECK_QUANTILE = 0.995
 #: Scans per calibration batch.
 _CALIBRATION_BATCH = 16
 
@@ -126,12 +131,26 @@ def quantize_graph(
     return output
 
 
-def serve_graph(model: Classifier, graph: Path, precision: str, threads: int = 1) -> Classifier:
-    """``model`` (loaded on the CPU) served through the ONNX graph ``graph``: the same card,
-    calibration, gate and flags, only the prediction network swapped."""
+def sensitive_nodes(graph: Path) -> list[str]:
+    """The nodes left in float32: the first convolution (it reads the image), the last one
+    (the head) and the classifier (Gemm). Quantizing them moved the most answers
+    (``docs/performance.md``)."""
+    import onnx
+
+    nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    return ([convs[0], convs[-1]] if convs else []) + [n.name for n in nodes if n.op_type == "Gemm"]
+
+
+def serve_graph(model: Classifier, graph: Path, precision: str, threads: int = 1, recheck: Recheck | None = None) -> Classifier:
+    """``model`` (loaded on the CPU, float32 ONNX Runtime) served through the ONNX graph
+    ``graph``: the same card, calibration, gate and flags, only the prediction network swapped.
+    ``recheck``: run near-boundary answers again through ``model``'s float32 graph."""
     if not isinstance(model.backend, OnnxBackend):
         raise ValueError(f"The model is served by {model.backend.name}, not ONNX Runtime: nothing to swap.")
-    runtime = OnnxNetwork(open_session(graph), model.backend.stages, threads=threads, precision=precision)
+    reference = model.backend.runtime if recheck is not None else None
+    runtime = OnnxNetwork(open_session(graph), model.backend.stages, threads=threads, precision=precision,
+                          reference=reference, recheck=recheck)
     served = Classifier(model.network, model.card, "cpu", tta=model.tta, gate=model.gate, mirror_check=model.mirror_check)
     served.backend = OnnxBackend(runtime, model.image_size, model.card["mean"], model.card["std"])
     return served
@@ -144,6 +163,34 @@ def flag_kinds(prediction: Prediction) -> tuple[str, ...]:
     return tuple(flag.split(" (", 1)[0] for flag in prediction.flags)
 
 
+def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[Any], quantile: float = RECHECK_QUANTILE,
+                batch_size: int = 32) -> tuple[Recheck, dict[str, Any]]:
+    """The re-check bands from scans (validation, not those calibrated on): the ``quantile`` of
+    the largest probability difference between ``candidate`` (int8, no re-check) and
+    ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
+    and the (1 - ``quantile``, ``quantile``) range of the ratio of their out-of-distribution
+    scores. Also a summary of those differences."""
+    diffs, ratios = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        a, _ = reference._outputs(chunk)
+        b, _ = candidate._outputs(chunk)
+        views = [(a.probs, b.probs), (a.plain, b.plain)] + ([(a.mirror, b.mirror)] if a.mirror is not None and b.mirror is not None else [])
+        diffs.append(np.max([(x - y).abs().max(dim=1).values.numpy() for x, y in views], axis=0))
+        sa, sb = reference._scores(a).numpy(), candidate._scores(b).numpy()
+        kept = np.array([problem is None for problem in a.problems]) & (sa > 0)
+        ratios.append(sb[kept] / sa[kept])
+    diff, ratio = np.concatenate(diffs), np.concatenate(ratios)
+    recheck = Recheck(
+        round(float(np.quantile(diff, quantile)), 5),
+        (round(float(np.quantile(ratio, 1 - quantile)), 5), round(float(np.quantile(ratio, quantile)), 5)) if len(ratio) else (1.0, 1.0),
+    )
+    summary = {"scans": len(images), "quantile": quantile, "max_prob_diff": float(diff.max()),
+               "median_prob_diff": float(np.median(diff)),
+               "score_ratio_range": [float(ratio.min()), float(ratio.max())] if len(ratio) else None}
+    return recheck, summary
+
+
 def _accuracy(predictions: Sequence[Prediction], labels: Sequence[str]) -> float | None:
     known = [(p, t) for p, t in zip(predictions, labels) if t != OTHER_LESION_CLASS]
     return float(np.mean([p.label == t for p, t in known])) if known else None
@@ -151,19 +198,22 @@ def _accuracy(predictions: Sequence[Prediction], labels: Sequence[str]) -> float
 
 def fidelity(reference: Classifier, candidate: Classifier, sets: Sequence[EvalSet], batch_size: int = 32) -> dict[str, Any]:
     """Per set: scans, accuracy of both (lesions of no class left out), the change in points,
-    the share with the same label, with the same label and flags, and the largest probability
-    difference."""
+    the share with the same label, with the same label and flags, the largest probability
+    difference, and the share of scans ``candidate`` ran again in float32."""
     out: dict[str, Any] = {}
     for s in sets:
         images = [read_scan(p) for p in s.paths]
         a = reference.predict_batch(images, batch_size)
+        before = candidate.rechecked_scans
         b = candidate.predict_batch(images, batch_size)
+        rechecked = (candidate.rechecked_scans - before) / max(len(images), 1)
         entry: dict[str, Any] = {
             "n_images": len(images),
             "same_label": float(np.mean([x.label == y.label for x, y in zip(a, b)])),
             "same_label_and_flags": float(np.mean([x.label == y.label and flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])),
             "same_flags": float(np.mean([flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])),
             "max_prob_diff": float(max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(a, b) for c in CLASS_NAMES)),
+            "rechecked_in_float32": rechecked,
         }
         acc_a, acc_b = _accuracy(a, s.labels), _accuracy(b, s.labels)
         if acc_a is not None and acc_b is not None:
@@ -185,22 +235,27 @@ def passes(report: dict[str, Any], testing: str = "testing") -> dict[str, bool]:
     return {**checks, "passed": all(checks.values())}
 
 
-def calibration_batches(model: Classifier, config: TrainConfig, count: int, seed: int = 0) -> tuple[list[np.ndarray], list[Path]]:
+def calibration_batches(
+    model: Classifier, config: TrainConfig, count: int, seed: int = 0
+) -> tuple[list[np.ndarray], list[Path], list[Path]]:
     """Network inputs of ``count`` scans drawn at random from the validation split of ``config``
-    (the split the model was selected on), in batches; and their paths."""
+    (the split the model was selected on), in batches; their paths; and the paths of the other
+    validation scans."""
     _, val, _ = load_data(config)
     if not val:
         raise SystemExit("The training configuration gives no validation scans to calibrate on.")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(val), min(count, len(val)), replace=False))
     paths = [val[i].path for i in chosen]
+    taken = set(chosen)
+    rest = [s.path for i, s in enumerate(val) if i not in taken]
     backend = model.backend
     assert isinstance(backend, OnnxBackend)
     batches = [
         input_array([read_scan(p) for p in paths[i : i + _CALIBRATION_BATCH]], backend.image_size, backend.mean, backend.std)
         for i in range(0, len(paths), _CALIBRATION_BATCH)
     ]
-    return batches, paths
+    return batches, paths, rest
 
 
 def evaluation_sets(config: TrainConfig, external: Path | None, audit: Path | None) -> list[EvalSet]:
@@ -238,6 +293,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-external", action="store_true", help="check on Testing only (the check then cannot pass)")
     parser.add_argument("--audit", type=Path, default=None, help="audit report for the leak-free subset (default: assets/audit.json)")
     parser.add_argument("--calibration", type=int, default=256, help="validation scans to calibrate on (default: 256)")
+    parser.add_argument("--recheck-quantile", type=float, default=RECHECK_QUANTILE,
+                        help=f"quantile of the int8-float32 differences on validation the re-check bands cover (default: {RECHECK_QUANTILE})")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime concurrent runs while checking")
     parser.add_argument("--report", type=Path, default=None, help="JSON file for the full fidelity report")
     return parser
@@ -246,6 +303,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.calibration < 1:
         raise SystemExit(f"--calibration must be at least 1, got {args.calibration}.")
+    if not 0.5 <= args.recheck_quantile <= 1:
+        raise SystemExit(f"--recheck-quantile must lie in [0.5, 1], got {args.recheck_quantile}.")
     weights = Path(args.weights or default_weights())
     folder = weights.parent
     card = read_model_card(weights)
@@ -261,12 +320,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     reference = load_model(weights, device="cpu", threads=args.threads, precision="float32")
     if not isinstance(reference.backend, OnnxBackend):
         raise SystemExit("The float32 ONNX graph could not be served (is onnxruntime installed?).")
-    batches, paths = calibration_batches(reference, config, args.calibration, config.seed)
+    batches, paths, rest = calibration_batches(reference, config, args.calibration, config.seed)
     logger.info("calibrating on %d validation scans", len(paths))
     source = folder / str(card["onnx"].get("file", ONNX_NAME))
     output = folder / INT8_NAME
-    quantize_graph(source, output, batches)
-    candidate = serve_graph(reference, output, "int8", args.threads)
+    kept = sensitive_nodes(source)
+    quantize_graph(source, output, batches, exclude=kept)
+    raw = serve_graph(reference, output, "int8", args.threads)
+    recheck, differences = fit_recheck(reference, raw, [read_scan(p) for p in rest], args.recheck_quantile)
+    logger.info("re-check bands from %d other validation scans: %s (%s)", len(rest), recheck, differences)
+    candidate = serve_graph(reference, output, "int8", args.threads, recheck)
 
     report = fidelity(reference, candidate, evaluation_sets(config, external, args.audit))
     checks = passes(report)
@@ -281,7 +344,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "weights_sha256": card["weights_sha256"],
         "float32_sha256": card["onnx"]["sha256"],
         "format": "ONNX Runtime static quantization: QDQ, int8 weights per output channel, uint8 activations (MinMax)",
+        "kept_float32": kept,
         "calibration": {"split": "validation", "scans": len(paths), "seed": config.seed},
+        "recheck": recheck.to_card() | {
+            "rule": f"{args.recheck_quantile:.1%} quantile of the int8-float32 probability difference and (score ratio) "
+            "range on the validation scans not calibrated on; answers that float32 could give otherwise within "
+            "them are run again in float32",
+            "fitted_on": differences,
+        },
         "check": {"max_accuracy_change_points": MAX_ACCURACY_DROP_POINTS, "min_same_label_and_flags_testing": MIN_SAME_TESTING},
         "fidelity": {
             name: {k: round(v, 5) for k, v in entry.items() if k != "n_images"} | {"n_images": entry["n_images"]}
