@@ -99,7 +99,8 @@ class Classifier:
         #: Out-of-distribution gate on the pooled features (None: image checks only).
         self.gate = gate
         self.image_limits = ImageLimits()
-        #: Scans whose int8 answer was run again in float32 since loading (for reports).
+        #: Scans whose int8 answer was run again in float32 since loading (for reports; not
+        #: locked, so approximate under concurrent calls).
         self.rechecked_scans = 0
         self.low_confidence = float(card.get("uncertainty", {}).get("low_confidence_below", UNFITTED_LOW_CONFIDENCE))
         #: Test-time augmentation: average the probabilities of the scan and its mirror image.
@@ -134,7 +135,8 @@ class Classifier:
         return torch.stack([self.transform(image) for image in images]).to(self.device)
 
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Raw network outputs (N, classes) for the scans as they are (no mirror)."""
+        """Raw network outputs (N, classes) for the scans as they are (no mirror), from the
+        served graph as it is (int8 answers are not re-checked here)."""
         return torch.from_numpy(self.backend.run(self.backend.prepare(images))[0]).float()
 
     def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
