@@ -52,8 +52,9 @@ def test_fails_when_one_source_moves_too_far(change):
 
 
 def test_fails_when_testing_labels_or_flags_differ():
-    assert not passes({"testing": _entry(0.0, MIN_SAME_TESTING - 0.001)})["passed"]
+    assert not passes({"testing": _entry(0.0, MIN_SAME_TESTING - 0.001), "external/a": _entry()})["passed"]
     assert not passes({"external/a": _entry()})["passed"], "no Testing figures: the check cannot pass"
+    assert not passes({"testing": _entry()})["passed"], "no external source: the check cannot pass"
 
 
 def test_flag_kinds_ignore_the_figures():
@@ -243,3 +244,34 @@ def test_recheck_serves_float32_answers_where_it_reruns(exported, quantized):
     never = serve_graph(model, quantized, "int8", recheck=Recheck(0.0, (1.0, 1.0)))
     never.predict_batch(images)
     assert never.rechecked_scans == 0
+
+
+@pytest.mark.slow
+def test_main_writes_graph_card_and_report(tmp_path, data_root):
+    """python -m train.quantize on a tiny model trained on nothing: the graph, the card entry
+    and the report are written; without external sources the check does not pass, so core
+    keeps serving float32."""
+    from train.config import TrainConfig
+    from train.quantize import get_args_parser, main
+
+    weights = make_model_dir(tmp_path / "model", seed=7)
+    card = read_model_card(weights)
+    config = TrainConfig(data_dir=data_root, max_per_class=12, image_size=card["image_size"], workers=0)
+    card["training"] = {"config": config.to_dict()}
+    write_model_card(weights, card)
+    export_beside(weights)
+    report = tmp_path / "fidelity.json"
+    args = get_args_parser().parse_args(
+        ["--weights", str(weights), "--data-dir", str(data_root), "--no-external", "--calibration", "4",
+         "--threads", "1", "--report", str(report)]
+    )
+    result = main(args)
+    assert not result["checks"]["passed"] and not result["checks"]["every external source checked"]
+    info = read_model_card(weights)["onnx_int8"]
+    assert (weights.parent / info["file"]).is_file() and info["sha256"] == sha256_file(weights.parent / info["file"])
+    assert info["calibration"]["scans"] == len(result["calibration_scans"]) <= 4
+    assert set(result["calibration_scans"]).isdisjoint(str(p) for p in (data_root / "Testing").rglob("*"))
+    assert info["passed"] is False and set(info["fidelity"]) == {"testing"} | ({"testing_leak_free"} & set(info["fidelity"]))
+    assert 0 <= info["recheck"]["prob_tolerance"] <= 1
+    assert json.loads(report.read_text())["checks"] == result["checks"]
+    assert load_model(weights, device="cpu").backend.precision == "float32"

@@ -170,6 +170,8 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
     ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
     and the (1 - ``quantile``, ``quantile``) range of the ratio of their out-of-distribution
     scores. Also a summary of those differences."""
+    if not images:
+        raise ValueError("No scans to fit the re-check bands on.")
     diffs, ratios = [], []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -229,6 +231,7 @@ def passes(report: dict[str, Any], testing: str = "testing") -> dict[str, bool]:
         f"accuracy within {MAX_ACCURACY_DROP_POINTS} points on {name}": abs(entry["accuracy_change_points"]) <= MAX_ACCURACY_DROP_POINTS + 1e-9
         for name, entry in report.items() if "accuracy_change_points" in entry
     }
+    checks["every external source checked"] = any(name.startswith("external/") for name in report)
     checks[f"same label and flags on at least {MIN_SAME_TESTING:.1%} of {testing}"] = (
         testing in report and report[testing]["same_label_and_flags"] >= MIN_SAME_TESTING
     )
@@ -324,6 +327,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("calibrating on %d validation scans", len(paths))
     source = folder / str(card["onnx"].get("file", ONNX_NAME))
     output = folder / INT8_NAME
+    if not rest:
+        raise SystemExit(f"All {len(paths)} validation scans went to calibration: none is left to fit the re-check "
+                         "bands on; lower --calibration.")
     kept = sensitive_nodes(source)
     quantize_graph(source, output, batches, exclude=kept)
     raw = serve_graph(reference, output, "int8", args.threads)
