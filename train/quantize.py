@@ -54,6 +54,7 @@ __all__ = [
     "MIN_SAME_TESTING",
     "EvalSet",
     "RECHECK_QUANTILE",
+    "compare",
     "fidelity",
     "fit_recheck",
     "flag_kinds",
@@ -198,6 +199,24 @@ def _accuracy(predictions: Sequence[Prediction], labels: Sequence[str]) -> float
     return float(np.mean([p.label == t for p, t in known])) if known else None
 
 
+def compare(a: Sequence[Prediction], b: Sequence[Prediction], labels: Sequence[str]) -> dict[str, Any]:
+    """Predictions ``b`` (int8) against ``a`` (float32) of the same scans with true ``labels``:
+    scans, the shares with the same label, with the same label and flags and with the same
+    flags, the largest probability difference; and the accuracy of both (lesions of no class
+    left out) with the change in points, where there are labelled scans."""
+    entry: dict[str, Any] = {
+        "n_images": len(a),
+        "same_label": float(np.mean([x.label == y.label for x, y in zip(a, b)])),
+        "same_label_and_flags": float(np.mean([x.label == y.label and flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])),
+        "same_flags": float(np.mean([flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])),
+        "max_prob_diff": float(max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(a, b) for c in CLASS_NAMES)),
+    }
+    acc_a, acc_b = _accuracy(a, labels), _accuracy(b, labels)
+    if acc_a is not None and acc_b is not None:
+        entry.update(accuracy_float32=acc_a, accuracy_int8=acc_b, accuracy_change_points=100 * (acc_b - acc_a))
+    return entry
+
+
 def fidelity(reference: Classifier, candidate: Classifier, sets: Sequence[EvalSet], batch_size: int = 32) -> dict[str, Any]:
     """Per set: scans, accuracy of both (lesions of no class left out), the change in points,
     the share with the same label, with the same label and flags, the largest probability
@@ -208,18 +227,8 @@ def fidelity(reference: Classifier, candidate: Classifier, sets: Sequence[EvalSe
         a = reference.predict_batch(images, batch_size)
         before = candidate.rechecked_scans
         b = candidate.predict_batch(images, batch_size)
-        rechecked = (candidate.rechecked_scans - before) / max(len(images), 1)
-        entry: dict[str, Any] = {
-            "n_images": len(images),
-            "same_label": float(np.mean([x.label == y.label for x, y in zip(a, b)])),
-            "same_label_and_flags": float(np.mean([x.label == y.label and flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])),
-            "same_flags": float(np.mean([flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])),
-            "max_prob_diff": float(max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(a, b) for c in CLASS_NAMES)),
-            "rechecked_in_float32": rechecked,
-        }
-        acc_a, acc_b = _accuracy(a, s.labels), _accuracy(b, s.labels)
-        if acc_a is not None and acc_b is not None:
-            entry.update(accuracy_float32=acc_a, accuracy_int8=acc_b, accuracy_change_points=100 * (acc_b - acc_a))
+        entry = compare(a, b, s.labels)
+        entry["rechecked_in_float32"] = (candidate.rechecked_scans - before) / max(len(images), 1)
         out[s.name] = entry
         logger.info("fidelity on %s: %s", s.name, {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()})
     return out

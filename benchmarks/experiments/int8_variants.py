@@ -29,15 +29,10 @@ import numpy as np
 
 from benchmarks.experiments import emit
 from core import load_model, read_scan
-from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, data_dir, default_weights, external_dir
+from core.constants import data_dir, default_weights, external_dir
 from core.ort import INPUT_NAME, ONNX_NAME, open_session
 from train.config import TrainConfig
-from train.quantize import calibration_batches, evaluation_sets, flag_kinds, quantize_graph, sensitive_nodes, serve_graph
-
-
-def _accuracy(predictions: Sequence[Any], labels: Sequence[str]) -> float | None:
-    known = [(p, t) for p, t in zip(predictions, labels) if t != OTHER_LESION_CLASS]
-    return float(np.mean([p.label == t for p, t in known])) if known else None
+from train.quantize import calibration_batches, compare, evaluation_sets, quantize_graph, sensitive_nodes, serve_graph
 
 
 def pass_ms(graph: Path, image_size: int, repeats: int = 100) -> float:
@@ -98,13 +93,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         candidate = serve_graph(reference, graph, "int8", args.threads)
         row: dict[str, Any] = {"pass_ms": pass_ms(graph, reference.image_size), "sets": {}}
         for s in sets:
-            a, b = expected[s.name], candidate.predict_batch(images[s.name])
-            acc_a, acc_b = _accuracy(a, s.labels), _accuracy(b, s.labels)
+            entry = compare(expected[s.name], candidate.predict_batch(images[s.name]), s.labels)
             row["sets"][s.name] = {
-                "same_label": round(float(np.mean([x.label == y.label for x, y in zip(a, b)])), 4),
-                "same_label_and_flags": round(float(np.mean([x.label == y.label and flag_kinds(x) == flag_kinds(y) for x, y in zip(a, b)])), 4),
-                "accuracy_change_points": None if acc_a is None or acc_b is None else round(100 * (acc_b - acc_a), 2),
-                "max_prob_diff": round(float(max(abs(x.probabilities[c] - y.probabilities[c]) for x, y in zip(a, b) for c in CLASS_NAMES)), 3),
+                "same_label": round(entry["same_label"], 4),
+                "same_label_and_flags": round(entry["same_label_and_flags"], 4),
+                "accuracy_change_points": round(entry["accuracy_change_points"], 2) if "accuracy_change_points" in entry else None,
+                "max_prob_diff": round(entry["max_prob_diff"], 3),
             }
         result["variants"][name] = row
         print(name, row["pass_ms"], row["sets"]["testing"], file=sys.stderr, flush=True)
