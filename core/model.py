@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from . import nets  # noqa: F401  (registers small_cnn with timm)
-from .constants import CLASS_LABELS, CLASS_NAMES, UNFITTED_LOW_CONFIDENCE, default_weights
+from .constants import CLASS_LABELS, CLASS_NAMES, NEGATIVE_CLASS, UNFITTED_LOW_CONFIDENCE, WEAK_NEGATIVE_FLAG, default_weights
 from .backend import Backend, choose_backend
 from .cam import GradCamExplainer
 from .ood import NOT_BRAIN_MRI_FLAG, OUTSIDE_TRAINING_FLAG, FeatureGate, ImageLimits, image_problem, load_gate
@@ -102,7 +102,12 @@ class Classifier:
         #: Scans whose int8 answer was run again in float32 since loading (for reports; not
         #: locked, so approximate under concurrent calls).
         self.rechecked_scans = 0
-        self.low_confidence = float(card.get("uncertainty", {}).get("low_confidence_below", UNFITTED_LOW_CONFIDENCE))
+        uncertainty = card.get("uncertainty", {})
+        self.low_confidence = float(uncertainty.get("low_confidence_below", UNFITTED_LOW_CONFIDENCE))
+        #: Confidence a "no tumour" answer needs to be shown without a flag (None: weights
+        #: whose card fitted none; then only ``low_confidence`` applies).
+        floor = uncertainty.get("notumor_confidence_below")
+        self.negative_floor: float | None = None if floor is None else float(floor)
         #: Test-time augmentation: average the probabilities of the scan and its mirror image.
         self.tta = bool(tta)
         self.class_names: tuple[str, ...] = tuple(card["class_names"])
@@ -181,7 +186,8 @@ class Classifier:
             return out, scores
         reject = self.gate.reject_score if self.gate is not None else float("inf")
         views = [out.probs, out.plain] + ([out.mirror] if out.mirror is not None else [])
-        rows = backend.recheck.rows([v.numpy() for v in views], scores.numpy(), self.low_confidence, (1.0, reject))
+        negative = None if self.negative_floor is None else (self.class_names.index(NEGATIVE_CLASS), self.negative_floor)
+        rows = backend.recheck.rows([v.numpy() for v in views], scores.numpy(), self.low_confidence, (1.0, reject), negative)
         # Scans the image checks reject get no network answer to differ in.
         rows &= np.array([problem is None for problem in out.problems])
         index = np.flatnonzero(rows)
@@ -215,6 +221,8 @@ class Classifier:
         confidence = float(probs.max())
         if confidence < self.low_confidence:
             flags.append(f"low confidence ({confidence:.0%}, below {self.low_confidence:.0%})")
+        elif self._weak_negative(probs):
+            flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.0%}, needs {self.negative_floor:.0%})")
         if mirror is None or not self.mirror_check:
             return tuple(flags)
         plain_label, mirror_label = (self.class_names[int(p.argmax())] for p in (plain, mirror))
@@ -224,6 +232,13 @@ class Classifier:
                 f"({CLASS_LABELS[plain_label]} vs {CLASS_LABELS[mirror_label]})"
             )
         return tuple(flags)
+
+    def _weak_negative(self, probs: torch.Tensor) -> bool:
+        """A "no tumour" answer below the confidence a negative answer needs."""
+        if self.negative_floor is None:
+            return False
+        index = int(probs.argmax())
+        return self.class_names[index] == NEGATIVE_CLASS and float(probs[index]) < self.negative_floor
 
     def _predictions(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """The whole pipeline: outputs (steps 1-3), then the gate and the flags."""

@@ -72,21 +72,32 @@ class Recheck:
     prob_tolerance: float
     #: Range of (int8 score / float32 score) counted on.
     score_ratio: tuple[float, float]
+    #: Largest difference between the int8 and float32 "no tumour" probability of a "no tumour"
+    #: answer counted on, for the confidence floor of negative answers (None: ``prob_tolerance``).
+    negative_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         low, high = self.score_ratio
-        if not (self.prob_tolerance >= 0 and 0 < low <= high):
-            raise ValueError(f"Bad re-check bands: prob_tolerance={self.prob_tolerance!r}, score_ratio={self.score_ratio!r}.")
+        if not (self.prob_tolerance >= 0 and 0 < low <= high) or (self.negative_tolerance is not None and self.negative_tolerance < 0):
+            raise ValueError(
+                f"Bad re-check bands: prob_tolerance={self.prob_tolerance!r}, score_ratio={self.score_ratio!r}, "
+                f"negative_tolerance={self.negative_tolerance!r}."
+            )
 
     @classmethod
     def from_card(cls, info: dict[str, Any] | None) -> Recheck | None:
         """From ``card["onnx_int8"]["recheck"]`` (None when absent)."""
         if not info:
             return None
-        return cls(float(info["prob_tolerance"]), (float(info["score_ratio"][0]), float(info["score_ratio"][1])))
+        negative = info.get("negative_tolerance")
+        return cls(float(info["prob_tolerance"]), (float(info["score_ratio"][0]), float(info["score_ratio"][1])),
+                   None if negative is None else float(negative))
 
     def to_card(self) -> dict[str, Any]:
-        return {"prob_tolerance": self.prob_tolerance, "score_ratio": list(self.score_ratio)}
+        card: dict[str, Any] = {"prob_tolerance": self.prob_tolerance, "score_ratio": list(self.score_ratio)}
+        if self.negative_tolerance is not None:
+            card["negative_tolerance"] = self.negative_tolerance
+        return card
 
     def rows(
         self,
@@ -94,11 +105,13 @@ class Recheck:
         scores: np.ndarray,
         low_confidence: float,
         score_thresholds: Sequence[float],
+        negative: tuple[int, float] | None = None,
     ) -> np.ndarray:
         """Boolean mask of the scans to run again. ``probs``: the int8 probability arrays
         (N, classes) each decision reads (the served ones, the scan's, the mirror image's);
         ``scores``: int8 out-of-distribution scores (N,); ``low_confidence``: the confidence
-        below which a scan is flagged; ``score_thresholds``: the scores above which it is."""
+        below which a scan is flagged; ``score_thresholds``: the scores above which it is;
+        ``negative``: (class index, floor) when a "no tumour" answer under the floor is flagged."""
         t = self.prob_tolerance
         near = np.zeros(len(scores), dtype=bool)
         for p in probs:
@@ -107,6 +120,11 @@ class Recheck:
             near |= top[:, -1] - top[:, -2] < 2 * t  # the label could change
         served = np.asarray(probs[0], dtype=np.float64).max(axis=1)
         near |= np.abs(served - low_confidence) < t  # the low-confidence flag could change
+        if negative is not None:  # the flag of a weak "no tumour" answer could change
+            index, floor = negative
+            first = np.asarray(probs[0], dtype=np.float64)
+            tolerance = t if self.negative_tolerance is None else self.negative_tolerance
+            near |= (first.argmax(axis=1) == index) & (np.abs(first[:, index] - floor) < tolerance)
         low, high = self.score_ratio
         scores = np.asarray(scores, dtype=np.float64)
         for threshold in score_thresholds:

@@ -221,11 +221,28 @@ def test_recheck_rows_pick_scans_near_a_decision():
     assert recheck.rows([probs, probs, mirror], scores, 0.70, (1.0,))[0]
 
 
+def test_recheck_rows_cover_the_floor_of_no_tumour_answers():
+    recheck = Recheck(0.05, (0.9, 1.2), negative_tolerance=0.01)
+    neg = CLASS_NAMES.index("notumor")
+    probs = np.full((4, len(CLASS_NAMES)), 0.0)
+    probs[:, 0] = [0.055, 0.035, 0.02, 0.945]
+    probs[:, neg] = [0.945, 0.965, 0.98, 0.055]  # within 0.01 of 0.95, 0.015 away, clear, a glioma answer
+    scores = np.full(4, 0.5)
+    assert not recheck.rows([probs], scores, 0.70, (1.0,)).any()  # no floor: nothing near a decision
+    assert recheck.rows([probs], scores, 0.70, (1.0,), negative=(neg, 0.95)).tolist() == [True, False, False, False]
+    wide = Recheck(0.05, (0.9, 1.2))  # no negative tolerance: the probability tolerance serves
+    assert wide.rows([probs], scores, 0.70, (1.0,), negative=(neg, 0.95)).tolist() == [True, True, True, False]
+
+
 def test_recheck_bands_validated_and_round_trip():
     with pytest.raises(ValueError, match="score_ratio"):
         Recheck(0.1, (1.2, 0.9))
+    with pytest.raises(ValueError, match="negative_tolerance"):
+        Recheck(0.1, (0.9, 1.2), negative_tolerance=-0.1)
     band = Recheck(0.1, (0.9, 1.2))
     assert Recheck.from_card(band.to_card()) == band and Recheck.from_card(None) is None
+    narrow = Recheck(0.1, (0.9, 1.2), 0.02)
+    assert Recheck.from_card(narrow.to_card()) == narrow
 
 
 def test_recheck_serves_float32_answers_where_it_reruns(exported, quantized):

@@ -18,13 +18,13 @@ from PIL import Image
 
 from train.non_mri import KINDS, non_mri_images
 from core import load_model, read_scan
-from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, WEIGHTS_NAME
+from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, NEGATIVE_CLASS, WEAK_NEGATIVE_FLAG, WEIGHTS_NAME
 from core.model import Classifier
 from core.ood import OOD_NAME, FeatureGate, forward_with_taps, image_problem, load_gate, save_gate
 from app.review import analyse_scan, results_csv
 from core.weights import WeightsError
 from train import metrics
-from train.calibrate import apply_temperature, choose_confidence_threshold, fit_temperature
+from train.calibrate import apply_temperature, choose_confidence_threshold, choose_negative_floor, fit_temperature
 from train.ood import fit_gate
 
 SHIPPED_GATE = (ASSETS_DIR / OOD_NAME).is_file()
@@ -69,6 +69,46 @@ def test_confidence_threshold_caps_the_flag_rate():
 
 
 # ---------------------------------------------------------------------- feature gate
+NEG = CLASS_NAMES.index(NEGATIVE_CLASS)
+
+
+def _negative_answers(confidence: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities answering "no tumour" at ``confidence``, with targets right or a glioma."""
+    probs = np.zeros((len(confidence), len(CLASS_NAMES)))
+    probs[:, NEG] = confidence
+    probs[:, 0] = 1 - confidence
+    return probs, np.where(right, NEG, 0)
+
+
+def test_negative_floor_is_the_lowest_reaching_the_precision():
+    # 100 right answers at 0.97; 10 misses at 0.80-0.89; 10 right answers at 0.90-0.94.
+    confidence = np.r_[np.full(100, 0.97), np.linspace(0.80, 0.89, 10), np.linspace(0.90, 0.94, 10)]
+    right = np.r_[np.ones(100, bool), np.zeros(10, bool), np.ones(10, bool)]
+    probs, targets = _negative_answers(confidence, right)
+    floor, fit = choose_negative_floor(probs, targets, NEG, min_precision=0.995)
+    kept = confidence >= floor
+    assert right[kept].mean() >= 0.995 and fit["reached"]
+    assert 0.89 < floor <= 0.90  # every miss is below it, and no right answer needlessly
+    # A looser precision lets the two highest misses through (2 in 112 answers: 98.2 %).
+    assert choose_negative_floor(probs, targets, NEG, min_precision=0.98)[0] == pytest.approx(0.88)
+    assert fit["answers"] == 120 and fit["answers_above_floor"] == int(kept.sum())
+    # Answers of other classes do not count towards the negative answers' precision.
+    other = np.array([[0.9, 0.05, 0.03, 0.02]] * 50)
+    assert choose_negative_floor(np.r_[probs, other], np.r_[targets, np.full(50, 1)], NEG, 0.995)[0] == floor
+
+
+def test_negative_floor_falls_back_to_the_highest_and_refuses_bad_input():
+    probs, targets = _negative_answers(np.full(20, 0.99), np.zeros(20, bool))  # every answer wrong
+    floor, fit = choose_negative_floor(probs, targets, NEG, grid=(0.6, 0.8, 0.95))
+    assert floor == 0.95 and not fit["reached"]
+    with pytest.raises(ValueError, match="min_precision"):
+        choose_negative_floor(probs, targets, NEG, min_precision=1.5)
+    with pytest.raises(ValueError, match="negative must index"):
+        choose_negative_floor(probs, targets, 7)
+    # No negative answer at all (a barely trained model): no floor, rather than a made-up one.
+    assert choose_negative_floor(np.tile([0.7, 0.1, 0.1, 0.1], (5, 1)), np.zeros(5), NEG) == (None, {"answers": 0, "reached": False})
+
+
 def test_gate_accepts_the_training_distribution_and_rejects_far_points():
     rng = np.random.default_rng(0)
     means = rng.normal(0, 3, size=(4, 16))
@@ -141,6 +181,28 @@ def test_flags_low_confidence_and_mirror_disagreement(tiny_model):
     assert tiny_model._flags(sure, sure, sure, None) == ()
     assert tiny_model._flags(sure, sure, sure, "blank image")[0].startswith("not recognised as a brain MRI")
     assert tiny_model._flags(sure, sure, sure, None, "score 1.2")[0].startswith("outside the training data")
+
+
+def test_weak_no_tumour_answer_is_flagged_others_are_not(tiny_model):
+    model = Classifier(tiny_model.network, dict(tiny_model.card, uncertainty={"low_confidence_below": 0.7,
+                                                                               "notumor_confidence_below": 0.95}), "cpu")
+    assert model.negative_floor == 0.95
+    weak = torch.zeros(len(CLASS_NAMES), dtype=torch.float64)
+    weak[NEG], weak[0] = 0.90, 0.10
+    flags = model._flags(weak, weak, weak, None)
+    assert len(flags) == 1 and flags[0].startswith(WEAK_NEGATIVE_FLAG) and "90%" in flags[0] and "95%" in flags[0]
+    sure = weak.clone()
+    sure[NEG], sure[0] = 0.96, 0.04
+    assert model._flags(sure, sure, sure, None) == ()
+    glioma = torch.zeros(len(CLASS_NAMES), dtype=torch.float64)
+    glioma[0], glioma[NEG] = 0.90, 0.10
+    assert model._flags(glioma, glioma, glioma, None) == ()  # a tumour answer is not held to the floor
+    low = weak.clone()
+    low[NEG], low[0] = 0.6, 0.4  # already flagged as low confidence: one flag, not two
+    assert [f.split(" (")[0] for f in model._flags(low, low, low, None)] == ["low confidence"]
+    # Weights whose card fitted no floor keep the old behaviour.
+    plain = Classifier(tiny_model.network, dict(tiny_model.card, uncertainty={"low_confidence_below": 0.7}), "cpu")
+    assert plain.negative_floor is None and plain._flags(weak, weak, weak, None) == ()
 
 
 def test_prediction_carries_the_gate_and_flags(tiny_weights):

@@ -18,12 +18,20 @@ from core.model import softmax
 
 from . import metrics
 
-__all__ = ["apply_temperature", "calibration_summary", "fit_temperature", "choose_confidence_threshold"]
+__all__ = [
+    "MIN_NEGATIVE_PRECISION", "apply_temperature", "calibration_summary", "choose_confidence_threshold", "choose_negative_floor",
+    "fit_temperature",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Temperatures outside this range mean the logits are degenerate (or the fit failed).
 TEMPERATURE_RANGE = (0.05, 20.0)
+#: A "no tumour" answer shown without a flag must be right at least this often on validation
+#: (at most 1 missed tumour in 50 such answers).
+MIN_NEGATIVE_PRECISION = 0.98
+#: Candidate confidence floors for "no tumour" answers.
+NEGATIVE_FLOOR_GRID: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
 
 
 def _check(logits: np.ndarray, targets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,3 +101,49 @@ def choose_confidence_threshold(
         if float((confidence < threshold).mean()) <= max_flag_rate:
             chosen = threshold
     return float(chosen)
+
+
+def choose_negative_floor(
+    probs: np.ndarray,
+    targets: Sequence[int],
+    negative: int,
+    min_precision: float = MIN_NEGATIVE_PRECISION,
+    grid: Sequence[float] = NEGATIVE_FLOOR_GRID,
+) -> tuple[float | None, dict[str, Any]]:
+    """The confidence a "no tumour" answer needs to be shown without a flag: the lowest floor of
+    ``grid`` at which the (validation) answers of class ``negative`` with at least that
+    confidence are right at least ``min_precision`` of the time; the highest floor of the grid
+    when none reaches it; None when no scan is answered with ``negative``. ``probs``: calibrated
+    probabilities (N, classes). Returns the floor and what it was chosen from (answers kept,
+    their precision)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets)
+    if probs.ndim != 2 or len(probs) != len(targets):
+        raise ValueError(f"probs must be (N, classes) with one target per row, got {probs.shape} and {targets.shape}.")
+    if not 0 <= negative < probs.shape[1]:
+        raise ValueError(f"negative must index one of the {probs.shape[1]} classes, got {negative!r}.")
+    if not 0 < min_precision < 1:
+        raise ValueError(f"min_precision must be in (0, 1), got {min_precision!r}.")
+    answers = probs.argmax(1) == negative
+    if not answers.any():
+        logger.warning("no validation scan is answered with class %d: no floor for negative answers", negative)
+        return None, {"answers": 0, "reached": False}
+    confidence, right = probs[:, negative], targets == negative
+    candidates = sorted(grid)
+    chosen = candidates[-1]
+    for floor in candidates:
+        kept = answers & (confidence >= floor)
+        if kept.any() and right[kept].mean() >= min_precision:
+            chosen = floor
+            break
+    kept = answers & (confidence >= chosen)
+    summary = {
+        "answers": int(answers.sum()),
+        "precision_without_floor": float(right[answers].mean()),
+        "answers_above_floor": int(kept.sum()),
+        "precision_above_floor": float(right[kept].mean()) if kept.any() else None,
+        "reached": bool(kept.any() and right[kept].mean() >= min_precision),
+    }
+    if not summary["reached"]:
+        logger.warning("no floor of the grid makes %.0f%% of the 'no tumour' answers right; using %.2f", 100 * min_precision, chosen)
+    return float(chosen), summary

@@ -22,16 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.backend import Backend
 from core.model import build_network
 from core.ood import OOD_NAME, save_gate
 from core.ort import ONNX_NAME
-from core.constants import EVALUATION_NAME, HISTORY_NAME, WEIGHTS_NAME, data_dir
+from core.constants import EVALUATION_NAME, HISTORY_NAME, NEGATIVE_CLASS, WEIGHTS_NAME, data_dir
 from core.weights import load_weights, save_weights, write_model_card
 
-from .calibrate import apply_temperature, calibration_summary, choose_confidence_threshold, fit_temperature
+from .calibrate import (
+    MIN_NEGATIVE_PRECISION,
+    apply_temperature,
+    calibration_summary,
+    choose_confidence_threshold,
+    choose_negative_floor,
+    fit_temperature,
+)
 from .config import TrainConfig
 from .data import class_counts, fingerprint, split_dirs
 from .evaluate import evaluate_samples, load_leak_free
@@ -70,16 +78,22 @@ class TrustResult:
     testing_trust: dict[str, Any] | None
 
 
-def _flag_rates(outputs, temperature: float, low_confidence: float) -> dict[str, float]:
-    """Shares of a split flagged for low confidence or mirror disagreement, and their accuracy."""
+def _flag_rates(outputs, temperature: float, low_confidence: float, negative: tuple[int, float] | None = None) -> dict[str, float]:
+    """Shares of a split flagged for low confidence, a weak "no tumour" answer (``negative``:
+    class index and floor) or mirror disagreement, and their accuracy."""
     probs = apply_temperature(outputs.logits, temperature)
     correct = probs.argmax(1) == outputs.targets
     low = probs.max(1) < low_confidence
-    rates = {"low_confidence": float(low.mean()), "accuracy_flagged_low": float(correct[low].mean()) if low.any() else None,
-             "accuracy_not_flagged": float(correct[~low].mean()) if (~low).any() else None}
+    rates = {"low_confidence": float(low.mean()), "accuracy_flagged_low": float(correct[low].mean()) if low.any() else None}
+    weak = np.zeros(len(probs), dtype=bool)
+    if negative is not None:
+        index, floor = negative
+        weak = ~low & (probs.argmax(1) == index) & (probs[:, index] < floor)
+        rates.update(weak_negative=float(weak.mean()), accuracy_flagged_weak_negative=float(correct[weak].mean()) if weak.any() else None)
+    rates["accuracy_not_flagged"] = float(correct[~(low | weak)].mean()) if (~(low | weak)).any() else None
     if outputs.mirror_logits is not None:
         disagree = outputs.mirror_logits.argmax(1) != outputs.logits.argmax(1)
-        flagged = low | disagree
+        flagged = low | weak | disagree
         rates.update(
             mirror_disagreement=float(disagree.mean()),
             any_flag=float(flagged.mean()),
@@ -110,7 +124,11 @@ def trust_steps(
     gate = fit_gate(train_out.features, train_out.targets, val_out.features, len(card["class_names"]))
     gate = fit_reject_threshold(gate, non_mri_features(backend, size))
     sha = save_gate(gate, output / OOD_NAME, {"arch": str(card["arch"]), "image_size": str(size)})
-    low_confidence = choose_confidence_threshold(apply_temperature(val_out.logits, temperature).max(1))
+    val_probs = apply_temperature(val_out.logits, temperature)
+    low_confidence = choose_confidence_threshold(val_probs.max(1))
+    negative_index = list(card["class_names"]).index(NEGATIVE_CLASS)
+    negative_floor, floor_fit = choose_negative_floor(val_probs, val_out.targets, negative_index)
+    negative = None if negative_floor is None else (negative_index, negative_floor)
     calibration = {
         "method": "temperature scaling: one T minimising the validation cross-entropy (L-BFGS on log T)",
         "validation": {"n_images": len(val_samples), "ece_before": val_cal["ece_before"], "ece_after": val_cal["ece_after"]},
@@ -135,8 +153,13 @@ def trust_steps(
     uncertainty = {
         "low_confidence_below": low_confidence,
         "rule": "highest of 0.50-0.90 (step 0.05) flagging at most 5% of the validation scans",
+        "notumor_confidence_below": negative_floor,
+        "notumor_rule": "lowest of 0.50-0.99 (step 0.01) at which the validation 'no tumour' answers with at least "
+        f"that confidence are right at least {MIN_NEGATIVE_PRECISION:.0%} of the time: a 'no tumour' answer below "
+        "it is flagged (a missed tumour costs most)",
+        "notumor_fit": floor_fit,
         "mirror_disagreement": "flagged when the scan and its mirror image get different classes",
-        "validation": _flag_rates(val_out, temperature, low_confidence),
+        "validation": _flag_rates(val_out, temperature, low_confidence, negative),
     }
     testing_calibration = testing_trust = None
     if test_samples:
@@ -144,7 +167,7 @@ def trust_steps(
         test_cal = calibration_summary(test_out.logits, test_out.targets, temperature)
         calibration["testing"] = {"n_images": len(test_samples), "ece_before": test_cal["ece_before"], "ece_after": test_cal["ece_after"]}
         ood["testing_rejected"] = rejection_rate(gate, test_out)
-        uncertainty["testing"] = _flag_rates(test_out, temperature, low_confidence)
+        uncertainty["testing"] = _flag_rates(test_out, temperature, low_confidence, negative)
         testing_calibration = test_cal
         testing_trust = {"temperature": temperature, "ood": ood, "uncertainty": uncertainty}
         logger.info(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from core.backend import OnnxBackend
-from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, data_dir, default_weights, external_dir
+from core.constants import CLASS_NAMES, NEGATIVE_CLASS, OTHER_LESION_CLASS, data_dir, default_weights, external_dir
 from core.model import Classifier, Prediction, load_model
 from core.ort import INPUT_NAME, INT8_NAME, ONNX_NAME, OnnxNetwork, Recheck, open_session
 from core.preprocess import input_array
@@ -76,6 +76,9 @@ MIN_SAME_TESTING = 0.995
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 #: Quantile of the int8-float32 differences on validation scans the re-check bands cover.
 RECHECK_QUANTILE = 0.995
+#: The "no tumour" re-check band is fitted on the scans whose float32 "no tumour" confidence is
+#: at most this far below the floor of negative answers, or above it: where the floor decides.
+NEGATIVE_WINDOW = 0.1
 #: Scans per calibration batch.
 _CALIBRATION_BATCH = 16
 
@@ -170,27 +173,38 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
     the largest probability difference between ``candidate`` (int8, no re-check) and
     ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
     and the (1 - ``quantile``, ``quantile``) range of the ratio of their out-of-distribution
-    scores. Also a summary of those differences."""
+    scores; and the ``quantile`` of the "no tumour" probability difference over the scans both
+    answer "no tumour" with a float32 confidence at most :data:`NEGATIVE_WINDOW` under the floor
+    of negative answers, or above it. Also a summary of those differences."""
     if not images:
         raise ValueError("No scans to fit the re-check bands on.")
-    diffs, ratios = [], []
+    diffs, ratios, negative = [], [], []
+    index = list(reference.class_names).index(NEGATIVE_CLASS)
+    floor = reference.negative_floor if reference.negative_floor is not None else reference.low_confidence
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         a, _ = reference._outputs(chunk)
         b, _ = candidate._outputs(chunk)
         views = [(a.probs, b.probs), (a.plain, b.plain)] + ([(a.mirror, b.mirror)] if a.mirror is not None and b.mirror is not None else [])
         diffs.append(np.max([(x - y).abs().max(dim=1).values.numpy() for x, y in views], axis=0))
+        # Where the floor decides: both answer "no tumour", float32 within NEGATIVE_WINDOW of the
+        # floor or above (a change of label or of the low-confidence flag has its own band).
+        answered = (a.probs.argmax(1) == index) & (b.probs.argmax(1) == index) & (a.probs[:, index] >= floor - NEGATIVE_WINDOW)
+        negative.append((a.probs[:, index] - b.probs[:, index]).abs()[answered].numpy())
         sa, sb = reference._scores(a).numpy(), candidate._scores(b).numpy()
         kept = np.array([problem is None for problem in a.problems]) & (sa > 0)
         ratios.append(sb[kept] / sa[kept])
-    diff, ratio = np.concatenate(diffs), np.concatenate(ratios)
+    diff, ratio, negative_diff = np.concatenate(diffs), np.concatenate(ratios), np.concatenate(negative)
     recheck = Recheck(
         round(float(np.quantile(diff, quantile)), 5),
         (round(float(np.quantile(ratio, 1 - quantile)), 5), round(float(np.quantile(ratio, quantile)), 5)) if len(ratio) else (1.0, 1.0),
+        round(float(np.quantile(negative_diff, quantile)), 5) if len(negative_diff) else None,
     )
     summary = {"scans": len(images), "quantile": quantile, "max_prob_diff": float(diff.max()),
                "median_prob_diff": float(np.median(diff)),
-               "score_ratio_range": [float(ratio.min()), float(ratio.max())] if len(ratio) else None}
+               "score_ratio_range": [float(ratio.min()), float(ratio.max())] if len(ratio) else None,
+               "negative_answers": len(negative_diff),
+               "max_negative_prob_diff": float(negative_diff.max()) if len(negative_diff) else None}
     return recheck, summary
 
 
