@@ -93,6 +93,7 @@ class CompareConfig:
     freeze_epochs: int = 1
     freeze_stages: int = 2
     balance: str = "none"
+    synth_t2: float = 0.0
     reduce: tuple[str, ...] = ()
     batch_size: int = 32
     seed: int = 0
@@ -128,6 +129,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs of the pre-trained architectures (0 for those trained from scratch)")
     parser.add_argument("--freeze-stages", type=int, default=2, help="stages kept at their ImageNet weights in pre-trained EfficientNets (0 for the others)")
     parser.add_argument("--balance", default="none", choices=BALANCE_MODES, help="how training batches are drawn, as for python -m train")
+    parser.add_argument("--synth-t2", type=float, default=0.0, help="T2-like images from extra sources' FLAIR and T1, as for python -m train")
     parser.add_argument(
         "--reduce", action="append", default=[], metavar="ARCH:KEY=N[,KEY=N]",
         help=f"a smaller schedule for one architecture on a slow machine, keys {list(_REDUCIBLE)}, "
@@ -188,7 +190,7 @@ def train_config(arch: str, schedule: Schedule, config: CompareConfig, folder: P
     return TrainConfig(
         data_dir=config.data_dir, extra_data=tuple(config.extra_data), output=folder, arch=arch,
         epochs=schedule.epochs, image_size=schedule.image_size, freeze_epochs=schedule.freeze_epochs,
-        freeze_stages=schedule.freeze_stages, balance=config.balance, batch_size=config.batch_size, seed=config.seed,
+        freeze_stages=schedule.freeze_stages, balance=config.balance, synth_t2=config.synth_t2, batch_size=config.batch_size, seed=config.seed,
         workers=config.workers, no_pretrained=not schedule.pretrained, max_per_class=config.max_per_class,
         no_progress=config.no_progress, no_finalize=True,
     )
@@ -396,6 +398,7 @@ def _result(config: CompareConfig, entries, external_root, n_testing: int, secon
             "freeze_epochs": config.freeze_epochs,
             "freeze_stages": config.freeze_stages,
             "balance": config.balance,
+            "synth_t2": config.synth_t2,
             "batch_size": config.batch_size,
             "seed": config.seed,
             "extra_data": [Path(p).name for p in config.extra_data],

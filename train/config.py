@@ -54,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: float = 1.0
     invert_p: float = 0.0
+    synth_t2: float = 0.0
     balance: str = "none"
     val_fraction: float = 0.15
     split: str = "group"
@@ -91,6 +92,8 @@ class TrainConfig:
             raise SystemExit(f"--balance {self.balance!r} is not one of {BALANCE_MODES}.")
         if not 0.0 <= self.invert_p <= 1.0:
             raise SystemExit(f"--invert-p must be between 0 and 1, got {self.invert_p}.")
+        if not 0.0 <= self.synth_t2 <= 1.0:
+            raise SystemExit(f"--synth-t2 must be between 0 and 1, got {self.synth_t2}.")
         if self.lr <= 0:
             raise SystemExit(f"--lr must be positive, got {self.lr}.")
 

@@ -228,9 +228,12 @@ def _key(sample: Sample) -> str:
 class ScanFolder(Dataset):
     """Samples read through :func:`core.read_scan` (the app's reader), as grey PIL images."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None):
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None,
+                 synthesise: Callable | None = None):
         self.samples = list(samples)
         self.transform = transform
+        #: ``synthesise(sample, image) -> image`` before ``transform`` (``train.presets.SyntheticT2``).
+        self.synthesise = synthesise
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -238,6 +241,8 @@ class ScanFolder(Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         image = to_grayscale(read_scan(sample.path))
+        if self.synthesise is not None:
+            image = self.synthesise(sample, image)
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from scipy import ndimage
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -22,6 +26,7 @@ __all__ = [
     "ClassificationPresetEval",
     "RandomGamma",
     "RandomMaskedInversion",
+    "SyntheticT2",
     "PERTURBATIONS",
     "perturbation",
 ]
@@ -70,6 +75,62 @@ class RandomMaskedInversion(v2.Transform):
         lo, hi = torch.quantile(values, torch.tensor([0.01, 0.99]))
         inverted = torch.where(head, (lo + hi - image).clamp(0, 255), image)
         return inverted.round().to(inpt.dtype)
+
+
+class SyntheticT2:
+    """A T2-like image of a slice, made from its co-registered FLAIR and T1 (before contrast)
+    images, in place of the FLAIR image with probability ``p``.
+
+    No training source holds a T2 glioma, and in the Kaggle set T2 slices are mostly "no
+    tumour". A source that names each scan's sequence and keeps the sequences of one slice side
+    by side (``PATIENT_SLICE_flair.jpg`` beside ``PATIENT_SLICE_t1pre.jpg``, as tcga-lgg) gives
+    both classes in T2-like contrast: fluid bright (the T1 inverted inside the head: fluid is
+    dark on T1), tumour and oedema bright (the FLAIR), white matter dark. The label stays that of
+    the slice. Scans of other sequences, or without a partner image, pass unchanged.
+    """
+
+    def __init__(self, p: float = 0.5, sequence: str = "flair", partner: str = "t1pre", gamma: float = 1.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p!r}.")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be positive, got {gamma!r}.")
+        self.p, self.sequence, self.partner, self.gamma = p, sequence, partner, gamma
+
+    def partner_of(self, path: Path) -> Path | None:
+        """The T1 image beside the FLAIR image ``path`` (None when there is none)."""
+        suffix = f"_{self.sequence}"
+        if not path.stem.lower().endswith(suffix):
+            return None
+        partner = path.with_name(path.stem[: -len(suffix)] + f"_{self.partner}" + path.suffix)
+        return partner if partner.is_file() else None
+
+    @staticmethod
+    def synthesise(flair: np.ndarray, t1: np.ndarray, gamma: float = 1.5) -> np.ndarray:
+        """The T2-like uint8 image of a FLAIR and a T1 image of the same slice (2-D, same shape)."""
+        if flair.shape != t1.shape or flair.ndim != 2:
+            raise ValueError(f"FLAIR and T1 must be 2-D images of one shape, got {flair.shape} and {t1.shape}.")
+        flair, t1 = flair.astype(np.float32), t1.astype(np.float32)
+        head = ndimage.binary_fill_holes(t1 > 0.1 * t1.max())
+        if head.sum() < 16:
+            return flair.astype(np.uint8)
+        lo, hi = np.quantile(t1[head], [0.01, 0.99])
+        fluid = np.clip((hi - t1) / max(hi - lo, 1.0), 0, 1) ** gamma
+        bright = np.clip(flair / max(float(np.quantile(flair[head], 0.99)), 1.0), 0, 1)
+        return np.round(255 * np.where(head, np.maximum(fluid, bright), 0)).astype(np.uint8)
+
+    def __call__(self, sample, image: Image.Image) -> Image.Image:
+        """``image`` (the grey scan of ``sample``, a ``train.data.Sample``), or its T2-like
+        version."""
+        if self.p == 0 or (sample.sequence or "").lower() != self.sequence or random.random() >= self.p:
+            return image
+        partner = self.partner_of(Path(sample.path))
+        if partner is None:
+            return image
+        t1 = np.asarray(Image.open(partner).convert("L"))
+        flair = np.asarray(image.convert("L"))
+        if t1.shape != flair.shape:
+            return image
+        return Image.fromarray(self.synthesise(flair, t1, self.gamma), mode="L")
 
 
 class ClassificationPresetTrain:

@@ -40,7 +40,7 @@ from .config import BALANCE_MODES, SPLITS, TrainConfig
 from .data import ScanFolder
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
-from .presets import ClassificationPresetEval, ClassificationPresetTrain
+from .presets import ClassificationPresetEval, ClassificationPresetTrain, SyntheticT2
 from .pretrained import load_imagenet_weights
 from .sampling import appearance_groups, describe, sample_weights
 from .splits import load_data
@@ -86,6 +86,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--invert-p", type=float, default=defaults.invert_p,
         help="probability of inverting the grey levels inside the head (train.presets.RandomMaskedInversion): "
         "T1/FLAIR-like contrast becomes T2-like (0 = off)",
+    )
+    parser.add_argument(
+        "--synth-t2", type=float, default=defaults.synth_t2,
+        help="probability of replacing an extra source's FLAIR scan by a T2-like image made from it and the "
+        "slice's T1 (train.presets.SyntheticT2; 0 = off)",
     )
     parser.add_argument(
         "--balance", default=defaults.balance, choices=BALANCE_MODES,
@@ -239,7 +244,10 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         "data: %d train, %d validation, %d test images (%s split)",
         len(train_samples), len(val_samples), len(test_samples), config.split,
     )
-    train_set = ScanFolder(train_samples, ClassificationPresetTrain(config.image_size, strength=config.augment, invert_p=config.invert_p))
+    train_set = ScanFolder(
+        train_samples, ClassificationPresetTrain(config.image_size, strength=config.augment, invert_p=config.invert_p),
+        synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
+    )
     eval_tf = ClassificationPresetEval(config.image_size)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
