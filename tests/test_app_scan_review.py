@@ -327,3 +327,32 @@ def test_outside_training_data_is_a_review_state_on_the_page_and_in_the_csv(app,
     monkeypatch.setattr(core.model.Classifier, "predict", original)
     row = next(csv.DictReader(io.StringIO(results_csv([("t2.jpg", replace(analysis, prediction=outside(model, analysis.image)))]).decode())))
     assert row["status"] == "outside_training" and row["outside_training"] == "true"
+
+
+def test_weak_no_tumour_answer_is_flagged_on_the_page_and_in_the_csv(app, model, scan_paths, monkeypatch, request):
+    from core.constants import NEGATIVE_CLASS, WEAK_NEGATIVE_FLAG
+
+    data = scan_paths["notumor"].read_bytes()
+    if model.predict(read_scan(data)).label != NEGATIVE_CLASS:
+        pytest.skip("this model does not answer 'no tumour' on the sample scan")
+    # A floor no answer reaches: every "no tumour" answer falls under it.
+    original = core.model.Classifier.__init__
+
+    def strict(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.negative_floor = 1.01
+
+    monkeypatch.setattr(core.model.Classifier, "__init__", strict)
+    monkeypatch.setattr(model, "negative_floor", 1.01)
+    # The page caches its model: load the strict one now, and drop it after this test.
+    import streamlit as st
+
+    st.cache_resource.clear()
+    request.addfinalizer(st.cache_resource.clear)
+    _upload(app, [("scan.jpg", data)])
+    assert not app.exception
+    assert _metric(app, "Predicted class") == CLASS_LABELS[NEGATIVE_CLASS]
+    assert any(f"Review advised: {WEAK_NEGATIVE_FLAG}" in w.value for w in app.warning)
+    assert WEAK_NEGATIVE_FLAG in app.dataframe[0].value["Flags / message"][0]
+    row = next(csv.DictReader(io.StringIO(results_csv([("scan.jpg", analyse_scan(model, data))]).decode())))
+    assert row["label"] == NEGATIVE_CLASS and WEAK_NEGATIVE_FLAG in row["flags"]
