@@ -220,9 +220,10 @@ class Classifier:
             flags.append(f"{OUTSIDE_TRAINING_FLAG} ({outside})")
         confidence = float(probs.max())
         if confidence < self.low_confidence:
-            flags.append(f"low confidence ({confidence:.0%}, below {self.low_confidence:.0%})")
+            flags.append(f"low confidence ({confidence:.1%}, below {self.low_confidence:.0%})")
         elif self._weak_negative(probs):
-            flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.0%}, needs {self.negative_floor:.0%})")
+            # One decimal, so that 94.8 % is not shown as "95%, needs 95%".
+            flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}, needs {self.negative_floor:.0%})")
         if mirror is None or not self.mirror_check:
             return tuple(flags)
         plain_label, mirror_label = (self.class_names[int(p.argmax())] for p in (plain, mirror))

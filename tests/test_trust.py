@@ -190,7 +190,10 @@ def test_weak_no_tumour_answer_is_flagged_others_are_not(tiny_model):
     weak = torch.zeros(len(CLASS_NAMES), dtype=torch.float64)
     weak[NEG], weak[0] = 0.90, 0.10
     flags = model._flags(weak, weak, weak, None)
-    assert len(flags) == 1 and flags[0].startswith(WEAK_NEGATIVE_FLAG) and "90%" in flags[0] and "95%" in flags[0]
+    assert len(flags) == 1 and flags[0].startswith(WEAK_NEGATIVE_FLAG) and "90.0%" in flags[0] and "needs 95%" in flags[0]
+    near = weak.clone()
+    near[NEG], near[0] = 0.948, 0.052  # shown to one decimal: never "95%, needs 95%"
+    assert "no tumour at 94.8%, needs 95%" in model._flags(near, near, near, None)[0]
     sure = weak.clone()
     sure[NEG], sure[0] = 0.96, 0.04
     assert model._flags(sure, sure, sure, None) == ()
