@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from core.constants import AUDIT_NAME, COMPARISON_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
 
 __all__ = [
+    "EMPTY_CELL",
     "ArtifactError",
     "Artifacts",
     "artifact_stamp",
@@ -24,6 +25,7 @@ __all__ = [
     "comparison_rows",
     "evaluation_title",
     "external_rows",
+    "percent_cells",
     "sequence_rows",
     "load_artifacts",
     "per_class_rows",
@@ -349,6 +351,19 @@ def external_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
             label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
             rows.append(_external_row(SOURCE_TITLES.get(source, source), label, class_report))
     return rows
+
+
+#: How a cell is shown where a figure does not apply (the accuracy of lesions of no class).
+EMPTY_CELL = "–"
+
+
+def percent_cells(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """``rows`` for display: the percentages of ``columns`` as text to one decimal ("98.4 %"),
+    and :data:`EMPTY_CELL` where a figure does not apply, rather than a bare "None"."""
+    return [
+        {k: (EMPTY_CELL if v is None else f"{float(v):.1f} %") if k in columns else v for k, v in row.items()}
+        for row in rows
+    ]
 
 
 def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from app.artifacts import (
     comparison_rows,
     evaluation_title,
     external_rows,
+    percent_cells,
     load_artifacts,
     per_class_rows,
     perturbed_rows,
@@ -173,11 +174,8 @@ def _external_ui(artifacts: Artifacts) -> None:
         "above what to expect on a new hospital's scans. \"Other lesion types\" have no right answer "
         "among the four classes: the dangerous outcome is \"no tumour\" with no flag."
     )
-    pct = st.column_config.NumberColumn(format="%.1f %%")
-    st.dataframe(
-        external_rows(artifacts.external), hide_index=True, width="stretch", key="external_table",
-        column_config={k: pct for k in _PCT_COLUMNS},
-    )
+    st.dataframe(percent_cells(external_rows(artifacts.external), _PCT_COLUMNS), hide_index=True, width="stretch",
+                 key="external_table")
 
 
 def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:
@@ -248,9 +246,7 @@ def _other_sources_ui(artifacts: Artifacts) -> None:
         rows = sequence_rows(artifacts.external)
         if rows:
             st.subheader("By sequence")
-            pct = st.column_config.NumberColumn(format="%.1f %%")
-            st.dataframe(rows, hide_index=True, width="stretch", key="sequence_table",
-                         column_config={k: pct for k in _PCT_COLUMNS})
+            st.dataframe(percent_cells(rows, _PCT_COLUMNS), hide_index=True, width="stretch", key="sequence_table")
     _shortcut_ui(artifacts.audit)
     _pointing_ui(artifacts.evaluation)
 

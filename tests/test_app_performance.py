@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_assets import make_assets
 from app.artifacts import (
+    EMPTY_CELL,
     ArtifactError,
     calibration_views,
     comparison_rows,
@@ -310,12 +311,15 @@ def test_scans_from_other_sources_are_shown_beside_testing(fixture_assets, monke
     table = _table(at, "Accuracy without flag (%)")
     stored = json.loads((fixture_assets / EXTERNAL_NAME).read_text())
     assert list(table["Scans"][:2]) == ["Official Testing split (Kaggle)", "Leak-free Testing subset (Kaggle)"]
-    assert table["Accuracy (%)"][0] == pytest.approx(100 * stored["reference"]["testing"]["accuracy"])
+    assert table["Accuracy (%)"][0] == f"{100 * stored['reference']['testing']['accuracy']:.1f} %"
     hospital = stored["sources"]["hospital"]["classes"]
     other = table[(table["Scans"] == "hospital") & (table["Classes"] == "other lesion types")]
-    assert other["'No tumour', no flag (%)"].tolist() == pytest.approx([100 * hospital["other"]["other_notumor_unflagged"]])
+    assert other["'No tumour', no flag (%)"].tolist() == [f"{100 * hospital['other']['other_notumor_unflagged']:.1f} %"]
+    # A figure that does not apply is a dash, not "None": lesions of no class have no accuracy.
+    assert other["Accuracy (%)"].tolist() == [EMPTY_CELL]
+    assert "None" not in table.astype(str).to_numpy().ravel().tolist()
     glioma = table[(table["Scans"] == "hospital") & (table["Classes"] == "Glioma")]
-    assert glioma["Accuracy without flag (%)"].tolist() == pytest.approx([100 * hospital["glioma"]["unflagged_accuracy"]])
+    assert glioma["Accuracy without flag (%)"].tolist() == [f"{100 * hospital['glioma']['unflagged_accuracy']:.1f} %"]
 
     visit = _open_tab(at, "Other sources and shortcut")
     sequences = _table(visit, "Sequence")
