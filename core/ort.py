@@ -118,13 +118,12 @@ class Recheck:
             p = np.asarray(p, dtype=np.float64)
             top = np.sort(p, axis=1)
             near |= top[:, -1] - top[:, -2] < 2 * t  # the label could change
-        served = np.asarray(probs[0], dtype=np.float64).max(axis=1)
-        near |= np.abs(served - low_confidence) < t  # the low-confidence flag could change
+        served = np.asarray(probs[0], dtype=np.float64)
+        near |= np.abs(served.max(axis=1) - low_confidence) < t  # the low-confidence flag could change
         if negative is not None:  # the flag of a weak "no tumour" answer could change
             index, floor = negative
-            first = np.asarray(probs[0], dtype=np.float64)
             tolerance = t if self.negative_tolerance is None else self.negative_tolerance
-            near |= (first.argmax(axis=1) == index) & (np.abs(first[:, index] - floor) < tolerance)
+            near |= (served.argmax(axis=1) == index) & (np.abs(served[:, index] - floor) < tolerance)
         low, high = self.score_ratio
         scores = np.asarray(scores, dtype=np.float64)
         for threshold in score_thresholds:

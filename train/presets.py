@@ -19,7 +19,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from core.constants import INPUT_MEAN, INPUT_STD
-from core.preprocess import ToGrayscale, eval_transform, to_model_tensor
+from core.preprocess import ToGrayscale, eval_transform, to_grayscale, to_model_tensor
+from core.scan import read_scan
 
 __all__ = [
     "ClassificationPresetTrain",
@@ -126,11 +127,11 @@ class SyntheticT2:
         partner = self.partner_of(Path(sample.path))
         if partner is None:
             return image
-        t1 = np.asarray(Image.open(partner).convert("L"))
-        flair = np.asarray(image.convert("L"))
+        t1 = np.asarray(to_grayscale(read_scan(partner)))
+        flair = np.asarray(to_grayscale(image))
         if t1.shape != flair.shape:
             return image
-        return Image.fromarray(self.synthesise(flair, t1, self.gamma), mode="L")
+        return Image.fromarray(self.synthesise(flair, t1, self.gamma))
 
 
 class ClassificationPresetTrain:
