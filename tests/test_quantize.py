@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_model_dir
 from core import load_model, read_scan
@@ -21,6 +23,7 @@ from train.quantize import (
     CALIBRATION_METHODS,
     MAX_ACCURACY_DROP_POINTS,
     MIN_SAME_TESTING,
+    fit_recheck,
     flag_kinds,
     passes,
     quantize_graph,
@@ -292,3 +295,39 @@ def test_main_writes_graph_card_and_report(tmp_path, data_root):
     assert 0 <= info["recheck"]["prob_tolerance"] <= 1
     assert json.loads(report.read_text())["checks"] == result["checks"]
     assert load_model(weights, device="cpu").backend.precision == "float32"
+
+
+class _StubClassifier:
+    """Just what fit_recheck reads: fixed probabilities per scan index, a floor of 0.9."""
+
+    class_names = CLASS_NAMES
+    negative_floor, low_confidence = 0.9, 0.5
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        self.table = probs
+
+    def _outputs(self, chunk):
+        p = self.table[list(chunk)]
+        return SimpleNamespace(probs=p, plain=p, mirror=None, problems=[None] * len(chunk)), None
+
+    def _scores(self, out):
+        return torch.ones(len(out.probs))
+
+
+def test_negative_quantile_narrows_only_the_floor_band():
+    n, index = 200, CLASS_NAMES.index("notumor")
+    shift = torch.linspace(0.0, 0.04, n, dtype=torch.float64)
+    reference = torch.full((n, len(CLASS_NAMES)), 0.05 / 3, dtype=torch.float64)
+    reference[:, index] = 0.95
+    candidate = reference.clone()
+    candidate[:, index] -= shift
+    candidate[:, (index + 1) % len(CLASS_NAMES)] += shift
+    scans = list(range(n))
+    wide, summary = fit_recheck(_StubClassifier(reference), _StubClassifier(candidate), scans, quantile=0.995)
+    narrow, narrow_summary = fit_recheck(
+        _StubClassifier(reference), _StubClassifier(candidate), scans, quantile=0.995, negative_quantile=0.5
+    )
+    assert wide.negative_tolerance == pytest.approx(0.04 * 0.995, abs=1e-4)
+    assert narrow.negative_tolerance == pytest.approx(0.02, abs=1e-3)
+    assert narrow.prob_tolerance == wide.prob_tolerance and narrow.score_ratio == wide.score_ratio
+    assert summary["negative_quantile"] == 0.995 and narrow_summary["negative_quantile"] == 0.5

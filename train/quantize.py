@@ -53,6 +53,7 @@ __all__ = [
     "MAX_ACCURACY_DROP_POINTS",
     "MIN_SAME_TESTING",
     "EvalSet",
+    "NEGATIVE_QUANTILE",
     "RECHECK_QUANTILE",
     "compare",
     "fidelity",
@@ -79,6 +80,8 @@ RECHECK_QUANTILE = 0.995
 #: The "no tumour" re-check band is fitted on the scans whose float32 "no tumour" confidence is
 #: at most this far below the floor of negative answers, or above it: where the floor decides.
 NEGATIVE_WINDOW = 0.1
+#: Quantile of those "no tumour" differences the floor's band covers.
+NEGATIVE_QUANTILE = 0.995
 #: Scans per calibration batch.
 _CALIBRATION_BATCH = 16
 
@@ -168,14 +171,16 @@ def flag_kinds(prediction: Prediction) -> tuple[str, ...]:
 
 
 def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[Any], quantile: float = RECHECK_QUANTILE,
-                batch_size: int = 32) -> tuple[Recheck, dict[str, Any]]:
+                batch_size: int = 32, negative_quantile: float | None = None) -> tuple[Recheck, dict[str, Any]]:
     """The re-check bands from scans (validation, not those calibrated on): the ``quantile`` of
     the largest probability difference between ``candidate`` (int8, no re-check) and
     ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
     and the (1 - ``quantile``, ``quantile``) range of the ratio of their out-of-distribution
     scores; and the ``quantile`` of the "no tumour" probability difference over the scans both
     answer "no tumour" with a float32 confidence at most :data:`NEGATIVE_WINDOW` under the floor
-    of negative answers, or above it. Also a summary of those differences."""
+    of negative answers, or above it (``negative_quantile`` of it when given: that band sits
+    where Testing's "no tumour" confidences are dense, so its width decides how many scans are
+    re-run). Also a summary of those differences."""
     if not images:
         raise ValueError("No scans to fit the re-check bands on.")
     diffs, ratios, negative = [], [], []
@@ -198,9 +203,9 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
     recheck = Recheck(
         round(float(np.quantile(diff, quantile)), 5),
         (round(float(np.quantile(ratio, 1 - quantile)), 5), round(float(np.quantile(ratio, quantile)), 5)) if len(ratio) else (1.0, 1.0),
-        round(float(np.quantile(negative_diff, quantile)), 5) if len(negative_diff) else None,
+        round(float(np.quantile(negative_diff, negative_quantile or quantile)), 5) if len(negative_diff) else None,
     )
-    summary = {"scans": len(images), "quantile": quantile, "max_prob_diff": float(diff.max()),
+    summary = {"scans": len(images), "quantile": quantile, "negative_quantile": negative_quantile or quantile, "max_prob_diff": float(diff.max()),
                "median_prob_diff": float(np.median(diff)),
                "score_ratio_range": [float(ratio.min()), float(ratio.max())] if len(ratio) else None,
                "negative_answers": len(negative_diff),
@@ -321,6 +326,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", type=int, default=256, help="validation scans to calibrate on (default: 256)")
     parser.add_argument("--recheck-quantile", type=float, default=RECHECK_QUANTILE,
                         help=f"quantile of the int8-float32 differences on validation the re-check bands cover (default: {RECHECK_QUANTILE})")
+    parser.add_argument("--negative-quantile", type=float, default=NEGATIVE_QUANTILE,
+                        help="quantile of the 'no tumour' probability differences near the floor of negative answers that "
+                        f"its band covers (default: {NEGATIVE_QUANTILE})")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime concurrent runs while checking")
     parser.add_argument("--report", type=Path, default=None, help="JSON file for the full fidelity report")
     return parser
@@ -329,8 +337,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.calibration < 1:
         raise SystemExit(f"--calibration must be at least 1, got {args.calibration}.")
-    if not 0.5 <= args.recheck_quantile <= 1:
-        raise SystemExit(f"--recheck-quantile must lie in [0.5, 1], got {args.recheck_quantile}.")
+    for name in ("recheck_quantile", "negative_quantile"):
+        if not 0.5 <= getattr(args, name) <= 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must lie in [0.5, 1], got {getattr(args, name)}.")
     weights = Path(args.weights or default_weights())
     folder = weights.parent
     card = read_model_card(weights)
@@ -356,7 +365,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     kept = sensitive_nodes(source)
     quantize_graph(source, output, batches, exclude=kept)
     raw = serve_graph(reference, output, "int8", args.threads)
-    recheck, differences = fit_recheck(reference, raw, [read_scan(p) for p in rest], args.recheck_quantile)
+    recheck, differences = fit_recheck(
+        reference, raw, [read_scan(p) for p in rest], args.recheck_quantile, negative_quantile=args.negative_quantile
+    )
     logger.info("re-check bands from %d other validation scans: %s (%s)", len(rest), recheck, differences)
     candidate = serve_graph(reference, output, "int8", args.threads, recheck)
 
@@ -377,7 +388,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "calibration": {"split": "validation", "scans": len(paths), "seed": config.seed},
         "recheck": recheck.to_card() | {
             "rule": f"{args.recheck_quantile:.1%} quantile of the int8-float32 probability difference and (score ratio) "
-            "range on the validation scans not calibrated on; answers that float32 could give otherwise within "
+            f"range, and {args.negative_quantile:.1%} quantile of the 'no tumour' difference near the floor of negative "
+            "answers, on the validation scans not calibrated on; answers that float32 could give otherwise within "
             "them are run again in float32",
             "fitted_on": differences,
         },
