@@ -75,6 +75,10 @@ class Recheck:
     #: Largest difference between the int8 and float32 "no tumour" probability of a "no tumour"
     #: answer counted on, for the confidence floor of negative answers (None: ``prob_tolerance``).
     negative_tolerance: float | None = None
+    #: Run again every scan whose int8 score raises a gate state, whatever the ratio band says.
+    #: int8's scores run high, and on some sources (skull-stripped scans) higher than the band
+    #: fitted on validation allows; float32 then decides every "outside the training data" flag.
+    confirm_gate: bool = False
 
     def __post_init__(self) -> None:
         low, high = self.score_ratio
@@ -91,12 +95,14 @@ class Recheck:
             return None
         negative = info.get("negative_tolerance")
         return cls(float(info["prob_tolerance"]), (float(info["score_ratio"][0]), float(info["score_ratio"][1])),
-                   None if negative is None else float(negative))
+                   None if negative is None else float(negative), bool(info.get("confirm_gate", False)))
 
     def to_card(self) -> dict[str, Any]:
         card: dict[str, Any] = {"prob_tolerance": self.prob_tolerance, "score_ratio": list(self.score_ratio)}
         if self.negative_tolerance is not None:
             card["negative_tolerance"] = self.negative_tolerance
+        if self.confirm_gate:
+            card["confirm_gate"] = True
         return card
 
     def rows(
@@ -129,6 +135,8 @@ class Recheck:
         for threshold in score_thresholds:
             if np.isfinite(threshold):  # float32's score lies in [score / high, score / low]
                 near |= (scores / high <= threshold) & (threshold <= scores / low)
+                if self.confirm_gate:  # int8 raises this state: float32 confirms it or not
+                    near |= scores > threshold
         return near
 
 

@@ -237,6 +237,17 @@ def test_recheck_rows_cover_the_floor_of_no_tumour_answers():
     assert wide.rows([probs], scores, 0.70, (1.0,), negative=(neg, 0.95)).tolist() == [True, True, True, False]
 
 
+def test_recheck_confirm_gate_reruns_every_raised_gate_state():
+    probs = np.tile([0.97, 0.01, 0.01, 0.01], (4, 1))
+    scores = np.array([0.5, 1.1, 3.0, 40.0])  # clear, inside the band, far above it, above the reject score
+    banded = Recheck(0.05, (0.9, 1.2))
+    assert banded.rows([probs], scores, 0.70, (1.0, 20.0)).tolist() == [False, True, False, False]
+    confirming = Recheck(0.05, (0.9, 1.2), confirm_gate=True)
+    assert confirming.rows([probs], scores, 0.70, (1.0, 20.0)).tolist() == [False, True, True, True]
+    assert Recheck.from_card(confirming.to_card()) == confirming
+    assert "confirm_gate" not in banded.to_card()  # cards written before the option read the same
+
+
 def test_recheck_bands_validated_and_round_trip():
     with pytest.raises(ValueError, match="score_ratio"):
         Recheck(0.1, (1.2, 0.9))

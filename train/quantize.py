@@ -171,7 +171,7 @@ def flag_kinds(prediction: Prediction) -> tuple[str, ...]:
 
 
 def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[Any], quantile: float = RECHECK_QUANTILE,
-                batch_size: int = 32, negative_quantile: float | None = None) -> tuple[Recheck, dict[str, Any]]:
+                batch_size: int = 32, negative_quantile: float | None = None, confirm_gate: bool = False) -> tuple[Recheck, dict[str, Any]]:
     """The re-check bands from scans (validation, not those calibrated on): the ``quantile`` of
     the largest probability difference between ``candidate`` (int8, no re-check) and
     ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
@@ -180,7 +180,8 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
     answer "no tumour" with a float32 confidence at most :data:`NEGATIVE_WINDOW` under the floor
     of negative answers, or above it (``negative_quantile`` of it when given: that band sits
     where Testing's "no tumour" confidences are dense, so its width decides how many scans are
-    re-run). Also a summary of those differences."""
+    re-run). ``confirm_gate``: also run again every scan whose int8 score raises a gate state
+    (see :class:`core.ort.Recheck`). Also a summary of those differences."""
     if not images:
         raise ValueError("No scans to fit the re-check bands on.")
     diffs, ratios, negative = [], [], []
@@ -204,6 +205,7 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
         round(float(np.quantile(diff, quantile)), 5),
         (round(float(np.quantile(ratio, 1 - quantile)), 5), round(float(np.quantile(ratio, quantile)), 5)) if len(ratio) else (1.0, 1.0),
         round(float(np.quantile(negative_diff, negative_quantile or quantile)), 5) if len(negative_diff) else None,
+        confirm_gate,
     )
     summary = {"scans": len(images), "quantile": quantile, "negative_quantile": negative_quantile or quantile, "max_prob_diff": float(diff.max()),
                "median_prob_diff": float(np.median(diff)),
@@ -329,6 +331,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--negative-quantile", type=float, default=NEGATIVE_QUANTILE,
                         help="quantile of the 'no tumour' probability differences near the floor of negative answers that "
                         f"its band covers (default: {NEGATIVE_QUANTILE})")
+    parser.add_argument("--confirm-gate", action=argparse.BooleanOptionalAction, default=False,
+                        help="run every scan that int8 flags as outside the training data or not a brain MRI again in float32, "
+                        "whatever the score-ratio band says (default: off)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime concurrent runs while checking")
     parser.add_argument("--report", type=Path, default=None, help="JSON file for the full fidelity report")
     return parser
@@ -366,7 +371,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     quantize_graph(source, output, batches, exclude=kept)
     raw = serve_graph(reference, output, "int8", args.threads)
     recheck, differences = fit_recheck(
-        reference, raw, [read_scan(p) for p in rest], args.recheck_quantile, negative_quantile=args.negative_quantile
+        reference, raw, [read_scan(p) for p in rest], args.recheck_quantile, negative_quantile=args.negative_quantile,
+        confirm_gate=args.confirm_gate,
     )
     logger.info("re-check bands from %d other validation scans: %s (%s)", len(rest), recheck, differences)
     candidate = serve_graph(reference, output, "int8", args.threads, recheck)
@@ -390,7 +396,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "rule": f"{args.recheck_quantile:.1%} quantile of the int8-float32 probability difference and (score ratio) "
             f"range, and {args.negative_quantile:.1%} quantile of the 'no tumour' difference near the floor of negative "
             "answers, on the validation scans not calibrated on; answers that float32 could give otherwise within "
-            "them are run again in float32",
+            "them are run again in float32" + ("; so is every scan int8 puts in a gate state" if args.confirm_gate else ""),
             "fitted_on": differences,
         },
         "check": {"max_accuracy_change_points": MAX_ACCURACY_DROP_POINTS, "min_same_label_and_flags_testing": MIN_SAME_TESTING},
