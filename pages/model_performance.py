@@ -111,17 +111,17 @@ def _headline_ui(artifacts: Artifacts) -> None:
     testing = artifacts.testing
     card = artifacts.model_card or {}
     training = card.get("training", {}) if isinstance(card.get("training"), Mapping) else {}
-    cols = st.columns(5)
+    cols = st.columns(4)
     cols[0].metric("Accuracy (Testing)", _pct(testing["accuracy"]) if testing else "—")
     cols[1].metric("Macro F1 (Testing)", _pct(testing["macro_f1"]) if testing else "—")
     cols[2].metric("Test scans", f"{int(testing['n_images']):,}" if testing else "—")
-    cols[3].metric("Trained on", _date(card.get("trained_at")))
     total = training.get("total_wall_time_s")
-    cols[4].metric(
+    cols[3].metric(
         "Training wall time", _duration(training.get("wall_time_s")),
         help=f"Training loop on {training.get('hardware', '—')}"
         + (f"; {_duration(total)} in all with calibration, gate, Testing evaluation and export" if total else ""),
     )
+    st.caption(f"Trained on {_date(card.get('trained_at'))}.")
 
 
 def _comparison_ui(artifacts: Artifacts) -> str:
@@ -175,7 +175,9 @@ def _external_ui(artifacts: Artifacts) -> None:
         "among the four classes: the dangerous outcome is \"no tumour\" with no flag."
     )
     st.dataframe(percent_cells(external_rows(artifacts.external), _PCT_COLUMNS), hide_index=True, width="stretch",
-                 key="external_table")
+                 key="external_table", column_config={"Scans": st.column_config.TextColumn(width="medium"),
+                                                      "N": st.column_config.NumberColumn(width="small")}
+                 | {c: st.column_config.TextColumn(width="small", help=c) for c in _PCT_COLUMNS})
 
 
 def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:
