@@ -9,11 +9,12 @@ Prints, for the shipped model (or ``--weights``) on this machine's CPU:
   (``app.review.analyse_scan``, the Grad-CAM heatmap, display adjustment, overlay, PNG
   encoding; Streamlit's own drawing is not included): issue 4's "under 1 second";
 - peak resident memory, and its growth over 500 predict-and-explain calls (issue 8: < 50 MB);
-- a baseline row: the same weights served through the float32 ONNX graph (scan plus mirror
-  pass), timed interleaved with the served model (int8 when its card records a quantized graph
+- a baseline row: the same weights served as before issue 18, through the float32 ONNX graph
+  with the scan and its mirror image in one pass (``mirror_check=True``), timed interleaved
+  with the served model (one pass per scan) (int8 when its card records a quantized graph
   that passed the fidelity check, ``train.quantize``), and the ratios of the two (issue 18);
 - with ``--cli``: ``python -m core`` over the whole Testing folder, decoding included, served
-  precision and float32 baseline alternately, in scans per second;
+  model and baseline (``--precision float32 --mirror-check``) alternately, in scans per second;
 
 and writes them as JSON (``--output``, default ``benchmarks/results.json``) with the torch
 version, thread count, CPU model, git commit and the load average. A busy machine inflates every
@@ -237,7 +238,7 @@ def run(
     start = time.perf_counter()
     model = load_model(weights, device="cpu")
     load_s = time.perf_counter() - start
-    baseline = load_model(weights, device="cpu", precision="float32")
+    baseline = load_model(weights, device="cpu", precision="float32", mirror_check=True)
     images = [read_scan(d) for d in datas]
     start = time.perf_counter()
     model.predict(images[0])
@@ -250,11 +251,13 @@ def run(
             "weights": str(weights),
             "predictions_by": model.backend.name,
             "precision": model.backend.precision,
+            "mirror_pass": model.mirror_check or model.tta,
         },
         "load_s": round(load_s, 3),
         "first_predict_explain_s": round(first_call_s, 3),
     }
-    base: dict[str, Any] = {"predictions_by": baseline.backend.name, "precision": baseline.backend.precision}
+    base: dict[str, Any] = {"predictions_by": baseline.backend.name, "precision": baseline.backend.precision,
+                            "mirror_pass": baseline.mirror_check}
 
     progress(f"read_scan x {repeats}")
     results["read_scan"] = _summary_ms(_time_calls(lambda i: read_scan(datas[i % len(datas)]), repeats))
@@ -305,25 +308,27 @@ def run(
 
 def cli_throughput(weights: Path, root: Path, rounds: int = 2, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """``python -m core`` over every scan of ``root/Testing`` (a new process each time, decoding
-    included, output discarded), the served precision and the float32 baseline alternately;
-    scans per second of the median run of each."""
+    included, output discarded), the served model and the baseline (float32 with the mirror
+    pass) alternately; scans per second of the median run of each."""
     testing = root / "Testing"
     count = sum(1 for p in testing.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    seconds: dict[str, list[float]] = {"int8": [], "float32": []}
+    options = {"served": ["--precision", "int8"], "baseline": ["--precision", "float32", "--mirror-check"]}
+    seconds: dict[str, list[float]] = {name: [] for name in options}
     for r in range(rounds):
-        for precision in seconds:
-            progress(f"python -m core over {count} Testing scans, {precision}, round {r + 1} of {rounds}")
+        for name, extra in options.items():
+            progress(f"python -m core over {count} Testing scans, {name} ({' '.join(extra)}), round {r + 1} of {rounds}")
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "core", str(testing), "--weights", str(weights), "--precision", precision,
+                [sys.executable, "-m", "core", str(testing), "--weights", str(weights), *extra,
                  "--no-progress", "--output", os.devnull],
                 cwd=PROJECT_ROOT, check=True,
             )
-            seconds[precision].append(time.perf_counter() - start)
+            seconds[name].append(time.perf_counter() - start)
     out: dict[str, Any] = {"scans": count, "rounds": rounds}
-    for precision, runs in seconds.items():
-        out[precision] = {"seconds": [round(t, 2) for t in runs], "scans_per_s": round(count / float(np.median(runs)), 1)}
-    out["speedup"] = round(out["int8"]["scans_per_s"] / out["float32"]["scans_per_s"], 2)
+    for name, runs in seconds.items():
+        out[name] = {"options": " ".join(options[name]), "seconds": [round(t, 2) for t in runs],
+                     "scans_per_s": round(count / float(np.median(runs)), 1)}
+    out["speedup"] = round(out["served"]["scans_per_s"] / out["baseline"]["scans_per_s"], 2)
     return out
 
 
@@ -392,7 +397,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per figure")
     parser.add_argument("--memory-calls", type=int, default=500, help="predict + explain calls for the memory-growth figure")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
-    parser.add_argument("--cli", action="store_true", help="also time python -m core over the whole Testing folder (int8 and float32, alternately)")
+    parser.add_argument("--cli", action="store_true", help="also time python -m core over the whole Testing folder (served and baseline, alternately)")
     parser.add_argument("--cli-rounds", type=int, default=2, help="runs of python -m core per precision with --cli")
     parser.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     return parser
@@ -427,15 +432,16 @@ def _print_report(report: dict[str, Any]) -> None:
     b = res["predict_batch"]
     print(f"  predict_batch({b['batch_size']})        {b['scans_per_s']:8.1f} scans/s  (p50 {b['p50_ms']:.0f} ms per batch)")
     base = res["baseline"]
-    print(f"  baseline ({base['predictions_by']}, {base['precision']}, same run, interleaved): predict p50 "
+    mirror = ", mirror pass" if base.get("mirror_pass") else ""
+    print(f"  baseline ({base['predictions_by']}, {base['precision']}{mirror}, same run, interleaved): predict p50 "
           f"{base['predict']['p50_ms']:.2f} ms, explain p50 {base['explain']['p50_ms']:.2f} ms, "
           f"predict_batch {base['predict_batch']['scans_per_s']:.1f} scans/s")
     print(f"  speed-up over the baseline: predict {res['speedup']['predict']:.2f}x, predict_batch "
           f"{res['speedup']['predict_batch']:.2f}x, explain {res['speedup']['explain']:.2f}x")
     if "cli" in res:
         c = res["cli"]
-        print(f"  python -m core, {c['scans']} scans: int8 {c['int8']['scans_per_s']:.1f} scans/s, float32 "
-              f"{c['float32']['scans_per_s']:.1f} scans/s ({c['speedup']:.2f}x)")
+        print(f"  python -m core, {c['scans']} scans: served {c['served']['scans_per_s']:.1f} scans/s, baseline "
+              f"({c['baseline']['options']}) {c['baseline']['scans_per_s']:.1f} scans/s ({c['speedup']:.2f}x)")
     m = res["memory"]
     print(f"  memory                    peak {m['peak_rss_mb']:.0f} MB; +{m['growth_mb']:.1f} MB over {m['calls']} "
           f"predict+explain calls (trace {m['growth_trace_mb']})")

@@ -49,7 +49,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=min(4, os.cpu_count() or 1),
         help="data-loader processes reading scans (default: min(4, CPUs); 0 reads in this process)",
     )
-    parser.add_argument("--tta", action="store_true", help="average each prediction with the mirrored scan's")
+    parser.add_argument(
+        "--tta", action="store_true",
+        help="average each prediction with the mirrored scan's, and flag scans whose mirror image gets another class",
+    )
+    parser.add_argument(
+        "--mirror-check", action="store_true",
+        help="run each scan's mirror image too, only to flag a disagreement (twice the compute; on with --tta)",
+    )
     parser.add_argument(
         "--precision", default="int8",
         help=f"served graph on the CPU, one of {PRECISIONS}: int8 when the model card records a quantized "
@@ -170,7 +177,8 @@ def main(args: argparse.Namespace) -> int:
     # Worker processes pay off only beyond one batch.
     workers = args.workers if len(files) > args.batch_size else 0
     batches = _batches(files, args.batch_size, workers)
-    model = load_model(args.weights, device=args.device, tta=args.tta, precision=args.precision)
+    model = load_model(args.weights, device=args.device, tta=args.tta, precision=args.precision,
+                       mirror_check=True if args.mirror_check else None)
 
     stream: TextIO = sys.stdout if args.output is None else io.open(args.output, "w", encoding="utf-8", newline="")
     writer = _Writer(stream, args.format)

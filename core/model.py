@@ -40,9 +40,9 @@ class Prediction:
     #: Out-of-distribution score: distance to the Training scans in feature space over the
     #: rejection threshold (above 1 is rejected); 0.0 when the model has no feature gate.
     ood_score: float = 0.0
-    #: Reasons to review this prediction, in plain words (empty when none): low confidence,
-    #: disagreement with the mirrored scan, outside the training data, not recognised as a
-    #: brain MRI.
+    #: Reasons to review this prediction, in plain words (empty when none): low confidence, a
+    #: weak "no tumour" answer, outside the training data, not recognised as a brain MRI, and
+    #: with ``tta`` disagreement with the mirrored scan.
     flags: tuple[str, ...] = ()
     #: True when the scan is a brain MRI unlike the scans the model learned from (another
     #: sequence, preparation or orientation): the prediction is unreliable. Not the same as
@@ -76,8 +76,8 @@ class Classifier:
     """A loaded model. ``predict`` and ``explain`` are safe to call from several threads.
 
     The prediction pipeline, in :meth:`_predictions`: scans -> preprocess and image checks
-    (``backend.prepare``) -> network, scans and their mirror images in one pass
-    (``backend.run``) -> calibration (temperature) -> out-of-distribution gate -> flags ->
+    (``backend.prepare``) -> network, with ``tta`` on the scans and their mirror images in one
+    pass (``backend.run``) -> calibration (temperature) -> out-of-distribution gate -> flags ->
     :class:`Prediction`. The back-end (PyTorch or ONNX Runtime, ``core.backend``) is chosen
     once, here; Grad-CAM (``core.cam``) always runs in PyTorch.
     """
@@ -90,12 +90,14 @@ class Classifier:
         tta: bool = False,
         gate: FeatureGate | None = None,
         runtime: OnnxNetwork | None = None,
-        mirror_check: bool = True,
+        mirror_check: bool | None = None,
     ):
         self.card = card
         #: Run each scan's mirror image too and flag the scan when the two get different
-        #: classes (with ``tta`` the mirror image always runs, for the average).
-        self.mirror_check = bool(mirror_check)
+        #: classes (with ``tta`` the mirror image always runs, for the average). Default: with
+        #: ``tta`` only. Off, a prediction costs one pass instead of two; the flag caught few
+        #: errors the other flags miss (``docs/performance.md``, "What the mirror pass buys").
+        self.mirror_check = bool(tta) if mirror_check is None else bool(mirror_check)
         #: Out-of-distribution gate on the pooled features (None: image checks only).
         self.gate = gate
         self.image_limits = ImageLimits()
@@ -154,8 +156,8 @@ class Classifier:
         return self.backend.prepare(images), [image_problem(image, self.image_limits) for image in images]
 
     def _outputs(self, images: Sequence[Image.Image]) -> tuple[_Outputs, np.ndarray]:
-        """Steps 1-3: preprocess and check, run the network on the scans and their mirror images
-        in one pass (the gate's statistics tapped on the way), calibrate. Also the network input."""
+        """Steps 1-3: preprocess and check, run the network on the scans (and their mirror images,
+        with ``tta`` or ``mirror_check``) in one pass (the gate's statistics tapped on the way), calibrate. Also the network input."""
         # Spread over the back-end's threads where it has them; no torch operation (with its
         # own thread pool) runs between two ONNX Runtime predictions.
         parts = self.backend.map(self._prepare, images)
@@ -321,13 +323,16 @@ def load_model(
     tta: bool = False,
     threads: int | None = None,
     precision: str = "int8",
+    mirror_check: bool | None = None,
 ) -> Classifier:
     """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
     The model card (``model_card.json`` beside the weights) gives the architecture, input
     size, normalisation, temperature and the out-of-distribution gate file (``ood.safetensors``);
     the sha256 of the weights and of the gate must match it. ``tta=True`` averages each
-    prediction with that of the mirrored scan (twice the compute). ``threads``: CPU threads one
+    prediction with that of the mirrored scan and flags the scans whose mirror image gets another
+    class (twice the compute); ``mirror_check=True`` runs the mirror image for that flag alone
+    (default: with ``tta`` only). ``threads``: CPU threads one
     call may use (ONNX Runtime's concurrent runs; torch's thread count is process-wide and is
     set to it too); default: torch's current thread count. ``precision``: "int8" serves the
     quantized ONNX graph on the CPU when the card records one that passed its fidelity check
@@ -353,7 +358,7 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gate = load_gate(path.parent, card)
     runtime = load_runtime(path.parent, card, threads, precision) if torch.device(device).type == "cpu" else None
-    classifier = Classifier(net, card, device, tta=tta, gate=gate, runtime=runtime)
+    classifier = Classifier(net, card, device, tta=tta, gate=gate, runtime=runtime, mirror_check=mirror_check)
     logger.info(
         "loaded %s (%s) on %s; feature gate: %s; back-end: %s, %s",
         path, card["arch"], device, gate is not None, classifier.backend.name, classifier.backend.precision,

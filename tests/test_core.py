@@ -200,17 +200,24 @@ def test_shipped_model_on_real_scans(shipped_model, scan_paths):
         assert shipped_model.predict(read_scan(path)).label == name
 
 
-def test_without_the_mirror_check_the_scan_runs_alone(tiny_model, scan_paths):
-    """mirror_check=False: one pass per scan, the same probabilities, no mirror flag."""
+def test_a_scan_runs_alone_unless_the_mirror_check_is_asked_for(tiny_model, scan_paths):
+    """By default one pass per scan and no mirror flag; mirror_check=True (or tta) adds the
+    mirror images to the same pass, with the same probabilities for the scans themselves."""
     from core.model import Classifier
 
-    single = Classifier(tiny_model.network, tiny_model.card, mirror_check=False)
-    calls = []
-    run = single.backend.run
-    single.backend.run = lambda batch, mirror=False: calls.append((len(batch), mirror)) or run(batch, mirror)
+    assert not tiny_model.mirror_check and not tiny_model.tta
+    assert Classifier(tiny_model.network, tiny_model.card, tta=True).mirror_check
     images = [read_scan(scan_paths[name]) for name in CLASS_NAMES]
-    got, expected = single.predict_batch(images), tiny_model.predict_batch(images)
-    assert calls == [(len(images), False)]
+
+    def passes(model: Classifier) -> tuple[list, list]:
+        seen: list[tuple[int, bool]] = []
+        run = model.backend.run
+        model.backend.run = lambda batch, mirror=False: seen.append((len(batch), mirror)) or run(batch, mirror)
+        return model.predict_batch(images), seen
+
+    got, plain_calls = passes(Classifier(tiny_model.network, tiny_model.card))
+    expected, checked_calls = passes(Classifier(tiny_model.network, tiny_model.card, mirror_check=True))
+    assert plain_calls == [(len(images), False)] and checked_calls == [(len(images), True)]
     for a, b in zip(got, expected):
         assert a.label == b.label
         assert all(abs(a.probabilities[c] - b.probabilities[c]) < 1e-6 for c in CLASS_NAMES)

@@ -123,6 +123,31 @@ def test_run_with_mirror_equals_the_doubled_batch(exported, threads):
         assert np.abs(logits - expected).max() < 1e-5
 
 
+def test_a_lone_scan_runs_on_every_thread_with_the_same_answer(exported):
+    """With threads > 1 a single row, which concurrent runs cannot share, runs in the session
+    with that many intra-op threads; its outputs equal the single-threaded session's."""
+    card = json.loads(exported.with_name("model_card.json").read_text())
+    single = load_runtime(exported.parent, card, threads=1)
+    runtime = load_runtime(exported.parent, card, threads=2)
+    assert single.wide is None and runtime.wide is not None
+    used = []
+    wide = runtime.wide
+
+    class Spy:
+        def run(self, *args):
+            used.append(len(args[1]["image"]))
+            return wide.run(*args)
+
+    runtime.wide = Spy()
+    array = np.random.default_rng(7).uniform(-1, 1, (1, runtime.channels, 64, 64)).astype(np.float32)
+    logits, _ = runtime.run(array)
+    assert used == [1]
+    assert np.abs(logits - single.run(array)[0]).max() < 1e-5
+    runtime.run(np.concatenate([array, array]))  # two rows: one per thread, not the wide session
+    runtime.run(array, mirror=True)
+    assert used == [1]
+
+
 def test_per_channel_normalisation_keeps_three_channels(tmp_path):
     """Channels normalised differently are not equal: no folding, a 3-channel graph."""
     torch.manual_seed(2)

@@ -174,9 +174,12 @@ def test_non_mri_set_covers_every_kind(data_root):
 def test_flags_low_confidence_and_mirror_disagreement(tiny_model):
     low = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
     other = torch.tensor([0.1, 0.7, 0.1, 0.1], dtype=torch.float64)
-    flags = tiny_model._flags(low, low, other, None)
+    checked = Classifier(tiny_model.network, tiny_model.card, "cpu", mirror_check=True)
+    flags = checked._flags(low, low, other, None)
     assert any(f.startswith("low confidence") for f in flags)
     assert any("mirror image" in f for f in flags)
+    # Without the mirror check (the default) a disagreement is not a flag.
+    assert not any("mirror image" in f for f in tiny_model._flags(low, low, other, None))
     sure = torch.tensor([0.97, 0.01, 0.01, 0.01], dtype=torch.float64)
     assert tiny_model._flags(sure, sure, sure, None) == ()
     assert tiny_model._flags(sure, sure, sure, "blank image")[0].startswith("not recognised as a brain MRI")
@@ -231,8 +234,12 @@ def test_one_pass_gives_the_network_outputs(tiny_model):
     outputs, _ = tiny_model._outputs(images)
     expected = torch.softmax(tiny_model.logits(images).double() / tiny_model.temperature, dim=-1)
     assert torch.allclose(outputs.plain, expected, atol=1e-5)
+    assert outputs.mirror is None  # no mirror check by default: the scans alone
+    checked, _ = Classifier(tiny_model.network, tiny_model.card, "cpu", mirror_check=True)._outputs(images)
+    assert torch.allclose(checked.plain, expected, atol=1e-5)
     mirrored = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]
-    assert torch.allclose(outputs.mirror, torch.softmax(tiny_model.logits(mirrored).double(), dim=-1), atol=1e-4)
+    expected_mirror = torch.softmax(tiny_model.logits(mirrored).double() / tiny_model.temperature, dim=-1)
+    assert torch.allclose(checked.mirror, expected_mirror, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- shipped model

@@ -158,7 +158,8 @@ def trust_steps(
         f"that confidence are right at least {MIN_NEGATIVE_PRECISION:.0%} of the time: a 'no tumour' answer below "
         "it is flagged (a missed tumour costs most)",
         "notumor_fit": floor_fit,
-        "mirror_disagreement": "flagged when the scan and its mirror image get different classes",
+        "mirror_disagreement": "with test-time augmentation only (load_model(tta=True) or mirror_check=True): "
+        "flagged when the scan and its mirror image get different classes",
         "validation": _flag_rates(val_out, temperature, low_confidence, negative),
     }
     testing_calibration = testing_trust = None

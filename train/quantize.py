@@ -159,7 +159,7 @@ def serve_graph(model: Classifier, graph: Path, precision: str, threads: int = 1
         raise ValueError(f"The model is served by {model.backend.name}, not ONNX Runtime: nothing to swap.")
     reference = model.backend.runtime if recheck is not None else None
     runtime = OnnxNetwork(open_session(graph), model.backend.stages, threads=threads, precision=precision,
-                          reference=reference, recheck=recheck)
+                          reference=reference, recheck=recheck, wide=open_session(graph, threads) if threads > 1 else None)
     served = Classifier(model.network, model.card, "cpu", tta=model.tta, gate=model.gate, mirror_check=model.mirror_check)
     served.backend = OnnxBackend(runtime, model.image_size, model.card["mean"], model.card["std"])
     return served

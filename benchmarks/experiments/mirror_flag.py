@@ -1,7 +1,8 @@
 """``python -m benchmarks.experiments.mirror_flag``: what the mirror-disagreement flag adds.
 
-``predict`` runs every scan twice, as it is and mirrored, and flags the scan when the two get
-different classes. This study measures, for the served model, what that flag adds to the other
+With ``mirror_check`` (on with ``tta``; it was on in ``predict`` until issue 18) a scan runs
+twice, as it is and mirrored, and is flagged when the two get different classes. This study
+measures, for the served model, what that flag adds to the other
 review states (low confidence, outside the training data, not a brain MRI): how many scans only
 it flags, and how many of those are wrong (errors caught per scan flagged), on the validation
 split the model was selected on, the official Testing split and each source of the external
@@ -54,7 +55,7 @@ def _summary(truths: Sequence[str], predictions: Sequence[Any]) -> dict[str, Any
 
 
 def measure(weights: Path | None, data_dir: Path | None, external: Path | None, batch_size: int = 32) -> dict[str, Any]:
-    model = load_model(weights, device="cpu")
+    model = load_model(weights, device="cpu", mirror_check=True)
     config = TrainConfig.from_dict(model.card["training"]["config"])
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
