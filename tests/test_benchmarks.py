@@ -38,6 +38,8 @@ def test_benchmark_writes_json(tiny_weights, data_root, tmp_path, capsys, keep_t
     # python -m core's throughput is timed only with --cli.
     assert set(report["targets"]) == set(TARGETS) - {"cli_speedup"}
     assert res["baseline"]["precision"] == "float32"
+    # The baseline is the path served before issue 18 (scan and mirror); the served one, one pass.
+    assert res["baseline"]["mirror_pass"] is True and res["model"]["mirror_pass"] is False
     for name in ("predict", "predict_batch", "explain"):
         assert res["speedup"][name] > 0
     assert "predict_p50_ms" in capsys.readouterr().out
@@ -53,3 +55,19 @@ def test_scan_files_take_turns_between_classes(data_root):
 def test_bad_options(argv, words):
     with pytest.raises(SystemExit, match=words):
         cli(argv)
+
+
+def test_candidate_latency_compares_two_models_side_by_side(tiny_weights, data_root, tmp_path, keep_threads):
+    from benchmarks.experiments.candidate_latency import LIMITS, get_args_parser, main
+
+    out = tmp_path / "latency.json"
+    result = main(get_args_parser().parse_args(["--candidate", str(tiny_weights), "--shipped", str(tiny_weights),
+                                                "--data-dir", str(data_root), "--threads", "1", "--repeats", "3",
+                                                "--output", str(out)]))
+    assert json.loads(out.read_text())["predict_ratio"] == result["predict_ratio"]
+    for call, limit in LIMITS.items():
+        assert result["shipped"][call]["n"] == result["candidate"][call]["n"] == 3
+        ratio = result["candidate"][call]["p50_ms"] / result["shipped"][call]["p50_ms"]
+        assert result[f"{call}_ratio"]["value"] == round(ratio, 2) and result[f"{call}_ratio"]["met"] == (ratio <= limit)
+    with pytest.raises(SystemExit, match="No weights"):
+        main(get_args_parser().parse_args(["--candidate", str(tmp_path / "none.safetensors")]))
