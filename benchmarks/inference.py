@@ -251,13 +251,13 @@ def run(
             "weights": str(weights),
             "predictions_by": model.backend.name,
             "precision": model.backend.precision,
-            "mirror_pass": model.mirror_check or model.tta,
+            "mirror_pass": model.mirror_pass,
         },
         "load_s": round(load_s, 3),
         "first_predict_explain_s": round(first_call_s, 3),
     }
     base: dict[str, Any] = {"predictions_by": baseline.backend.name, "precision": baseline.backend.precision,
-                            "mirror_pass": baseline.mirror_check}
+                            "mirror_pass": baseline.mirror_pass}
 
     progress(f"read_scan x {repeats}")
     results["read_scan"] = _summary_ms(_time_calls(lambda i: read_scan(datas[i % len(datas)]), repeats))

@@ -157,7 +157,8 @@ class Classifier:
 
     def _outputs(self, images: Sequence[Image.Image]) -> tuple[_Outputs, np.ndarray]:
         """Steps 1-3: preprocess and check, run the network on the scans (and their mirror images,
-        with ``tta`` or ``mirror_check``) in one pass (the gate's statistics tapped on the way), calibrate. Also the network input."""
+        with ``tta`` or ``mirror_check``) in one pass (the gate's statistics tapped on the way),
+        calibrate. Also the network input."""
         # Spread over the back-end's threads where it has them; no torch operation (with its
         # own thread pool) runs between two ONNX Runtime predictions.
         parts = self.backend.map(self._prepare, images)
@@ -165,9 +166,14 @@ class Classifier:
         problems = [problem for part in parts for problem in part[1]]
         return self._run(self.backend, batch, problems), batch
 
+    @property
+    def mirror_pass(self) -> bool:
+        """Whether each scan's mirror image runs too (for ``tta`` or ``mirror_check``)."""
+        return self.tta or self.mirror_check
+
     def _run(self, backend: Backend, batch: np.ndarray, problems: list[str | None]) -> _Outputs:
         n = len(batch)
-        mirrored = self.tta or self.mirror_check
+        mirrored = self.mirror_pass
         logits, taps = backend.run(batch, mirror=mirrored)
         features = taps[:n] if taps is not None and self.gate is not None else None
         probs = torch.from_numpy(softmax(logits, self.temperature))

@@ -36,6 +36,7 @@ session of the same graph with ``threads`` intra-op threads (twice as fast on tw
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ import torch
 
 from .weights import WeightsError, checked_companion
 
-__all__ = ["INT8_NAME", "ONNX_NAME", "PRECISIONS", "OnnxNetwork", "Recheck", "load_runtime", "open_session"]
+__all__ = ["INT8_NAME", "ONNX_NAME", "PRECISIONS", "LazySession", "OnnxNetwork", "Recheck", "load_runtime", "open_session"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,23 @@ class Recheck:
         return near
 
 
+class LazySession:
+    """An ONNX Runtime session opened by ``opener`` on its first ``run``, so that a session only
+    some calls need (the lone-scan one) adds nothing to start-up. Thread-safe."""
+
+    def __init__(self, opener: Callable[[], Any]):
+        self._opener = opener
+        self._session: Any | None = None
+        self._lock = threading.Lock()
+
+    def run(self, *args: Any) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._opener()
+        return self._session.run(*args)
+
+
 class OnnxNetwork:
     """An ONNX Runtime session computing ``(logits, taps)`` for a float32 NCHW batch.
 
@@ -162,6 +180,7 @@ class OnnxNetwork:
         wide: Any | None = None,
     ):
         self.session = session
+        #: The session with ``threads`` intra-op threads for a lone scan (None: none).
         self.wide = wide
         #: "float32" or "int8" (see :data:`PRECISIONS`).
         self.precision = precision
@@ -269,7 +288,9 @@ def load_runtime(
 
     def sessions(info: dict[str, Any], name: str, what: str) -> tuple[Any, Any | None]:
         session = _session(folder, info, name, what, card)
-        return session, (_session(folder, info, name, what, card, threads) if threads > 1 else None)
+        # Opened (and its file checked again, as it is read then) when a lone scan first needs it.
+        wide = LazySession(lambda: open_session(checked_companion(folder, info, name, what), threads)) if threads > 1 else None
+        return session, wide
 
     session, wide = sessions(info, ONNX_NAME, "ONNX file")
     reference = OnnxNetwork(session, stages, threads, wide=wide)
@@ -279,9 +300,9 @@ def load_runtime(
     return OnnxNetwork(session, stages, threads, "int8", reference, Recheck.from_card(quantized.get("recheck")), wide)
 
 
-def _session(folder: str | Path, info: dict[str, Any], name: str, what: str, card: dict[str, Any], threads: int = 1) -> Any:
+def _session(folder: str | Path, info: dict[str, Any], name: str, what: str, card: dict[str, Any]) -> Any:
     """The session of the graph ``info`` names, refused unless its sha256 matches and it was made
-    from the card's weights; ``threads``: its intra-op threads (:func:`open_session`)."""
+    from the card's weights."""
     path = checked_companion(folder, info, name, what)
     if info.get("weights_sha256") != card.get("weights_sha256"):
         raise WeightsError(
@@ -290,7 +311,7 @@ def _session(folder: str | Path, info: dict[str, Any], name: str, what: str, car
             "run python -m train.export (and python -m train.quantize) again."
         )
     try:
-        return open_session(path, threads)
+        return open_session(path)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise WeightsError(f"{what} {str(path)!r} could not be loaded: {exc}") from exc
 

@@ -360,8 +360,8 @@ def main(args: argparse.Namespace | CompareConfig) -> dict[str, Any]:
 
 def interleaved_latencies(config: CompareConfig, image: Image.Image, calls: int = _LATENCY_CALLS) -> dict[str, dict[str, Any]]:
     """``Classifier.predict`` latency (PyTorch back-end, one scan, one pass as the app predicts;
-    comparisons stored before issue 18 included the mirror pass) of every trained architecture, measured in interleaved rounds: each round
-    calls each architecture once."""
+    comparisons stored before issue 18 included the mirror pass) of every trained architecture,
+    measured in interleaved rounds: each round calls each architecture once."""
     classifiers = {}
     for arch in config.archs:
         state, card = load_weights(config.output / arch / WEIGHTS_NAME)

@@ -38,7 +38,7 @@ import numpy as np
 from core.backend import OnnxBackend
 from core.constants import CLASS_NAMES, NEGATIVE_CLASS, OTHER_LESION_CLASS, data_dir, default_weights, external_dir
 from core.model import Classifier, Prediction, load_model
-from core.ort import INPUT_NAME, INT8_NAME, ONNX_NAME, OnnxNetwork, Recheck, open_session
+from core.ort import INPUT_NAME, INT8_NAME, ONNX_NAME, LazySession, OnnxNetwork, Recheck, open_session
 from core.preprocess import input_array
 from core.scan import read_scan
 from core.weights import read_model_card, sha256_file, write_model_card
@@ -159,7 +159,8 @@ def serve_graph(model: Classifier, graph: Path, precision: str, threads: int = 1
         raise ValueError(f"The model is served by {model.backend.name}, not ONNX Runtime: nothing to swap.")
     reference = model.backend.runtime if recheck is not None else None
     runtime = OnnxNetwork(open_session(graph), model.backend.stages, threads=threads, precision=precision,
-                          reference=reference, recheck=recheck, wide=open_session(graph, threads) if threads > 1 else None)
+                          reference=reference, recheck=recheck,
+                          wide=LazySession(lambda: open_session(graph, threads)) if threads > 1 else None)
     served = Classifier(model.network, model.card, "cpu", tta=model.tta, gate=model.gate, mirror_check=model.mirror_check)
     served.backend = OnnxBackend(runtime, model.image_size, model.card["mean"], model.card["std"])
     return served
