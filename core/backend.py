@@ -57,6 +57,10 @@ class Backend(ABC):
     #: Indices of the network blocks whose statistics ``run`` taps (empty: no taps).
     stages: tuple[int, ...]
 
+    #: Whether :meth:`prepare` crops each scan to its head first (weights trained so record
+    #: ``crop_head`` in their model card; ``core.preprocess.head_box``).
+    crop_head: bool = False
+
     @abstractmethod
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The network input for ``images``: float32 (N, C, size, size)."""
@@ -87,11 +91,13 @@ class TorchBackend(Backend):
         image_size: int | None = None,
         mean: Sequence[float] = INPUT_MEAN,
         std: Sequence[float] = INPUT_STD,
+        crop_head: bool = False,
     ):
         self.net = net
         self.device = torch.device(device)
         self.stages = tuple(int(s) for s in stages)
-        self.transform = eval_transform(image_size, mean, std) if image_size is not None else None
+        self.crop_head = bool(crop_head)
+        self.transform = eval_transform(image_size, mean, std, self.crop_head) if image_size is not None else None
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
         if self.transform is None:
@@ -112,19 +118,27 @@ class OnnxBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, runtime: OnnxNetwork, image_size: int, mean: Sequence[float] = INPUT_MEAN, std: Sequence[float] = INPUT_STD):
+    def __init__(
+        self,
+        runtime: OnnxNetwork,
+        image_size: int,
+        mean: Sequence[float] = INPUT_MEAN,
+        std: Sequence[float] = INPUT_STD,
+        crop_head: bool = False,
+    ):
         self.runtime = runtime
+        self.crop_head = bool(crop_head)
         self.precision = runtime.precision
         self.stages = runtime.stages
         self.image_size = int(image_size)
         # A graph exported for grey input (train.export) takes the one channel.
         self.mean, self.std = list(mean)[: runtime.channels], list(std)[: runtime.channels]
         if runtime.reference is not None:
-            self.reference = OnnxBackend(runtime.reference, image_size, mean, std)
+            self.reference = OnnxBackend(runtime.reference, image_size, mean, std, crop_head)
             self.recheck = runtime.recheck
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return input_array(images, self.image_size, self.mean, self.std)
+        return input_array(images, self.image_size, self.mean, self.std, self.crop_head)
 
     def map(self, fn: Callable[[Sequence[T]], R], items: Sequence[T]) -> list[R]:
         # Pillow and NumPy release the GIL: preparing on the runtime's threads pays off.
@@ -151,6 +165,7 @@ def choose_backend(
     mean: Sequence[float],
     std: Sequence[float],
     runtime: OnnxNetwork | None = None,
+    crop_head: bool = False,
 ) -> Backend:
     """ONNX Runtime when a runtime is given, the device is the CPU and its float32 graph's
     outputs (for an int8 runtime: its float32 reference's) match the PyTorch network's on a test
@@ -158,7 +173,7 @@ def choose_backend(
     float32 on real scans when it was made (``train.quantize``), and its sha256 ties it to that
     check. Raises when the runtime taps
     other blocks than the gate needs (the files do not belong together)."""
-    torch_backend = TorchBackend(network, device, stages, image_size, mean, std)
+    torch_backend = TorchBackend(network, device, stages, image_size, mean, std, crop_head)
     if runtime is None:
         return torch_backend
     if torch.device(device).type != "cpu":
@@ -171,7 +186,7 @@ def choose_backend(
             f"The ONNX network taps blocks {tuple(runtime.stages)} but the out-of-distribution gate "
             f"needs {tuple(stages)}; run python -m train.export again."
         )
-    onnx_backend = OnnxBackend(runtime, image_size, mean, std)
+    onnx_backend = OnnxBackend(runtime, image_size, mean, std, crop_head)
     checked = onnx_backend if onnx_backend.reference is None else onnx_backend.reference
     if runtime.precision != "float32" and onnx_backend.reference is None:
         return onnx_backend

@@ -20,7 +20,7 @@ from .cam import GradCamExplainer
 from .ood import NOT_BRAIN_MRI_FLAG, OUTSIDE_TRAINING_FLAG, FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .ort import PRECISIONS, OnnxNetwork, load_runtime
-from .preprocess import eval_transform
+from .preprocess import eval_transform, head_box
 from .weights import WeightsError, load_weights
 
 __all__ = ["Classifier", "Prediction", "build_network", "load_model"]
@@ -120,7 +120,10 @@ class Classifier:
         self.image_size = int(card["image_size"])
         self.temperature = float(card.get("temperature", 1.0))
         self.device = torch.device(device)
-        self.transform = eval_transform(self.image_size, card["mean"], card["std"])
+        #: Each scan is cropped to its head before resizing (weights trained with
+        #: ``python -m train --crop-head``; ``core.preprocess.head_box``).
+        self.crop_head = bool(card.get("crop_head", False))
+        self.transform = eval_transform(self.image_size, card["mean"], card["std"], self.crop_head)
 
         network = net.to(self.device).eval().to(memory_format=torch.channels_last)
         for param in network.parameters():
@@ -133,7 +136,7 @@ class Classifier:
         stages = self.gate.stages if self.gate is not None else ()
         #: What runs the network for predictions (``core.backend``).
         self.backend: Backend = choose_backend(
-            self.network, self.device, stages, self.image_size, card["mean"], card["std"], runtime
+            self.network, self.device, stages, self.image_size, card["mean"], card["std"], runtime, self.crop_head
         )
 
     # ------------------------------------------------------------------ prediction
@@ -304,7 +307,13 @@ class Classifier:
             raise ValueError(f"Unknown target class {target!r}; choose one of {self.class_names}.")
         # No target: Grad-CAM explains the top class of its own forward pass (no extra pass).
         index = None if target is None else self.class_names.index(target)
-        return self.cam(self.preprocess([image]), index, image.size)
+        if not self.crop_head:
+            return self.cam(self.preprocess([image]), index, image.size)
+        # The network saw the head's box only: its heatmap goes back into that box.
+        left, top, right, bottom = head_box(image)
+        heatmap = np.zeros((image.height, image.width), dtype=np.float32)
+        heatmap[top:bottom, left:right] = self.cam(self.preprocess([image]), index, (right - left, bottom - top))
+        return heatmap
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -14,16 +14,91 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 from torchvision.transforms import v2
 
 from .constants import DEFAULT_IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 
-__all__ = ["eval_transform", "input_array", "to_grayscale", "to_model_tensor", "ToGrayscale"]
+__all__ = [
+    "HeadCrop",
+    "crop_to_head",
+    "eval_transform",
+    "head_box",
+    "input_array",
+    "to_grayscale",
+    "to_model_tensor",
+    "ToGrayscale",
+]
+
+#: A pixel belongs to the head when it is brighter than this share of the scan's 99th percentile.
+HEAD_THRESHOLD = 0.1
+#: Bright regions smaller than this share of the largest one (burnt-in letters, rulers, specks
+#: of noise) are not part of the head.
+HEAD_PART_SHARE = 0.1
+#: Margin kept around the head, as a share of the box's width and height.
+HEAD_MARGIN = 0.05
+#: The box is found on a copy reduced to at most this many pixels per side (speed).
+_HEAD_PROBE_SIZE = 128
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
     """Channel handling: every scan is read as one grey channel (MRI is grey by nature)."""
     return image if image.mode == "L" else image.convert("L")
+
+
+def head_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """The box ``(left, top, right, bottom)`` around the head in ``image``, with a margin.
+
+    Scans from different sources frame the head differently: wide black margins, the neck and
+    face, or a head that fills the frame. Cropping every scan to its head, in training and in
+    the app alike, takes the field of view out of what the network sees. The head is the
+    largest connected bright region and any other at least a tenth its size (burnt-in labels
+    are not). The whole image is
+    returned when no head stands out (blank or uniformly bright images, photos, noise) or when
+    the box would be smaller than a quarter of either side.
+    """
+    grey = to_grayscale(image)
+    width, height = grey.size
+    whole = (0, 0, width, height)
+    factor = max(1, -(-max(width, height) // _HEAD_PROBE_SIZE))
+    small = np.asarray(grey.reduce(factor) if factor > 1 else grey, dtype=np.float32)
+    reference = float(np.percentile(small, 99))
+    if reference <= 0:
+        return whole
+    regions, count = ndimage.label(small > HEAD_THRESHOLD * reference, structure=np.ones((3, 3)))
+    if count == 0:
+        return whole
+    sizes = np.bincount(regions.ravel())[1:]
+    head = np.isin(regions, 1 + np.flatnonzero(sizes >= HEAD_PART_SHARE * sizes.max()))
+    cols = np.flatnonzero(head.any(axis=0))
+    rows = np.flatnonzero(head.any(axis=1))
+    scale_x, scale_y = width / small.shape[1], height / small.shape[0]
+    left, right = cols[0] * scale_x, (cols[-1] + 1) * scale_x
+    top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
+    if right - left < 0.25 * width or bottom - top < 0.25 * height:
+        return whole
+    margin_x, margin_y = HEAD_MARGIN * (right - left), HEAD_MARGIN * (bottom - top)
+    return (
+        max(0, int(left - margin_x)),
+        max(0, int(top - margin_y)),
+        min(width, int(np.ceil(right + margin_x))),
+        min(height, int(np.ceil(bottom + margin_y))),
+    )
+
+
+def crop_to_head(image: Image.Image) -> Image.Image:
+    """``image`` cropped to :func:`head_box` (the same image when the box is the whole)."""
+    box = head_box(image)
+    return image if box == (0, 0, *image.size) else image.crop(box)
+
+
+class HeadCrop(v2.Transform):
+    """PIL scan -> the same scan cropped to its head (:func:`crop_to_head`)."""
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, Image.Image):
+            return crop_to_head(inpt)
+        return inpt
 
 
 class ToGrayscale(v2.Transform):
@@ -70,11 +145,14 @@ def eval_transform(
     image_size: int = DEFAULT_IMAGE_SIZE,
     mean: Sequence[float] = INPUT_MEAN,
     std: Sequence[float] = INPUT_STD,
+    crop_head: bool = False,
 ) -> v2.Compose:
-    """PIL scan -> normalised tensor (3, image_size, image_size) for the network."""
+    """PIL scan -> normalised tensor (3, image_size, image_size) for the network; cropped to
+    the head first when ``crop_head`` (for weights trained so, see the model card)."""
     return v2.Compose(
         [
             ToGrayscale(),
+            *([HeadCrop()] if crop_head else []),
             v2.Resize((image_size, image_size), antialias=True),
             to_model_tensor(mean, std),
         ]
@@ -86,6 +164,7 @@ def input_array(
     image_size: int = DEFAULT_IMAGE_SIZE,
     mean: Sequence[float] = INPUT_MEAN,
     std: Sequence[float] = INPUT_STD,
+    crop_head: bool = False,
 ) -> np.ndarray:
     """:func:`eval_transform` of each image, stacked: float32 (N, len(mean), image_size, image_size).
 
@@ -98,6 +177,9 @@ def input_array(
     std_ = np.asarray(std, dtype=np.float32)[:, None, None]
     out = np.empty((len(images), len(mean_), image_size, image_size), dtype=np.float32)
     for i, image in enumerate(images):
-        grey = to_grayscale(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        grey = to_grayscale(image)
+        if crop_head:
+            grey = crop_to_head(grey)
+        grey = grey.resize((image_size, image_size), Image.Resampling.BILINEAR)
         out[i] = (np.asarray(grey, dtype=np.float32)[None] / 255.0 - mean_) / std_
     return out

@@ -28,7 +28,7 @@ def scan_paths(data_root) -> dict[str, Path]:
     return {name: sorted((data_root / "Testing" / name).glob("*.jpg"))[5] for name in CLASS_NAMES}
 
 
-def make_model_dir(folder: Path, image_size: int = TINY_IMAGE_SIZE, seed: int = 0) -> Path:
+def make_model_dir(folder: Path, image_size: int = TINY_IMAGE_SIZE, seed: int = 0, crop_head: bool = False) -> Path:
     """Save a randomly initialised efficientnet_lite0 with its model card; returns the weights path."""
     torch.manual_seed(seed)
     net = build_network("efficientnet_lite0")
@@ -40,6 +40,8 @@ def make_model_dir(folder: Path, image_size: int = TINY_IMAGE_SIZE, seed: int = 
         "class_names": list(CLASS_NAMES),
         "temperature": 1.0,
     }
+    if crop_head:
+        card["crop_head"] = True
     path = folder / "model.safetensors"
     save_weights(net, path, card)
     return path

@@ -55,6 +55,7 @@ class TrainConfig:
     augment: float = 1.0
     invert_p: float = 0.0
     synth_t2: float = 0.0
+    crop_head: bool = False
     balance: str = "none"
     val_fraction: float = 0.15
     split: str = "group"

@@ -79,7 +79,7 @@ def evaluate_samples(
     ``leak_free``: names (posix, relative to ``root``'s parent, as in the audit report) of the
     samples that form the leak-free subset; its reports reuse the same predictions.
     """
-    transform = ClassificationPresetEval(image_size)
+    transform = ClassificationPresetEval(image_size, crop_head=backend.crop_head)
     loader = _loader(samples, transform, batch_size, workers)
     logits, mirrored, targets = predict_logits(backend, loader, desc="test", progress=progress, mirror=tta)
     probs = served_probs(logits, temperature=temperature)

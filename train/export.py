@@ -170,8 +170,9 @@ def scoring_backend(
     """
     net = getattr(net, "module", net)  # DistributedDataParallel
     size = int(card["image_size"])
+    crop_head = bool(card.get("crop_head", False))
     if device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None:
-        return TorchBackend(net.eval(), device, stages, size, card["mean"], card["std"]), None
+        return TorchBackend(net.eval(), device, stages, size, card["mean"], card["std"], crop_head), None
     scoring_card = {**card, "weights_sha256": "", "ood": {"stages": list(stages)}}
     with tempfile.TemporaryDirectory(prefix="btmri-onnx-") as folder:
         info = export_onnx(net, scoring_card, Path(folder))
@@ -179,7 +180,7 @@ def scoring_backend(
         session = open_session(path)  # read whole: the file may go
         data = path.read_bytes()
     runtime = OnnxNetwork(session, tuple(stages), threads=torch.get_num_threads())
-    return OnnxBackend(runtime, size, card["mean"], card["std"]), (data, info)
+    return OnnxBackend(runtime, size, card["mean"], card["std"], crop_head), (data, info)
 
 
 def export_beside(weights: Path) -> dict[str, Any]:

@@ -54,9 +54,9 @@ class SplitOutputs:
 class _Scans(Dataset):
     """Scans read as the app reads them: tensor, label and whether the image checks object."""
 
-    def __init__(self, samples: Sequence[Sample], image_size: int):
+    def __init__(self, samples: Sequence[Sample], image_size: int, crop_head: bool = False):
         self.samples = list(samples)
-        self.transform = eval_transform(image_size)
+        self.transform = eval_transform(image_size, crop_head=crop_head)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -85,7 +85,7 @@ def extract(
         raise ValueError("No samples to extract features from.")
     if not backend.stages:
         raise ValueError("The back-end taps no block statistics; the gate needs them.")
-    loader = DataLoader(_Scans(samples, image_size), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(_Scans(samples, image_size, backend.crop_head), batch_size=batch_size, num_workers=workers)
     features, logits, mirrored, targets, rejected = [], [], [], [], []
     for images, labels, problems in tqdm(loader, desc=desc, leave=False, disable=not progress):
         n = len(images)
@@ -136,7 +136,7 @@ def fit_gate(
 @torch.inference_mode()
 def non_mri_features(backend: Backend, image_size: int, seed: int = NON_MRI_FIT_SEED) -> np.ndarray:
     """Gate features of the generated non-MRI images that the image checks let through."""
-    transform = eval_transform(image_size)
+    transform = eval_transform(image_size, crop_head=backend.crop_head)
     images = [image for _, image in non_mri_images(seed=seed) if image_problem(image) is None]
     _, taps = backend.run(torch.stack([transform(image) for image in images]))
     return taps

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from core.constants import INPUT_MEAN, INPUT_STD
-from core.preprocess import ToGrayscale, eval_transform, to_grayscale, to_model_tensor
+from core.preprocess import HeadCrop, ToGrayscale, eval_transform, to_grayscale, to_model_tensor
 from core.scan import read_scan
 
 __all__ = [
@@ -144,9 +144,10 @@ class ClassificationPresetTrain:
         std: Sequence[float] = INPUT_STD,
         strength: float = 1.0,
         invert_p: float = 0.0,
+        crop_head: bool = False,
     ) -> None:
         s = float(strength)
-        steps: list = [ToGrayscale(), v2.PILToTensor()]
+        steps: list = [ToGrayscale(), *([HeadCrop()] if crop_head else []), v2.PILToTensor()]
         if s > 0:
             steps += [
                 v2.RandomResizedCrop(
@@ -174,8 +175,11 @@ class ClassificationPresetTrain:
 class ClassificationPresetEval:
     """Exactly the app's preprocessing."""
 
-    def __init__(self, image_size: int, mean: Sequence[float] = INPUT_MEAN, std: Sequence[float] = INPUT_STD):
-        self.transforms = eval_transform(image_size, mean, std)
+    def __init__(
+        self, image_size: int, mean: Sequence[float] = INPUT_MEAN, std: Sequence[float] = INPUT_STD,
+        crop_head: bool = False,
+    ):
+        self.transforms = eval_transform(image_size, mean, std, crop_head)
 
     def __call__(self, image):
         return self.transforms(image)

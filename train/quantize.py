@@ -162,7 +162,7 @@ def serve_graph(model: Classifier, graph: Path, precision: str, threads: int = 1
                           reference=reference, recheck=recheck,
                           wide=LazySession(lambda: open_session(graph, threads)) if threads > 1 else None)
     served = Classifier(model.network, model.card, "cpu", tta=model.tta, gate=model.gate, mirror_check=model.mirror_check)
-    served.backend = OnnxBackend(runtime, model.image_size, model.card["mean"], model.card["std"])
+    served.backend = OnnxBackend(runtime, model.image_size, model.card["mean"], model.card["std"], model.crop_head)
     return served
 
 
@@ -288,7 +288,7 @@ def calibration_batches(
     backend = model.backend
     assert isinstance(backend, OnnxBackend)
     batches = [
-        input_array([read_scan(p) for p in paths[i : i + _CALIBRATION_BATCH]], backend.image_size, backend.mean, backend.std)
+        input_array([read_scan(p) for p in paths[i : i + _CALIBRATION_BATCH]], backend.image_size, backend.mean, backend.std, backend.crop_head)
         for i in range(0, len(paths), _CALIBRATION_BATCH)
     ]
     return batches, paths, rest

@@ -93,6 +93,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "slice's T1 (train.presets.SyntheticT2; 0 = off)",
     )
     parser.add_argument(
+        "--crop-head", action="store_true",
+        help="crop every scan to its head before resizing (core.preprocess.head_box), in training, "
+        "evaluation and the app alike (recorded in the model card)",
+    )
+    parser.add_argument(
         "--balance", default=defaults.balance, choices=BALANCE_MODES,
         help="how training batches are drawn (train.sampling): every scan once per epoch (none), each class "
         "equally often (class), or also each class's rarer appearance clusters more often (appearance)",
@@ -245,10 +250,12 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         len(train_samples), len(val_samples), len(test_samples), config.split,
     )
     train_set = ScanFolder(
-        train_samples, ClassificationPresetTrain(config.image_size, strength=config.augment, invert_p=config.invert_p),
+        train_samples, ClassificationPresetTrain(
+            config.image_size, strength=config.augment, invert_p=config.invert_p, crop_head=config.crop_head
+        ),
         synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
     )
-    eval_tf = ClassificationPresetEval(config.image_size)
+    eval_tf = ClassificationPresetEval(config.image_size, crop_head=config.crop_head)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
     balance_table = None
@@ -386,6 +393,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
             "image_size": config.image_size,
             "mean": list(INPUT_MEAN),
             "std": list(INPUT_STD),
+            "crop_head": config.crop_head,
             "class_names": list(CLASS_NAMES),
             "temperature": 1.0,
             "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,92 @@
+"""core.preprocess: the head crop, and the same numbers on the PyTorch and the NumPy paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from core import load_model, read_scan
+from core.preprocess import HEAD_MARGIN, crop_to_head, eval_transform, head_box, input_array
+
+from conftest import make_model_dir
+
+
+def head_image(size=(400, 300), box=(120, 40, 300, 250), background=0, letters=True) -> Image.Image:
+    """A grey 'head' (a bright ellipse with darker tissue inside) on a dark canvas, with a
+    thin bright label in a corner as scanners burn in."""
+    image = Image.new("L", size, background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse(box, fill=200)
+    left, top, right, bottom = box
+    inset = min(20, (right - left) // 4, (bottom - top) // 4)
+    draw.ellipse((left + inset, top + inset, right - inset, bottom - inset), fill=90)
+    if letters:
+        draw.line((5, 5, 5, 25), fill=255, width=1)  # an "L" one pixel wide
+        draw.line((5, 25, 15, 25), fill=255, width=1)
+    return image
+
+
+def test_head_box_frames_the_head_with_a_margin():
+    box = (120, 40, 300, 250)
+    left, top, right, bottom = head_box(head_image(box=box))
+    width, height = box[2] - box[0], box[3] - box[1]
+    slack_x, slack_y = 2 * HEAD_MARGIN * width + 4, 2 * HEAD_MARGIN * height + 4  # margin + the probe's rounding
+    assert box[0] - slack_x <= left <= box[0] and box[2] <= right <= box[2] + slack_x
+    assert box[1] - slack_y <= top <= box[1] and box[3] <= bottom <= box[3] + slack_y
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("L", (200, 150), 0),  # blank
+        Image.new("L", (200, 150), 180),  # uniformly bright
+        head_image(size=(400, 300), box=(190, 140, 210, 160), letters=False),  # a speck, not a head
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160), dtype=np.uint8)),  # noise
+    ],
+    ids=["blank", "bright", "speck", "noise"],
+)
+def test_head_box_keeps_the_whole_image_when_no_head_stands_out(image):
+    assert head_box(image) == (0, 0, *image.size)
+    assert crop_to_head(image) is image
+
+
+def test_black_margins_do_not_change_the_network_input():
+    """The field of view is taken out: the same head with wider black margins gives (nearly)
+    the same input when cropped, and a very different one when not."""
+    tight = head_image(size=(220, 230), box=(20, 10, 200, 220))
+    wide = Image.new("L", (500, 400), 0)
+    wide.paste(tight, (140, 60))
+    cropped = input_array([tight, wide], 64, crop_head=True)
+    plain = input_array([tight, wide], 64)
+    assert np.abs(cropped[0] - cropped[1]).mean() < 0.25 * np.abs(plain[0] - plain[1]).mean()
+
+
+def test_input_array_equals_the_transform_with_the_head_crop(scan_paths):
+    scan = read_scan(scan_paths["meningioma"])
+    images = [scan, scan.convert("RGB"), head_image(), Image.new("L", (90, 70), 0)]
+    got = input_array(images, 64, crop_head=True)
+    expected = torch.stack([eval_transform(64, crop_head=True)(image) for image in images]).numpy()
+    assert np.abs(got - expected).max() < 1e-6
+
+
+def test_weights_trained_with_the_head_crop_are_served_with_it(tmp_path, scan_paths):
+    """The model card's crop_head reaches the transform, both back-ends and Grad-CAM: the
+    heatmap is zero outside the head's box and keeps the scan's size."""
+    model = load_model(make_model_dir(tmp_path, crop_head=True), device="cpu")
+    (tmp_path / "plain").mkdir()
+    plain = load_model(make_model_dir(tmp_path / "plain"), device="cpu")
+    assert model.crop_head and model.backend.crop_head and not plain.crop_head
+    image = head_image(size=(400, 300), box=(150, 60, 330, 260))
+    expected = eval_transform(model.image_size, model.card["mean"], model.card["std"], crop_head=True)(image)
+    assert torch.equal(model.preprocess([image])[0].contiguous(), expected)
+    assert np.abs(model.backend.prepare([image])[0] - expected.numpy()).max() < 1e-6
+    assert not torch.allclose(plain.preprocess([image])[0], expected)
+    left, top, right, bottom = head_box(image)
+    heatmap = model.explain(image)
+    assert heatmap.shape == (image.height, image.width)
+    outside = np.ones_like(heatmap, dtype=bool)
+    outside[top:bottom, left:right] = False
+    assert heatmap[outside].max() == 0.0 and heatmap[~outside].max() > 0.0
+    assert model.predict(image).label in model.class_names
