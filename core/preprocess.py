@@ -69,7 +69,8 @@ def head_box(image: Image.Image) -> tuple[int, int, int, int]:
     if count == 0:
         return whole
     sizes = np.bincount(regions.ravel())[1:]
-    head = np.isin(regions, 1 + np.flatnonzero(sizes >= HEAD_PART_SHARE * sizes.max()))
+    keep = np.concatenate([[False], sizes >= HEAD_PART_SHARE * sizes.max()])
+    head = keep[regions]
     cols = np.flatnonzero(head.any(axis=0))
     rows = np.flatnonzero(head.any(axis=1))
     scale_x, scale_y = width / small.shape[1], height / small.shape[0]

@@ -78,3 +78,16 @@ def test_architecture_table_comes_from_the_stored_comparison(tmp_path):
     assert "(reduced: " in text and "EfficientNet-Lite0 (shipped)" in text
     (assets / COMPARISON_NAME).unlink()
     assert "python -m train.compare" not in render(assets)
+
+
+def test_training_line_names_the_head_crop_and_the_t2_like_images(tmp_path):
+    from app_assets import make_assets
+
+    assets = make_assets(tmp_path / "assets")
+    card_path = assets / MODEL_CARD_NAME
+    card = json.loads(card_path.read_text())
+    assert "cropped to its head" not in render(assets) and "T2-like" not in render(assets)
+    card["crop_head"] = True
+    card["training"]["config"]["synth_t2"] = 0.5
+    card_path.write_text(json.dumps(card))
+    assert "each scan cropped to its head, T2-like images on 50% of the extra sources' FLAIR draws" in render(assets)

@@ -94,6 +94,7 @@ class CompareConfig:
     freeze_stages: int = 2
     balance: str = "none"
     synth_t2: float = 0.0
+    crop_head: bool = False
     reduce: tuple[str, ...] = ()
     batch_size: int = 32
     seed: int = 0
@@ -130,6 +131,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--freeze-stages", type=int, default=2, help="stages kept at their ImageNet weights in pre-trained EfficientNets (0 for the others)")
     parser.add_argument("--balance", default="none", choices=BALANCE_MODES, help="how training batches are drawn, as for python -m train")
     parser.add_argument("--synth-t2", type=float, default=0.0, help="T2-like images from extra sources' FLAIR and T1, as for python -m train")
+    parser.add_argument("--crop-head", action="store_true", help="crop every scan to its head, in training and scoring, as for python -m train")
     parser.add_argument(
         "--reduce", action="append", default=[], metavar="ARCH:KEY=N[,KEY=N]",
         help=f"a smaller schedule for one architecture on a slow machine, keys {list(_REDUCIBLE)}, "
@@ -190,7 +192,8 @@ def train_config(arch: str, schedule: Schedule, config: CompareConfig, folder: P
     return TrainConfig(
         data_dir=config.data_dir, extra_data=tuple(config.extra_data), output=folder, arch=arch,
         epochs=schedule.epochs, image_size=schedule.image_size, freeze_epochs=schedule.freeze_epochs,
-        freeze_stages=schedule.freeze_stages, balance=config.balance, synth_t2=config.synth_t2, batch_size=config.batch_size, seed=config.seed,
+        freeze_stages=schedule.freeze_stages, balance=config.balance, synth_t2=config.synth_t2, crop_head=config.crop_head,
+        batch_size=config.batch_size, seed=config.seed,
         workers=config.workers, no_pretrained=not schedule.pretrained, max_per_class=config.max_per_class,
         no_progress=config.no_progress, no_finalize=True,
     )
@@ -217,7 +220,7 @@ def _limit_external(scans, n: int | None):
     return kept
 
 
-def external_scores(net: torch.nn.Module, scans, image_size: int, workers: int) -> dict[str, Any]:
+def external_scores(net: torch.nn.Module, scans, image_size: int, workers: int, crop_head: bool = False) -> dict[str, Any]:
     """Per source: accuracy on the four known classes, per-class recall, and for the ``other``
     lesions the share called "no tumour" (network alone, no gate or flags)."""
     other_index = len(CLASS_NAMES)  # a label no prediction can match
@@ -225,7 +228,7 @@ def external_scores(net: torch.nn.Module, scans, image_size: int, workers: int) 
         Sample(s.path, CLASS_NAMES.index(s.label) if s.label in CLASS_NAMES else other_index, source=s.source)
         for s in scans
     ]
-    loader = DataLoader(ScanFolder(samples, ClassificationPresetEval(image_size)), batch_size=64, num_workers=workers)
+    loader = DataLoader(ScanFolder(samples, ClassificationPresetEval(image_size, crop_head=crop_head)), batch_size=64, num_workers=workers)
     logits, _, targets = predict_logits(TorchBackend(net), loader, desc="external", progress=False)
     predicted = logits.argmax(1)
     out: dict[str, Any] = {}
@@ -298,7 +301,7 @@ def compare_one(arch: str, schedule: Schedule, config: CompareConfig, test_sampl
     if test_samples:
         with torch.inference_mode():
             report = evaluate_samples(
-                TorchBackend(net), test_samples, schedule.image_size, 64, config.workers, perturb=False,
+                TorchBackend(net, crop_head=config.crop_head), test_samples, schedule.image_size, 64, config.workers, perturb=False,
                 root=config.data_dir / "Testing", leak_free=leak_free,
             )
         for name, key in (("testing", "testing"), ("leak_free", "testing_leak_free")):
@@ -307,7 +310,7 @@ def compare_one(arch: str, schedule: Schedule, config: CompareConfig, test_sampl
                 entry[name] = {"n_images": r["n_images"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
     if external:
         with torch.inference_mode():
-            entry["external"] = external_scores(net, external, schedule.image_size, config.workers)
+            entry["external"] = external_scores(net, external, schedule.image_size, config.workers, config.crop_head)
     return entry
 
 
@@ -399,6 +402,7 @@ def _result(config: CompareConfig, entries, external_root, n_testing: int, secon
             "freeze_stages": config.freeze_stages,
             "balance": config.balance,
             "synth_t2": config.synth_t2,
+            "crop_head": config.crop_head,
             "batch_size": config.batch_size,
             "seed": config.seed,
             "extra_data": [Path(p).name for p in config.extra_data],

@@ -88,8 +88,10 @@ def render(folder: Path | None = None) -> str:
         "",
         f"Training: {config['epochs']} epochs ({config['freeze_epochs']} head-only"
         + (f"; stem and first {config['freeze_stages']} stages frozen" if config.get("freeze_stages") else "")
-        + f") at {card['image_size']} px, "
-        f"batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
+        + f") at {card['image_size']} px"
+        + (", each scan cropped to its head" if card.get("crop_head") else "")
+        + (f", T2-like images on {config['synth_t2']:.0%} of the extra sources' FLAIR draws" if config.get("synth_t2") else "")
+        + f", batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
         f"augmentation strength {config.get('augment')}, {config.get('split')} split (seed {config.get('seed', 0)}): "
         f"{data['train_images']} training and {data['val_images']} validation scans"
         + (f" (Kaggle and the extra sources {', '.join(Path(p).name for p in config['extra_data'])}, split by patient)"
