@@ -174,7 +174,7 @@ def flag_kinds(prediction: Prediction) -> tuple[str, ...]:
 
 
 def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[Any], quantile: float = RECHECK_QUANTILE,
-                batch_size: int = 32, negative_quantile: float | None = None, confirm_gate: bool = False) -> tuple[Recheck, dict[str, Any]]:
+                batch_size: int = 32, negative_quantile: float | None = None, confirm_gate: bool = True) -> tuple[Recheck, dict[str, Any]]:
     """The re-check bands from scans (validation, not those calibrated on): the ``quantile`` of
     the largest probability difference between ``candidate`` (int8, no re-check) and
     ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
