@@ -91,3 +91,15 @@ def test_training_line_names_the_head_crop_and_the_t2_like_images(tmp_path):
     card["training"]["config"]["synth_t2"] = 0.5
     card_path.write_text(json.dumps(card))
     assert "each scan cropped to its head, T2-like images on 50% of the extra sources' FLAIR draws" in render(assets)
+
+
+@needs_assets
+def test_stored_reports_belong_to_the_shipped_weights():
+    """Every stored report that names weights names the shipped ones: a new model needs its
+    external report and its pointing game run again (python -m train.pointing --merge-into)."""
+    card = json.loads((ASSETS_DIR / MODEL_CARD_NAME).read_text())
+    evaluation = json.loads((ASSETS_DIR / EVALUATION_NAME).read_text())
+    assert evaluation["pointing_game"]["weights_sha256"] == card["weights_sha256"]
+    external = ASSETS_DIR / "external.json"
+    if external.is_file():
+        assert json.loads(external.read_text())["weights_sha256"] == card["weights_sha256"]
