@@ -6,8 +6,8 @@ network then runs one convolution where it ran a convolution and a normalisation
 is checked on a random input against the original network, and dropped (with a warning) when
 the outputs differ, so a model that it does not understand is served as it is.
 
-Measured on the shipped EfficientNet-Lite0 (192 px, 2-core CPU; ``python -m benchmarks``): see
-``docs/performance.md``, with the options measured and not kept.
+Measured on EfficientNet-Lite0, the model shipped when it was written (192 px, 2-core CPU;
+``python -m benchmarks``): see ``docs/performance.md``, with the options measured and not kept.
 """
 
 from __future__ import annotations
