@@ -53,9 +53,8 @@ def head_box(image: Image.Image) -> tuple[int, int, int, int]:
     face, or a head that fills the frame. Cropping every scan to its head, in training and in
     the app alike, takes the field of view out of what the network sees. The head is the
     largest connected bright region and any other at least a tenth its size (burnt-in labels
-    are not). The whole image is
-    returned when no head stands out (blank or uniformly bright images, photos, noise) or when
-    the box would be smaller than a quarter of either side.
+    are not). The whole image is returned when no head stands out (blank or uniformly bright
+    images, photos, noise) or when the box would be smaller than a quarter of either side.
     """
     grey = to_grayscale(image)
     width, height = grey.size

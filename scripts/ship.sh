@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:?usage: bash scripts/ship.sh RUN_FOLDER}
-D=${BTMRI_SHARED:-../shared/datasets}
+EXTERNAL=${BTMRI_EXTERNAL:-../shared/datasets/external-dev}  # as train.quantize and the tests
 PY=.venv/bin/python
 export PYTHONPATH=.
 for f in model.safetensors model_card.json history.json evaluation.json ood.safetensors model.onnx; do
@@ -14,6 +14,6 @@ for f in model.safetensors model_card.json history.json evaluation.json ood.safe
 done
 [ -f "$RUN/model.int8.onnx" ] || $PY -m train.quantize --weights "$RUN/model.safetensors" --report benchmarks/fidelity.json
 cp "$RUN"/{model.safetensors,model_card.json,history.json,evaluation.json,ood.safetensors,model.onnx,model.int8.onnx} assets/
-$PY -m train.evaluate --external "$D/external-dev" --output assets/external.json > /dev/null
+$PY -m train.evaluate --external "$EXTERNAL" --output assets/external.json > /dev/null
 $PY -m train.pointing --merge-into assets/evaluation.json > /dev/null
 $PY -m train.report --update-readme
