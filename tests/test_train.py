@@ -68,6 +68,20 @@ def test_stratified_split_is_seeded_and_disjoint(data_root):
         assert abs(val[name] - 0.15 * total[name]) <= 1.0
 
 
+def test_split_seed_fixes_the_validation_scans_whatever_the_seed(mini_dataset):
+    """Runs that differ in --seed share their validation scans when they share --split-seed."""
+    from train.config import TrainConfig
+    from train.splits import load_data
+
+    def val_paths(*argv: str) -> set[Path]:
+        args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), "--split", "stratified", "--val-fraction", "0.5", *argv])
+        return {s.path for s in load_data(TrainConfig.from_namespace(args))[1]}
+
+    seed0 = val_paths("--seed", "0")
+    assert val_paths("--seed", "1", "--split-seed", "0") == seed0
+    assert any(val_paths("--seed", str(seed)) != seed0 for seed in (1, 2, 3))
+
+
 def test_imagenet_weights_map_by_order_and_check_shapes():
     import timm
 

@@ -61,6 +61,9 @@ class TrainConfig:
     split: str = "group"
     audit: Path | None = None
     seed: int = 0
+    #: Seed of the train/validation split alone (None: ``seed``), so that runs that differ in
+    #: ``seed`` can share one validation split (for example to average their weights).
+    split_seed: int | None = None
     workers: int = min(4, os.cpu_count() or 1)
     device: str | None = None
     resume: bool = False
@@ -70,6 +73,11 @@ class TrainConfig:
     no_test: bool = False
     no_finalize: bool = False
     no_progress: bool = False
+
+    @property
+    def effective_split_seed(self) -> int:
+        """The seed the train/validation split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:

@@ -64,7 +64,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--extra-data", type=Path, action="append", default=[], metavar="DIR",
         help="an extra training source (repeatable): a folder with CSV manifests (path, patient, "
         "optional sequence and label columns), e.g. ../shared/datasets/extra-train/tcga-lgg. Each "
-        "source is split into train and validation by patient, with --val-fraction and --seed",
+        "source is split into train and validation by patient, with --val-fraction and --split-seed",
     )
     parser.add_argument("--output", type=Path, default=defaults.output, help="folder for weights, model card, metrics and checkpoint")
     parser.add_argument("--arch", default=defaults.arch, help="timm architecture name")
@@ -112,6 +112,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--audit", type=Path, default=None, help="audit report for --split group-strict (default: assets/audit.json; run python -m train.audit)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, initialisation and augmentation")
+    parser.add_argument(
+        "--split-seed", type=int, default=None,
+        help="seed for the train/validation split alone (default: --seed); runs that share it share their validation scans",
+    )
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.safetensors")
