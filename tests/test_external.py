@@ -326,6 +326,25 @@ def test_pointing_game_hits_a_mask_around_the_heatmap_maximum(tmp_path, tiny_mod
     assert 0 < result["overall"]["random_hit_rate"] < 0.2
 
 
+def test_pointing_game_scores_the_patients_the_run_held_out(extra_source):
+    """The held-out patients are rebuilt with the run's split seed, not its training seed."""
+    from train.pointing import held_out_gliomas, mask_path
+
+    samples = find_extra_samples(extra_source)
+    (extra_source / "masks").mkdir()
+    for sample in samples:
+        if sample.class_name == "glioma":
+            Image.new("L", (8, 8)).save(mask_path(sample))
+
+    def held_out(**config) -> set[str]:
+        card = {"training": {"config": {"val_fraction": 0.2, **config}}}
+        return {s.patient for s in held_out_gliomas(extra_source, card)[0]}
+
+    expected = {s.patient for s in patient_split(samples, 0.2, 0)[1]}
+    assert held_out(seed=0) == expected
+    assert held_out(seed=1, split_seed=0) == expected
+
+
 # ---------------------------------------------------------------------- augmentation
 def test_masked_inversion_keeps_the_range_the_background_and_the_label():
     from torchvision.transforms.v2 import functional as F

@@ -25,6 +25,7 @@ from core.constants import EVALUATION_NAME, extra_dir
 from core.model import Classifier, load_model
 from core.scan import read_scan
 
+from .config import TrainConfig
 from .data import Sample, find_extra_samples, patient_split
 
 __all__ = ["mask_path", "pointing_game", "get_args_parser", "main"]
@@ -75,9 +76,9 @@ def pointing_game(model: Classifier, samples: list[Sample], tolerance: int = 15)
 
 def held_out_gliomas(folder: Path, card: dict[str, Any]) -> tuple[list[Sample], int]:
     """The glioma slices of ``folder``'s patients that training held out, and their patients."""
-    config = card["training"]["config"]
+    config = TrainConfig.from_dict(card["training"]["config"])
     samples = find_extra_samples(folder)
-    _, val = patient_split(samples, float(config["val_fraction"]), int(config["seed"]))
+    _, val = patient_split(samples, config.val_fraction, config.effective_split_seed)
     gliomas = [s for s in val if s.class_name == "glioma" and mask_path(s).is_file()]
     return gliomas, len({s.patient for s in gliomas})
 

@@ -111,7 +111,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "no group crosses train/validation/test either",
     )
     parser.add_argument("--audit", type=Path, default=None, help="audit report for --split group-strict (default: assets/audit.json; run python -m train.audit)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, initialisation and augmentation")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the initialisation, the augmentation and (without --split-seed) the split")
     parser.add_argument(
         "--split-seed", type=int, default=None,
         help="seed for the train/validation split alone (default: --seed); runs that share it share their validation scans",
