@@ -420,3 +420,28 @@ def test_synthetic_t2_makes_fluid_and_lesion_bright_and_keeps_the_label(tmp_path
         SyntheticT2(p=1.5)
     with pytest.raises(ValueError, match="one shape"):
         SyntheticT2.synthesise(np.zeros((4, 4)), np.zeros((5, 5)))
+
+
+def test_batch_mixing_keeps_the_range_and_blends_the_labels():
+    from train.presets import batch_mixing
+
+    assert batch_mixing(0.0, 0.0, 1.0, len(CLASS_NAMES)) is None
+    images = torch.stack([torch.full((1, 16, 16), float(v)) for v in (-2.0, -1.0, 0.5, 3.0)])
+    images[:, :, :4] += 0.25  # some structure inside each scan
+    labels = torch.tensor([0, 1, 2, 3])
+    low, high = float(images.min()), float(images.max())
+    for mixup, cutmix in ((0.4, 0.0), (0.0, 1.0), (0.4, 1.0)):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        mixed, soft = batch_mixing(mixup, cutmix, 1.0, len(CLASS_NAMES))(images.clone(), labels)
+        assert mixed.shape == images.shape
+        assert low <= float(mixed.min()) and float(mixed.max()) <= high
+        assert torch.allclose(soft.sum(dim=1), torch.ones(4))
+        # each scan's label mass lies on its own class and its partner's (the batch reversed)
+        for i in range(4):
+            assert set(torch.nonzero(soft[i]).flatten().tolist()) <= {int(labels[i]), int(labels[3 - i])}
+            assert float(soft[i, labels[i]]) >= 0.0
+    # with prob 0 no batch is mixed: the images stay and the labels are one-hot
+    same, one_hot = batch_mixing(0.4, 1.0, 0.0, len(CLASS_NAMES))(images.clone(), labels)
+    assert torch.equal(same, images)
+    assert torch.equal(one_hot, torch.nn.functional.one_hot(labels, len(CLASS_NAMES)).float())

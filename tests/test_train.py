@@ -270,8 +270,13 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
         "--data-dir", str(mini_dataset), "--extra-data", str(extra), "--output", str(out), "--image-size", "64",
         "--batch-size", "8", "--workers", "0", "--no-progress", "--val-fraction", "0.34", "--split", "stratified",
         "--epochs", "1", "--freeze-epochs", "0", "--invert-p", "0.5", "--balance", "appearance",
+        "--mixup", "0.2", "--cutmix", "1.0",
     ])
-    card = main(args)["card"]
+    result = main(args)
+    card = result["card"]
+    # mixed batches train: a finite loss, and the options recorded in the card
+    assert np.isfinite(result["history"][0]["train"]["loss"])
+    assert card["training"]["config"]["mixup"] == 0.2 and card["training"]["config"]["cutmix"] == 1.0
     # --balance appearance: each class a quarter of the draws; the extra source's named sequence
     # is its group, the Kaggle scans fall into appearance clusters.
     balance = card["training"]["balance"]
@@ -287,6 +292,13 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
     assert lgg["train_images"] + lgg["val_images"] == 12 and lgg["sequences"] == {"flair": 12}
     assert card["data"]["train_images"] == sum(s["train_images"] for s in sources.values())
     assert card["training"]["config"]["extra_data"] == [str(extra)]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--mixup", "-0.1"), ("--cutmix", "-1"), ("--mix-prob", "1.5")])
+def test_bad_mixing_values_are_named(mini_dataset, tmp_path, option, value):
+    args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), option, value, "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match=option.lstrip("-")):
+        main(args)
 
 
 def test_bad_invert_probability_is_named(mini_dataset, tmp_path):

@@ -55,6 +55,11 @@ class TrainConfig:
     augment: float = 1.0
     invert_p: float = 0.0
     synth_t2: float = 0.0
+    #: Batch mixing (``train.presets.batch_mixing``): Beta(alpha, alpha) for mixup and for
+    #: cutmix (0 = off), and the share of batches mixed.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
     crop_head: bool = False
     balance: str = "none"
     val_fraction: float = 0.15
@@ -103,6 +108,11 @@ class TrainConfig:
             raise SystemExit(f"--invert-p must be between 0 and 1, got {self.invert_p}.")
         if not 0.0 <= self.synth_t2 <= 1.0:
             raise SystemExit(f"--synth-t2 must be between 0 and 1, got {self.synth_t2}.")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise SystemExit(f"--{name} must be at least 0 (0 = off), got {getattr(self, name)}.")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise SystemExit(f"--mix-prob must be between 0 and 1, got {self.mix_prob}.")
         if self.lr <= 0:
             raise SystemExit(f"--lr must be positive, got {self.lr}.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,15 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     ema: Any = None,
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Returns (mean loss, probabilities, targets) over the epoch's training batches.
 
     ``ema``: a ``timm.utils.ModelEmaV3`` updated after every optimizer step.
+    ``mix``: batch mixing (``train.presets.batch_mixing``) applied to every even-sized batch (the
+    last batch of an epoch may be odd: it trains unmixed). The returned targets are the unmixed
+    labels, so training accuracy under mixing counts a scan right when the model names the label
+    of the scan it started from.
     """
     model.train()
     total_loss, count = 0.0, 0
@@ -73,9 +78,12 @@ def train_one_epoch(
     for images, targets in _batches(loader, desc, progress):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
+        labels = targets
+        if mix is not None and len(targets) % 2 == 0:
+            images, labels = mix(images, targets)
         with autocast(device):
             logits = model(images)
-            loss = criterion(logits, targets)
+            loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

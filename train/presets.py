@@ -28,6 +28,7 @@ __all__ = [
     "RandomGamma",
     "RandomMaskedInversion",
     "SyntheticT2",
+    "batch_mixing",
     "PERTURBATIONS",
     "perturbation",
 ]
@@ -170,6 +171,27 @@ class ClassificationPresetTrain:
 
     def __call__(self, image):
         return self.transforms(image)
+
+
+def batch_mixing(mixup: float, cutmix: float, prob: float, num_classes: int):
+    """Mixup and cutmix of whole training batches (``timm.data.Mixup``), or None when both are off.
+
+    The returned callable maps ``(images, labels)`` of an even-sized batch to the mixed images and
+    soft labels (class probabilities summing to 1: each scan's share of the blend or of the
+    area). Label smoothing is left to the loss (``torch.nn.CrossEntropyLoss`` smooths soft
+    labels as it does hard ones), so mixed and unmixed batches share one criterion. Mixing pairs
+    each scan with the batch reversed, so a scan blends with a scan of another class only as often
+    as the batch holds one; it never changes the scans' grey-level range (a blend of two scans
+    stays between them; cutmix copies pixels).
+    """
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=0.5, mode="batch",
+        label_smoothing=0.0, num_classes=num_classes,
+    )
 
 
 class ClassificationPresetEval:

@@ -40,7 +40,7 @@ from .config import BALANCE_MODES, SPLITS, TrainConfig
 from .data import ScanFolder
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
-from .presets import ClassificationPresetEval, ClassificationPresetTrain, SyntheticT2
+from .presets import ClassificationPresetEval, ClassificationPresetTrain, SyntheticT2, batch_mixing
 from .pretrained import load_imagenet_weights
 from .sampling import appearance_groups, describe, sample_weights
 from .splits import load_data
@@ -92,6 +92,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="probability of replacing an extra source's FLAIR scan by a T2-like image made from it and the "
         "slice's T1 (train.presets.SyntheticT2; 0 = off)",
     )
+    parser.add_argument(
+        "--mixup", type=float, default=defaults.mixup,
+        help="mixup: blend each training batch with itself reversed, weight ~ Beta(a, a), labels blended alike "
+        "(train.presets.batch_mixing, timm.data.Mixup; 0 = off)",
+    )
+    parser.add_argument(
+        "--cutmix", type=float, default=defaults.cutmix,
+        help="cutmix: paste a box of another scan of the batch, area ~ Beta(a, a), labels by area (0 = off; "
+        "with --mixup too, each mixed batch uses one of the two)",
+    )
+    parser.add_argument("--mix-prob", type=float, default=defaults.mix_prob, help="share of training batches mixed (with --mixup or --cutmix)")
     parser.add_argument(
         "--crop-head", action="store_true",
         help="crop every scan to its head before resizing (core.preprocess.head_box), in training, "
@@ -295,6 +306,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    mix = batch_mixing(config.mixup, config.cutmix, config.mix_prob, len(CLASS_NAMES))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_loader)
     head_steps = config.freeze_epochs * steps_per_epoch
@@ -332,7 +344,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         epoch_start = time.perf_counter()
         train_loss, train_probs, train_targets = train_one_epoch(
             ddp_model, criterion, optimizer, scheduler, train_loader, device,
-            desc=f"epoch {epoch + 1}", progress=progress, ema=ema,
+            desc=f"epoch {epoch + 1}", progress=progress, ema=ema, mix=mix,
         )
         selected = ema.module if ema is not None else model
         _sync_buffers(selected, world)
