@@ -20,7 +20,7 @@ from .cam import GradCamExplainer
 from .ood import NOT_BRAIN_MRI_FLAG, OUTSIDE_TRAINING_FLAG, FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .ort import PRECISIONS, OnnxNetwork, load_runtime
-from .preprocess import eval_transform, head_box
+from .preprocess import eval_transform, head_box, to_grayscale
 from .weights import WeightsError, load_weights
 
 __all__ = ["Classifier", "Prediction", "build_network", "load_model"]
@@ -124,6 +124,8 @@ class Classifier:
         #: ``python -m train --crop-head``; ``core.preprocess.head_box``).
         self.crop_head = bool(card.get("crop_head", False))
         self.transform = eval_transform(self.image_size, card["mean"], card["std"], self.crop_head)
+        # For a scan already cropped to its head's box (explain finds the box once and reuses it).
+        self._box_transform = eval_transform(self.image_size, card["mean"], card["std"], crop_head=False)
 
         network = net.to(self.device).eval().to(memory_format=torch.channels_last)
         for param in network.parameters():
@@ -310,9 +312,10 @@ class Classifier:
         if not self.crop_head:
             return self.cam(self.preprocess([image]), index, image.size)
         # The network saw the head's box only: its heatmap goes back into that box.
-        left, top, right, bottom = head_box(image)
+        left, top, right, bottom = box = head_box(image)
+        tensor = self._box_transform(to_grayscale(image).crop(box)).unsqueeze(0).to(self.device)
         heatmap = np.zeros((image.height, image.width), dtype=np.float32)
-        heatmap[top:bottom, left:right] = self.cam(self.preprocess([image]), index, (right - left, bottom - top))
+        heatmap[top:bottom, left:right] = self.cam(tensor, index, (right - left, bottom - top))
         return heatmap
 
 

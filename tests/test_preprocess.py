@@ -89,4 +89,7 @@ def test_weights_trained_with_the_head_crop_are_served_with_it(tmp_path, scan_pa
     outside = np.ones_like(heatmap, dtype=bool)
     outside[top:bottom, left:right] = False
     assert heatmap[outside].max() == 0.0 and heatmap[~outside].max() > 0.0
+    # explain finds the box once and feeds the network exactly what predict feeds it
+    in_box = model.cam(model.preprocess([image]), None, (right - left, bottom - top))
+    assert np.allclose(heatmap[top:bottom, left:right], in_box, atol=1e-6)
     assert model.predict(image).label in model.class_names
