@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -182,6 +183,21 @@ def calibration_figure(views: Sequence[tuple[str, Mapping[str, Any]]]) -> go.Fig
     return _layout(fig, 380, title_text="Reliability diagram", legend=dict(orientation="h", y=-0.2))
 
 
+def _log_ticks(low: float, high: float) -> list[float]:
+    """The 1-2-5 values from just under ``low`` to just over ``high`` (ticks for a log axis)."""
+    exponent = math.floor(math.log10(low))
+    ticks: list[float] = []
+    while True:
+        for step in (1, 2, 5):
+            value = step * 10.0**exponent
+            if value * 2.5 < low:
+                continue
+            ticks.append(value)
+            if value >= high:
+                return ticks
+        exponent += 1
+
+
 #: Marker symbols of the evaluation sets in :func:`architecture_figure`.
 _SET_SYMBOLS = {"Official Testing": "circle", "Leak-free Testing": "square", "Other sources (mean)": "diamond"}
 
@@ -207,7 +223,11 @@ def architecture_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
                 hovertemplate="%{fullData.name}<br>%{customdata}: %{y:.1f} %<br>predict %{x:.1f} ms<extra></extra>",
             )
         )
-    fig.update_xaxes(title_text="predict p50 on this CPU (ms, log scale)", type="log")
+    # Plotly labels a log axis at powers of ten only, often one or two ticks over this range:
+    # label every 1-2-5 step that the points span.
+    latencies = [p["latency_ms"] for p in points if p.get("latency_ms")]
+    ticks = _log_ticks(min(latencies), max(latencies)) if latencies else None
+    fig.update_xaxes(title_text="predict p50 on this CPU (ms, log scale)", type="log", tickvals=ticks)
     fig.update_yaxes(title_text="Accuracy (%)")
     return _layout(
         fig, 420, title_text="Accuracy against latency (circle: official Testing, square: leak-free, diamond: other sources)",
