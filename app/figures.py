@@ -183,14 +183,18 @@ def calibration_figure(views: Sequence[tuple[str, Mapping[str, Any]]]) -> go.Fig
     return _layout(fig, 380, title_text="Reliability diagram", legend=dict(orientation="h", y=-0.2))
 
 
+#: Tick values per decade of a log axis.
+_LOG_STEPS = (1, 1.5, 2, 3, 5, 7)
+
+
 def _log_ticks(low: float, high: float) -> list[float]:
-    """The 1-2-5 values from just under ``low`` to just over ``high`` (ticks for a log axis)."""
+    """The 1-1.5-2-3-5-7 values from just under ``low`` to just over ``high`` (ticks for a log axis)."""
     exponent = math.floor(math.log10(low))
     ticks: list[float] = []
     while True:
-        for step in (1, 2, 5):
+        for step in _LOG_STEPS:
             value = step * 10.0**exponent
-            if value * 2.5 < low:
+            if value * 1.5 < low:
                 continue
             ticks.append(value)
             if value >= high:
@@ -207,6 +211,7 @@ def architecture_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
     (``app.artifacts.architecture_points``), one colour per architecture."""
     palette = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"]
     archs = list(dict.fromkeys(p["arch"] for p in points))
+    slowest = max((p["latency_ms"] for p in points), default=None)
     fig = go.Figure()
     for i, arch in enumerate(archs):
         mine = [p for p in points if p["arch"] == arch]
@@ -217,14 +222,15 @@ def architecture_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
                 mode="markers+text",
                 name=arch,
                 text=[arch if p["set"] == "Official Testing" else "" for p in mine],
-                textposition="top center",
+                # the slowest architecture's name goes left of its point, inside the plot
+                textposition=["top left" if p["latency_ms"] == slowest else "top center" for p in mine],
                 customdata=[p["set"] for p in mine],
                 marker=dict(size=12, color=palette[i % len(palette)], symbol=[_SET_SYMBOLS.get(p["set"], "circle") for p in mine]),
                 hovertemplate="%{fullData.name}<br>%{customdata}: %{y:.1f} %<br>predict %{x:.1f} ms<extra></extra>",
             )
         )
     # Plotly labels a log axis at powers of ten only, often one or two ticks over this range:
-    # label every 1-2-5 step that the points span.
+    # label the 1-1.5-2-3-5-7 steps that the points span.
     latencies = [p["latency_ms"] for p in points if p.get("latency_ms")]
     ticks = _log_ticks(min(latencies), max(latencies)) if latencies else None
     fig.update_xaxes(title_text="predict p50 on this CPU (ms, log scale)", type="log", tickvals=ticks)

@@ -384,11 +384,11 @@ def test_architecture_comparison_tab(fixture_assets, monkeypatch):
     chart = next(c for c in at.get("plotly_chart") if "Accuracy against latency" in c.proto.spec)
     traces = json.loads(chart.proto.spec)["data"]
     assert sum(len(trace["x"]) for trace in traces) == len(architecture_points(stored)) == 3 * len(stored["architectures"])
-    # the log latency axis is labelled in 1-2-5 steps over every point, not at powers of ten only
+    # the log latency axis is labelled in 1-1.5-2-3-5-7 steps over every point, not at powers of ten only
     ticks = json.loads(chart.proto.spec)["layout"]["xaxis"]["tickvals"]
     latencies = [x for trace in traces for x in trace["x"]]
     assert ticks[0] <= min(latencies) and ticks[-1] >= max(latencies)
-    assert all(round(t / 10 ** math.floor(math.log10(t)), 6) in (1, 2, 5) for t in ticks)
+    assert all(round(t / 10 ** math.floor(math.log10(t)), 6) in (1, 1.5, 2, 3, 5, 7) for t in ticks)
     assert any(shipped_reason(stored, shipped) in m.value for m in at.markdown)
 
 
