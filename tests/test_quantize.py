@@ -304,7 +304,9 @@ def test_main_writes_graph_card_and_report(tmp_path, data_root):
     assert set(result["calibration_scans"]).isdisjoint(str(p) for p in (data_root / "Testing").rglob("*"))
     assert info["passed"] is False and set(info["fidelity"]) == {"testing"} | ({"testing_leak_free"} & set(info["fidelity"]))
     assert 0 <= info["recheck"]["prob_tolerance"] <= 1
-    assert json.loads(report.read_text())["checks"] == result["checks"]
+    stored = json.loads(report.read_text())
+    assert stored["checks"] == result["checks"]
+    assert stored["weights_sha256"] == sha256_file(weights) and stored["graph_sha256"] == info["sha256"]
     assert load_model(weights, device="cpu").backend.precision == "float32"
 
 

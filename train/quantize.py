@@ -411,7 +411,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "quantized_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_model_card(weights, card)
-    result = {"weights": str(weights), "graph": str(output), "checks": checks, "fidelity": report,
+    # the report names the files by content too: a run folder's files are copied to assets/ to ship
+    result = {"weights": str(weights), "weights_sha256": card["weights_sha256"], "graph": str(output),
+              "graph_sha256": card["onnx_int8"]["sha256"], "checks": checks, "fidelity": report,
               "calibration_scans": [str(p) for p in paths]}
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
