@@ -422,6 +422,86 @@ def test_synthetic_t2_makes_fluid_and_lesion_bright_and_keeps_the_label(tmp_path
         SyntheticT2.synthesise(np.zeros((4, 4)), np.zeros((5, 5)))
 
 
+def _masked_glioma(root: Path, patient: str, size: int = 80) -> tuple[Path, Path]:
+    """A glioma slice ``root/glioma/PATIENT_04_flair.png`` with its mask in ``root/masks``:
+    a head-like disc with a bright square tumour."""
+    (root / "glioma").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    grey = np.asarray(_scan(7, size), dtype=np.float32).copy()
+    mask = np.zeros((size, size), np.uint8)
+    mask[30:46, 34:50] = 255
+    grey[mask > 0] = 240
+    image, mask_path = root / "glioma" / f"{patient}_04_flair.png", root / "masks" / f"{patient}_04_mask.png"
+    Image.fromarray(grey.astype(np.uint8)).save(image)
+    Image.fromarray(mask).save(mask_path)
+    return image, mask_path
+
+
+def test_pasted_lesion_stays_in_range_inside_the_head_and_relabels(tmp_path):
+    import random
+
+    from train.data import ScanFolder
+    from train.presets import PasteLesion
+
+    glioma, notumor = CLASS_NAMES.index("glioma"), CLASS_NAMES.index("notumor")
+    donor_path, mask_path = _masked_glioma(tmp_path / "src", "P1")
+    assert PasteLesion.mask_of(donor_path) == mask_path
+    target = np.asarray(_scan(3, 96))
+    donor = np.asarray(Image.open(donor_path).convert("L"))
+    mask = np.asarray(Image.open(mask_path).convert("L"))
+    head = PasteLesion._head(target.astype(np.float32))
+    for seed in range(5):
+        out = PasteLesion.paste(target, donor, mask, random.Random(seed), gain=(1.0, 1.0), invert_p=0.0)
+        assert out.dtype == np.uint8 and out.shape == target.shape
+        changed = out != target
+        assert changed.sum() > 20  # a tumour landed
+        assert not (changed & ~head).any()  # and only inside the head
+        # the tumour, the donor head's brightest tissue, keeps that rank in the target head
+        assert out[changed].astype(float).mean() > target[changed].astype(float).mean()
+    # no tumour in the mask, or no head in the target: nothing to paste
+    rng = random.Random(0)
+    assert PasteLesion.paste(target, donor, np.zeros_like(mask), rng) is None
+    assert PasteLesion.paste(np.zeros_like(target), donor, mask, rng) is None
+
+    # "no tumour" scans become gliomas; other classes and p = 0 pass unchanged
+    paste = PasteLesion([(donor_path, mask_path)], p=1.0, notumor_label=notumor, glioma_label=glioma)
+    free = tmp_path / "free.png"
+    Image.fromarray(target).save(free)
+    image = Image.open(free).convert("L")
+    pasted, label = paste(Sample(free, notumor), image)
+    assert label == glioma and not np.array_equal(np.asarray(pasted), target)
+    menin = Sample(free, CLASS_NAMES.index("meningioma"))
+    assert paste(menin, image) == (image, menin.label)
+    assert PasteLesion([(donor_path, mask_path)], p=0.0)(Sample(free, notumor), image) == (image, notumor)
+    dataset = ScanFolder([Sample(free, notumor), menin], relabel=paste)
+    assert [dataset[i][1] for i in range(2)] == [glioma, menin.label]
+    with pytest.raises(ValueError, match="p must be"):
+        PasteLesion([(donor_path, mask_path)], p=1.5)
+    with pytest.raises(ValueError, match="donor"):
+        PasteLesion([], p=0.5)
+
+
+def test_pasted_lesions_come_from_training_patients_only(tmp_path):
+    from train.presets import PasteLesion
+
+    root = tmp_path / "lgg"
+    rows = []
+    for patient in range(8):
+        image, _ = _masked_glioma(root, f"P{patient}")
+        rows.append((f"glioma/{image.name}", f"P{patient}", "flair"))
+    (root / "glioma" / "P9_04_flair.png").write_bytes(image.read_bytes())  # a glioma without a mask
+    rows.append(("glioma/P9_04_flair.png", "P9", "flair"))
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "patient", "sequence"])
+        writer.writerows(rows)
+    train, val = patient_split(find_extra_samples(root), 0.25, 0)
+    donors = PasteLesion.from_samples(train, 0.5).donors
+    by_path = {s.path: s.patient for s in train + val}
+    assert {by_path[image] for image, _ in donors} == {s.patient for s in train} - {"P9"}
+    assert not {by_path[image] for image, _ in donors} & {s.patient for s in val}
+
+
 def test_batch_mixing_keeps_the_range_and_blends_the_labels():
     from train.presets import batch_mixing
 

@@ -261,6 +261,11 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
             grey = np.random.default_rng(patient).integers(0, 255, (64, 64), dtype=np.uint8)
             Image.fromarray(grey).save(path)
             rows.append((f"{folder}/{path.name}", f"P{patient}", "flair"))
+            if label == "glioma":  # a tumour mask, for --paste-lesion
+                (extra / "masks").mkdir(exist_ok=True)
+                mask = np.zeros((64, 64), np.uint8)
+                mask[20:40, 24:44] = 255
+                Image.fromarray(mask).save(extra / "masks" / f"P{patient}_{label}_mask.png")
     with (extra / "manifest.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "patient", "sequence"])
@@ -270,13 +275,14 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
         "--data-dir", str(mini_dataset), "--extra-data", str(extra), "--output", str(out), "--image-size", "64",
         "--batch-size", "8", "--workers", "0", "--no-progress", "--val-fraction", "0.34", "--split", "stratified",
         "--epochs", "1", "--freeze-epochs", "0", "--invert-p", "0.5", "--balance", "appearance",
-        "--mixup", "0.2", "--cutmix", "1.0",
+        "--mixup", "0.2", "--cutmix", "1.0", "--paste-lesion", "0.5",
     ])
     result = main(args)
     card = result["card"]
     # mixed batches train: a finite loss, and the options recorded in the card
     assert np.isfinite(result["history"][0]["train"]["loss"])
     assert card["training"]["config"]["mixup"] == 0.2 and card["training"]["config"]["cutmix"] == 1.0
+    assert card["training"]["config"]["paste_lesion"] == 0.5
     # --balance appearance: each class a quarter of the draws; the extra source's named sequence
     # is its group, the Kaggle scans fall into appearance clusters.
     balance = card["training"]["balance"]
@@ -294,10 +300,22 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
     assert card["training"]["config"]["extra_data"] == [str(extra)]
 
 
-@pytest.mark.parametrize(("option", "value"), [("--mixup", "-0.1"), ("--cutmix", "-1"), ("--mix-prob", "1.5")])
-def test_bad_mixing_values_are_named(mini_dataset, tmp_path, option, value):
+@pytest.mark.parametrize(
+    ("option", "value"), [("--mixup", "-0.1"), ("--cutmix", "-1"), ("--mix-prob", "1.5"), ("--paste-lesion", "1.5")]
+)
+def test_bad_augmentation_values_are_named(mini_dataset, tmp_path, option, value):
     args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), option, value, "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match=option.lstrip("-")):
+        main(args)
+
+
+def test_paste_lesion_without_masks_is_refused(mini_dataset, tmp_path):
+    args = get_args_parser().parse_args([
+        "--data-dir", str(mini_dataset), "--paste-lesion", "0.5", "--output", str(tmp_path), "--workers", "0",
+        "--no-progress", "--epochs", "1", "--freeze-epochs", "0", "--image-size", "64", "--split", "stratified",
+        "--val-fraction", "0.34",
+    ])
+    with pytest.raises(SystemExit, match="paste-lesion needs masked glioma scans"):
         main(args)
 
 

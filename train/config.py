@@ -55,6 +55,9 @@ class TrainConfig:
     augment: float = 1.0
     invert_p: float = 0.0
     synth_t2: float = 0.0
+    #: Probability of pasting a masked tumour of a training patient into a "no tumour" scan,
+    #: which then counts as a glioma (``train.presets.PasteLesion``).
+    paste_lesion: float = 0.0
     #: Batch mixing (``train.presets.batch_mixing``): Beta(alpha, alpha) for mixup and for
     #: cutmix (0 = off), and the share of batches mixed.
     mixup: float = 0.0
@@ -108,6 +111,8 @@ class TrainConfig:
             raise SystemExit(f"--invert-p must be between 0 and 1, got {self.invert_p}.")
         if not 0.0 <= self.synth_t2 <= 1.0:
             raise SystemExit(f"--synth-t2 must be between 0 and 1, got {self.synth_t2}.")
+        if not 0.0 <= self.paste_lesion <= 1.0:
+            raise SystemExit(f"--paste-lesion must be between 0 and 1, got {self.paste_lesion}.")
         for name in ("mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise SystemExit(f"--{name} must be at least 0 (0 = off), got {getattr(self, name)}.")

@@ -28,6 +28,7 @@ __all__ = [
     "RandomGamma",
     "RandomMaskedInversion",
     "SyntheticT2",
+    "PasteLesion",
     "batch_mixing",
     "PERTURBATIONS",
     "perturbation",
@@ -133,6 +134,120 @@ class SyntheticT2:
         if t1.shape != flair.shape:
             return image
         return Image.fromarray(self.synthesise(flair, t1, self.gamma))
+
+
+class PasteLesion:
+    """A tumour cut from a masked glioma slice, pasted into a "no tumour" scan, which then
+    counts as a glioma, with probability ``p``.
+
+    The Kaggle set teaches four appearances, not "a mass is there": lesion types the network
+    never learned (schwannoma, neurocytoma, papilloma) are often called "no tumour". Pasting
+    real tumour tissue of other patients, in any of their sequences, at any place inside the
+    head of tumour-free scans of every source asks the network to answer "tumour" wherever a
+    mass is, whatever the scan around it looks like. ``donors`` are ``(image, mask)`` paths
+    (mask 255 = tumour) of training patients only (:meth:`from_samples`). The tumour is scaled
+    with the head's width (times a draw in ``scale``), its grey levels follow the target head's
+    (times a draw in ``gain``; inverted with probability ``invert_p``), and it is blended with a
+    blurred mask.
+    """
+
+    def __init__(
+        self,
+        donors: Sequence[tuple[Path, Path]],
+        p: float = 0.25,
+        notumor_label: int = 2,
+        glioma_label: int = 0,
+        scale: tuple[float, float] = (0.7, 1.3),
+        gain: tuple[float, float] = (0.6, 1.2),
+        invert_p: float = 0.2,
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p!r}.")
+        if p > 0 and not donors:
+            raise ValueError("PasteLesion needs at least one (image, mask) donor; got none.")
+        self.donors = [(Path(i), Path(m)) for i, m in donors]
+        self.p, self.notumor_label, self.glioma_label = p, notumor_label, glioma_label
+        self.scale, self.gain, self.invert_p = scale, gain, invert_p
+
+    @staticmethod
+    def mask_of(path: Path) -> Path | None:
+        """``SOURCE/masks/PATIENT_SLICE_mask.png`` for ``SOURCE/CLASS/PATIENT_SLICE_SEQUENCE.jpg``."""
+        stem = Path(path).stem
+        if "_" not in stem:
+            return None
+        mask = Path(path).parent.parent / "masks" / f"{stem.rsplit('_', 1)[0]}_mask.png"
+        return mask if mask.is_file() else None
+
+    @classmethod
+    def from_samples(cls, samples, p: float = 0.25, **kwargs) -> PasteLesion:
+        """Donors: the glioma scans among ``samples`` (training scans) that have a tumour mask."""
+        from core.constants import CLASS_NAMES
+
+        glioma, notumor = CLASS_NAMES.index("glioma"), CLASS_NAMES.index("notumor")
+        donors = [(s.path, m) for s in samples if s.label == glioma and (m := cls.mask_of(s.path)) is not None]
+        return cls(donors, p, notumor_label=notumor, glioma_label=glioma, **kwargs)
+
+    @staticmethod
+    def _head(grey: np.ndarray) -> np.ndarray:
+        return ndimage.binary_fill_holes(grey > 0.1 * max(float(np.quantile(grey, 0.99)), 1.0))
+
+    @classmethod
+    def paste(
+        cls, target: np.ndarray, donor: np.ndarray, mask: np.ndarray, rng: random.Random,
+        scale: tuple[float, float] = (0.7, 1.3), gain: tuple[float, float] = (0.6, 1.2), invert_p: float = 0.2,
+    ) -> np.ndarray | None:
+        """``target`` (2-D uint8) with the masked tumour of ``donor`` blended in, or None when
+        either has no head or the mask no tumour."""
+        if target.ndim != 2 or donor.shape != mask.shape:
+            raise ValueError(f"need a 2-D target and a donor and mask of one shape, got {target.shape}, {donor.shape}, {mask.shape}.")
+        tumour = mask > 127
+        head_t, head_d = cls._head(target.astype(np.float32)), cls._head(donor.astype(np.float32))
+        if tumour.sum() < 16 or head_t.sum() < 256 or head_d.sum() < 256:
+            return None
+        rows, cols = np.nonzero(tumour)
+        # a margin around the tumour leaves the blurred mask room to fade out
+        pad = 8
+        top, left = max(0, rows.min() - pad), max(0, cols.min() - pad)
+        bottom, right = min(mask.shape[0], rows.max() + 1 + pad), min(mask.shape[1], cols.max() + 1 + pad)
+        width = lambda head: np.ptp(np.nonzero(head.any(axis=0))[0]) + 1  # noqa: E731
+        factor = width(head_t) / width(head_d) * rng.uniform(*scale)
+        size = (max(1, round((right - left) * factor)), max(1, round((bottom - top) * factor)))
+        ref = max(float(np.quantile(donor[head_d], 0.99)), 1.0)
+        patch = np.asarray(Image.fromarray(donor[top:bottom, left:right]).resize(size, Image.BILINEAR), np.float32) / ref
+        alpha = np.asarray(Image.fromarray(tumour[top:bottom, left:right].astype(np.uint8) * 255).resize(size, Image.BILINEAR), np.float32) / 255
+        alpha = np.clip(ndimage.gaussian_filter(alpha, sigma=max(1.0, 0.03 * max(size)), mode="constant"), 0, 1)
+        if rng.random() < invert_p:
+            patch = np.clip(1.0 - patch, 0, 1)
+        patch = patch * float(np.quantile(target[head_t], 0.99)) * rng.uniform(*gain)
+        # the tumour's centre lands on a random pixel well inside the head
+        inner = ndimage.binary_erosion(head_t, iterations=max(1, min(size) // 2)) if min(size) > 1 else head_t
+        ys, xs = np.nonzero(inner if inner.any() else head_t)
+        k = rng.randrange(len(ys))
+        y0, x0 = int(ys[k]) - size[1] // 2, int(xs[k]) - size[0] // 2
+        out = target.astype(np.float32)
+        ty0, tx0 = max(0, y0), max(0, x0)
+        ty1, tx1 = min(out.shape[0], y0 + size[1]), min(out.shape[1], x0 + size[0])
+        if ty1 <= ty0 or tx1 <= tx0:
+            return None
+        sub = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
+        a = alpha[sub] * head_t[ty0:ty1, tx0:tx1]
+        out[ty0:ty1, tx0:tx1] = (1 - a) * out[ty0:ty1, tx0:tx1] + a * patch[sub]
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+    def __call__(self, sample, image: Image.Image) -> tuple[Image.Image, int]:
+        """``(image, label)``: the scan of ``sample`` and its label, or the scan with a pasted
+        tumour and the glioma label."""
+        if self.p == 0 or sample.label != self.notumor_label or random.random() >= self.p:
+            return image, sample.label
+        image_path, mask_path = random.choice(self.donors)
+        donor = np.asarray(to_grayscale(read_scan(image_path)))
+        mask = np.asarray(Image.open(mask_path).convert("L"))
+        if donor.shape != mask.shape:
+            return image, sample.label
+        pasted = self.paste(np.asarray(to_grayscale(image)), donor, mask, random, self.scale, self.gain, self.invert_p)
+        if pasted is None:
+            return image, sample.label
+        return Image.fromarray(pasted), self.glioma_label
 
 
 class ClassificationPresetTrain:

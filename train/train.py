@@ -40,7 +40,7 @@ from .config import BALANCE_MODES, SPLITS, TrainConfig
 from .data import ScanFolder
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
-from .presets import ClassificationPresetEval, ClassificationPresetTrain, SyntheticT2, batch_mixing
+from .presets import ClassificationPresetEval, ClassificationPresetTrain, PasteLesion, SyntheticT2, batch_mixing
 from .pretrained import load_imagenet_weights
 from .sampling import appearance_groups, describe, sample_weights
 from .splits import load_data
@@ -91,6 +91,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--synth-t2", type=float, default=defaults.synth_t2,
         help="probability of replacing an extra source's FLAIR scan by a T2-like image made from it and the "
         "slice's T1 (train.presets.SyntheticT2; 0 = off)",
+    )
+    parser.add_argument(
+        "--paste-lesion", type=float, default=defaults.paste_lesion,
+        help="probability of pasting a tumour cut from a masked glioma slice of a training patient (an extra "
+        "source's masks/ folder) into a \"no tumour\" scan, which then counts as a glioma "
+        "(train.presets.PasteLesion; 0 = off)",
     )
     parser.add_argument(
         "--mixup", type=float, default=defaults.mixup,
@@ -196,6 +202,21 @@ def _seed_worker(worker_id: int) -> None:
 
 
 # ---------------------------------------------------------------------- data
+def _paste_lesion(config: TrainConfig, train_samples) -> PasteLesion | None:
+    """``--paste-lesion``: donors are the masked glioma scans of the training patients only."""
+    if config.paste_lesion == 0:
+        return None
+    try:
+        paste = PasteLesion.from_samples(train_samples, config.paste_lesion)
+    except ValueError:
+        raise SystemExit(
+            "--paste-lesion needs masked glioma scans among the training data (an extra source with a "
+            "masks/ folder, such as ../shared/datasets/extra-train/tcga-lgg); none was found."
+        ) from None
+    logger.info("paste-lesion: %d tumour donors from training patients, p = %.2f", len(paste.donors), paste.p)
+    return paste
+
+
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int, sampler=None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -269,6 +290,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
             config.image_size, strength=config.augment, invert_p=config.invert_p, crop_head=config.crop_head
         ),
         synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
+        relabel=_paste_lesion(config, train_samples),
     )
     eval_tf = ClassificationPresetEval(config.image_size, crop_head=config.crop_head)
     val_set = ScanFolder(val_samples, eval_tf)
