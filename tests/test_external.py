@@ -481,6 +481,61 @@ def test_pasted_lesion_stays_in_range_inside_the_head_and_relabels(tmp_path):
         PasteLesion([], p=0.5)
 
 
+def test_sham_paste_moves_normal_tissue_and_keeps_the_label(tmp_path):
+    import random
+
+    from train.presets import PasteLesion
+
+    glioma, notumor = CLASS_NAMES.index("glioma"), CLASS_NAMES.index("notumor")
+    # a donor with a bright tumour left of the midline
+    donor = np.asarray(_scan(7, 96)).copy()
+    mask = np.zeros_like(donor)
+    mask[30:46, 14:30] = 255
+    donor[mask > 0] = 240
+    head_d = PasteLesion._head(donor.astype(np.float32))
+    normal = PasteLesion.mirrored(mask > 127, head_d)
+    rows, cols = np.nonzero(normal)
+    # the mirror image: same rows, the other side of the head, none of the tumour, most of its area
+    assert set(rows) <= set(range(30, 46)) and cols.min() > 48
+    assert not (normal & (mask > 127)).any()
+    assert normal.sum() >= 0.5 * (mask > 127).sum()
+
+    target = np.asarray(_scan(3, 96))
+    head_t = PasteLesion._head(target.astype(np.float32))
+    for seed in range(5):
+        kwargs = dict(gain=(1.0, 1.0), invert_p=0.0)
+        real = PasteLesion.paste(target, donor, mask, random.Random(seed), **kwargs)
+        sham = PasteLesion.paste(target, donor, mask, random.Random(seed), sham=True, **kwargs)
+        assert sham.dtype == np.uint8 and sham.shape == target.shape
+        changed = sham != target
+        assert changed.sum() > 20 and not (changed & ~head_t).any()
+        # the sham carries normal tissue at the level of what it covers; the real paste, the
+        # donor's bright tumour
+        assert abs(sham[changed].astype(float).mean() - target[changed].astype(float).mean()) < 15
+        assert np.median(sham[changed]) < np.median(real[real != target]) - 15
+    # a tumour on the midline has no normal mirror image: no sham
+    central, central_mask = _masked_glioma(tmp_path / "src", "P1")
+    central, central_mask = (np.asarray(Image.open(p).convert("L")) for p in (central, central_mask))
+    assert PasteLesion.paste(target, central, central_mask, random.Random(0), sham=True) is None
+
+    # a sham paste keeps the "no tumour" label; p + sham_p split the draws
+    donor_path, mask_path = tmp_path / "P2_04_flair.png", tmp_path / "P2_04_mask.png"
+    Image.fromarray(donor).save(donor_path)
+    Image.fromarray(mask).save(mask_path)
+    free = tmp_path / "free.png"
+    Image.fromarray(target).save(free)
+    image = Image.open(free).convert("L")
+    sham_only = PasteLesion([(donor_path, mask_path)], p=0.0, sham_p=1.0, notumor_label=notumor, glioma_label=glioma)
+    pasted, label = sham_only(Sample(free, notumor), image)
+    assert label == notumor and not np.array_equal(np.asarray(pasted), target)
+    random.seed(0)
+    both = PasteLesion([(donor_path, mask_path)], p=0.5, sham_p=0.5, notumor_label=notumor, glioma_label=glioma)
+    labels = [both(Sample(free, notumor), image)[1] for _ in range(200)]
+    assert 60 < labels.count(glioma) < 140 and labels.count(glioma) + labels.count(notumor) == 200
+    with pytest.raises(ValueError, match="sham_p must be"):
+        PasteLesion([(donor_path, mask_path)], p=0.8, sham_p=0.3)
+
+
 def test_pasted_lesions_come_from_training_patients_only(tmp_path):
     from train.presets import PasteLesion
 

@@ -275,14 +275,14 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
         "--data-dir", str(mini_dataset), "--extra-data", str(extra), "--output", str(out), "--image-size", "64",
         "--batch-size", "8", "--workers", "0", "--no-progress", "--val-fraction", "0.34", "--split", "stratified",
         "--epochs", "1", "--freeze-epochs", "0", "--invert-p", "0.5", "--balance", "appearance",
-        "--mixup", "0.2", "--cutmix", "1.0", "--paste-lesion", "0.5",
+        "--mixup", "0.2", "--cutmix", "1.0", "--paste-lesion", "0.5", "--paste-sham", "0.25",
     ])
     result = main(args)
     card = result["card"]
     # mixed batches train: a finite loss, and the options recorded in the card
     assert np.isfinite(result["history"][0]["train"]["loss"])
     assert card["training"]["config"]["mixup"] == 0.2 and card["training"]["config"]["cutmix"] == 1.0
-    assert card["training"]["config"]["paste_lesion"] == 0.5
+    assert card["training"]["config"]["paste_lesion"] == 0.5 and card["training"]["config"]["paste_sham"] == 0.25
     # --balance appearance: each class a quarter of the draws; the extra source's named sequence
     # is its group, the Kaggle scans fall into appearance clusters.
     balance = card["training"]["balance"]
@@ -301,7 +301,8 @@ def test_training_with_an_extra_source_records_it_in_the_card(mini_dataset, tmp_
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--mixup", "-0.1"), ("--cutmix", "-1"), ("--mix-prob", "1.5"), ("--paste-lesion", "1.5")]
+    ("option", "value"),
+    [("--mixup", "-0.1"), ("--cutmix", "-1"), ("--mix-prob", "1.5"), ("--paste-lesion", "1.5"), ("--paste-sham", "-0.1")],
 )
 def test_bad_augmentation_values_are_named(mini_dataset, tmp_path, option, value):
     args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), option, value, "--output", str(tmp_path)])
@@ -315,7 +316,7 @@ def test_paste_lesion_without_masks_is_refused(mini_dataset, tmp_path):
         "--no-progress", "--epochs", "1", "--freeze-epochs", "0", "--image-size", "64", "--split", "stratified",
         "--val-fraction", "0.34",
     ])
-    with pytest.raises(SystemExit, match="paste-lesion needs masked glioma scans"):
+    with pytest.raises(SystemExit, match="need masked glioma scans"):
         main(args)
 
 

@@ -58,6 +58,9 @@ class TrainConfig:
     #: Probability of pasting a masked tumour of a training patient into a "no tumour" scan,
     #: which then counts as a glioma (``train.presets.PasteLesion``).
     paste_lesion: float = 0.0
+    #: Probability of a sham paste instead: the donor's normal tissue mirroring the tumour, and
+    #: the scan keeps its "no tumour" label.
+    paste_sham: float = 0.0
     #: Batch mixing (``train.presets.batch_mixing``): Beta(alpha, alpha) for mixup and for
     #: cutmix (0 = off), and the share of batches mixed.
     mixup: float = 0.0
@@ -113,6 +116,10 @@ class TrainConfig:
             raise SystemExit(f"--synth-t2 must be between 0 and 1, got {self.synth_t2}.")
         if not 0.0 <= self.paste_lesion <= 1.0:
             raise SystemExit(f"--paste-lesion must be between 0 and 1, got {self.paste_lesion}.")
+        if not 0.0 <= self.paste_sham <= 1.0 - self.paste_lesion:
+            raise SystemExit(
+                f"--paste-sham must be between 0 and 1 - --paste-lesion = {1.0 - self.paste_lesion:g}, got {self.paste_sham}."
+            )
         for name in ("mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise SystemExit(f"--{name} must be at least 0 (0 = off), got {getattr(self, name)}.")

@@ -149,6 +149,13 @@ class PasteLesion:
     with the head's width (times a draw in ``scale``), its grey levels follow the target head's
     (times a draw in ``gain``; inverted with probability ``invert_p``), and it is blended with a
     blurred mask.
+
+    With probability ``sham_p`` a "no tumour" scan instead gets a *sham* paste: the same cut,
+    scaling, grey-level mapping and blending, but of the donor's normal tissue on the other side
+    of the head (the tumour mask mirrored about the head's midline, minus the tumour), its mean
+    grey level matched to the tissue it covers so that it is a seam and not a mass, and the scan
+    keeps its label. The network then cannot learn the paste itself (its halo, its grey-level
+    step) as the sign of a glioma; only the tumour tissue separates the two.
     """
 
     def __init__(
@@ -160,13 +167,16 @@ class PasteLesion:
         scale: tuple[float, float] = (0.7, 1.3),
         gain: tuple[float, float] = (0.6, 1.2),
         invert_p: float = 0.2,
+        sham_p: float = 0.0,
     ) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p!r}.")
-        if p > 0 and not donors:
+        if not 0.0 <= sham_p <= 1.0 - p:
+            raise ValueError(f"sham_p must be in [0, 1 - p] = [0, {1.0 - p:g}], got {sham_p!r}.")
+        if (p > 0 or sham_p > 0) and not donors:
             raise ValueError("PasteLesion needs at least one (image, mask) donor; got none.")
         self.donors = [(Path(i), Path(m)) for i, m in donors]
-        self.p, self.notumor_label, self.glioma_label = p, notumor_label, glioma_label
+        self.p, self.sham_p, self.notumor_label, self.glioma_label = p, sham_p, notumor_label, glioma_label
         self.scale, self.gain, self.invert_p = scale, gain, invert_p
 
     @staticmethod
@@ -191,19 +201,40 @@ class PasteLesion:
     def _head(grey: np.ndarray) -> np.ndarray:
         return ndimage.binary_fill_holes(grey > 0.1 * max(float(np.quantile(grey, 0.99)), 1.0))
 
+    @staticmethod
+    def mirrored(tumour: np.ndarray, head: np.ndarray, margin: int = 4) -> np.ndarray:
+        """The tumour's mirror image about the head's vertical midline, inside the head and at
+        least ``margin`` pixels from the tumour: normal tissue of the same shape and size."""
+        cols = np.nonzero(head.any(axis=0))[0]
+        if cols.size == 0:
+            return np.zeros_like(tumour)
+        source = cols.min() + cols.max() - np.arange(tumour.shape[1])  # the column each one mirrors
+        inside = (source >= 0) & (source < tumour.shape[1])
+        mirror = np.zeros_like(tumour)
+        mirror[:, inside] = tumour[:, source[inside]]
+        return mirror & head & ~ndimage.binary_dilation(tumour, iterations=margin)
+
     @classmethod
     def paste(
         cls, target: np.ndarray, donor: np.ndarray, mask: np.ndarray, rng: random.Random,
         scale: tuple[float, float] = (0.7, 1.3), gain: tuple[float, float] = (0.6, 1.2), invert_p: float = 0.2,
+        sham: bool = False,
     ) -> np.ndarray | None:
         """``target`` (2-D uint8) with the masked tumour of ``donor`` blended in, or None when
-        either has no head or the mask no tumour."""
+        either has no head or the mask no tumour. ``sham``: paste the normal tissue mirroring
+        the tumour instead (:meth:`mirrored`), at the mean grey level of the tissue it covers,
+        or None when less than half of it is left."""
         if target.ndim != 2 or donor.shape != mask.shape:
             raise ValueError(f"need a 2-D target and a donor and mask of one shape, got {target.shape}, {donor.shape}, {mask.shape}.")
         tumour = mask > 127
         head_t, head_d = cls._head(target.astype(np.float32)), cls._head(donor.astype(np.float32))
         if tumour.sum() < 16 or head_t.sum() < 256 or head_d.sum() < 256:
             return None
+        if sham:
+            normal = cls.mirrored(tumour, head_d)
+            if normal.sum() < max(16, tumour.sum() // 2):
+                return None
+            tumour = normal
         rows, cols = np.nonzero(tumour)
         # a margin around the tumour leaves the blurred mask room to fade out
         pad = 8
@@ -231,23 +262,33 @@ class PasteLesion:
             return None
         sub = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
         a = alpha[sub] * head_t[ty0:ty1, tx0:tx1]
-        out[ty0:ty1, tx0:tx1] = (1 - a) * out[ty0:ty1, tx0:tx1] + a * patch[sub]
+        window, piece = out[ty0:ty1, tx0:tx1], patch[sub]
+        if sham and a.sum() > 0:
+            # normal tissue at the level of the tissue it covers: a texture seam, not a mass
+            piece = piece + float((a * window).sum() - (a * piece).sum()) / float(a.sum())
+        out[ty0:ty1, tx0:tx1] = (1 - a) * window + a * piece
         return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
     def __call__(self, sample, image: Image.Image) -> tuple[Image.Image, int]:
-        """``(image, label)``: the scan of ``sample`` and its label, or the scan with a pasted
-        tumour and the glioma label."""
-        if self.p == 0 or sample.label != self.notumor_label or random.random() >= self.p:
+        """``(image, label)``: the scan of ``sample`` and its label, the scan with a pasted
+        tumour and the glioma label, or the scan with a sham paste and its own label."""
+        if sample.label != self.notumor_label or self.p + self.sham_p == 0:
             return image, sample.label
+        draw = random.random()
+        if draw >= self.p + self.sham_p:
+            return image, sample.label
+        sham = draw >= self.p
         image_path, mask_path = random.choice(self.donors)
         donor = np.asarray(to_grayscale(read_scan(image_path)))
         mask = np.asarray(Image.open(mask_path).convert("L"))
         if donor.shape != mask.shape:
             return image, sample.label
-        pasted = self.paste(np.asarray(to_grayscale(image)), donor, mask, random, self.scale, self.gain, self.invert_p)
+        pasted = self.paste(
+            np.asarray(to_grayscale(image)), donor, mask, random, self.scale, self.gain, self.invert_p, sham=sham
+        )
         if pasted is None:
             return image, sample.label
-        return Image.fromarray(pasted), self.glioma_label
+        return Image.fromarray(pasted), sample.label if sham else self.glioma_label
 
 
 class ClassificationPresetTrain:

@@ -99,6 +99,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(train.presets.PasteLesion; 0 = off)",
     )
     parser.add_argument(
+        "--paste-sham", type=float, default=defaults.paste_sham,
+        help="probability of a sham paste into a \"no tumour\" scan instead: the same cut and blend of the "
+        "donor's normal tissue mirroring the tumour, and the scan stays \"no tumour\" (0 = off)",
+    )
+    parser.add_argument(
         "--mixup", type=float, default=defaults.mixup,
         help="mixup: blend each training batch with itself reversed, weight ~ Beta(a, a), labels blended alike "
         "(train.presets.batch_mixing, timm.data.Mixup; 0 = off)",
@@ -204,16 +209,19 @@ def _seed_worker(worker_id: int) -> None:
 # ---------------------------------------------------------------------- data
 def _paste_lesion(config: TrainConfig, train_samples) -> PasteLesion | None:
     """``--paste-lesion``: donors are the masked glioma scans of the training patients only."""
-    if config.paste_lesion == 0:
+    if config.paste_lesion == 0 and config.paste_sham == 0:
         return None
     try:
-        paste = PasteLesion.from_samples(train_samples, config.paste_lesion)
+        paste = PasteLesion.from_samples(train_samples, config.paste_lesion, sham_p=config.paste_sham)
     except ValueError:
         raise SystemExit(
-            "--paste-lesion needs masked glioma scans among the training data (an extra source with a "
+            "--paste-lesion and --paste-sham need masked glioma scans among the training data (an extra source with a "
             "masks/ folder, such as ../shared/datasets/extra-train/tcga-lgg); none was found."
         ) from None
-    logger.info("paste-lesion: %d tumour donors from training patients, p = %.2f", len(paste.donors), paste.p)
+    logger.info(
+        "paste-lesion: %d tumour donors from training patients, p = %.2f, sham p = %.2f",
+        len(paste.donors), paste.p, paste.sham_p,
+    )
     return paste
 
 
