@@ -30,11 +30,15 @@ class {cls}:
 """
 
 
-def _shrink(src: Path, zf: zipfile.ZipFile, name: str) -> None:
+def _shrink(src: Path, zf: zipfile.ZipFile, name: str, mask: bool = False) -> None:
+    """A scan as a small grey JPEG, or a tumour mask (``mask``) as a PNG of the same size."""
     image = Image.open(src).convert("L")
-    image.thumbnail((SIZE, SIZE), Image.LANCZOS)
+    image.thumbnail((SIZE, SIZE), Image.NEAREST if mask else Image.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=QUALITY)
+    if mask:
+        image.save(buffer, "PNG", optimize=True)
+    else:
+        image.save(buffer, "JPEG", quality=QUALITY)
     zf.writestr(name, buffer.getvalue())
 
 
@@ -50,6 +54,9 @@ def main(args: argparse.Namespace) -> None:
             zf.write(csv, f"{extra.name}/{csv.name}")
         for s in find_extra_samples(extra):
             _shrink(s.path, zf, f"{extra.name}/{s.path.relative_to(extra).as_posix()}")
+        # tumour masks for --paste-lesion / --paste-sham, shrunk exactly as their scans
+        for mask in sorted((extra / "masks").glob("*.png")):
+            _shrink(mask, zf, f"{extra.name}/masks/{mask.name}", mask=True)
         rows = []
         leak_free = leak_free_testing(Path("assets/audit.json"))
         for s in find_samples(test_dir):

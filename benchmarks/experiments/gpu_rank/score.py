@@ -23,8 +23,9 @@ NOTUMOR = CLASS_NAMES.index("notumor")
 
 
 class _Scans(Dataset):
-    def __init__(self, root: Path, rows: list[dict], image_size: int) -> None:
-        self.root, self.rows, self.transform = root, rows, ClassificationPresetEval(image_size)
+    def __init__(self, root: Path, rows: list[dict], image_size: int, crop_head: bool = False) -> None:
+        self.root, self.rows = root, rows
+        self.transform = ClassificationPresetEval(image_size, crop_head=crop_head)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
     root = Path(args.eval_dir)
     rows = json.loads((root / "manifest.json").read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x = torch.cat(list(DataLoader(_Scans(root, rows, args.image_size), batch_size=256, num_workers=args.workers))).to(device)
+    inputs: dict[tuple[int, bool], torch.Tensor] = {}  # one preprocessed copy per (size, head crop)
     scores, probs = {}, {}
     for folder in sorted(Path(args.runs).iterdir()):
         if not (folder / "model.safetensors").is_file():
@@ -71,6 +72,11 @@ def main(args: argparse.Namespace) -> None:
         net = build_network(card["arch"], num_classes=len(CLASS_NAMES))
         net.load_state_dict(state)
         net.to(device).eval()
+        key = (int(card.get("image_size", args.image_size)), bool(card.get("crop_head", False)))
+        if key not in inputs:
+            scans = _Scans(root, rows, *key)
+            inputs[key] = torch.cat(list(DataLoader(scans, batch_size=256, num_workers=args.workers))).to(device)
+        x = inputs[key]
         with torch.inference_mode():
             p = torch.cat([net(x[i:i + 512]).float().softmax(1) for i in range(0, len(x), 512)]).cpu().numpy()
         scores[folder.name], probs[folder.name] = score(p, rows), p.astype(np.float16)
@@ -86,7 +92,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs")
     parser.add_argument("out")
     parser.add_argument("--eval-dir", default="data/gpu/eval")
-    parser.add_argument("--image-size", type=int, default=192)
+    parser.add_argument("--image-size", type=int, default=192, help="for cards that do not name theirs")
     parser.add_argument("--workers", type=int, default=8)
     return parser
 
