@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> None:
         net = build_network(card["arch"], num_classes=len(CLASS_NAMES))
         net.load_state_dict(state)
         net.to(device).eval()
-        key = (int(card.get("image_size", args.image_size)), bool(card.get("crop_head", False)))
+        key = (int(card["image_size"]), bool(card.get("crop_head", False)))
         if key not in inputs:
             scans = _Scans(root, rows, *key)
             inputs[key] = torch.cat(list(DataLoader(scans, batch_size=256, num_workers=args.workers))).to(device)
@@ -92,7 +92,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs")
     parser.add_argument("out")
     parser.add_argument("--eval-dir", default="data/gpu/eval")
-    parser.add_argument("--image-size", type=int, default=192, help="for cards that do not name theirs")
     parser.add_argument("--workers", type=int, default=8)
     return parser
 
