@@ -16,7 +16,7 @@ from PIL import Image
 from . import nets  # noqa: F401  (registers small_cnn with timm)
 from .constants import CLASS_LABELS, CLASS_NAMES, NEGATIVE_CLASS, UNFITTED_LOW_CONFIDENCE, WEAK_NEGATIVE_FLAG, default_weights
 from .backend import Backend, choose_backend
-from .cam import GradCamExplainer
+from .cam import GradCamExplainer, paste_heatmap
 from .ood import NOT_BRAIN_MRI_FLAG, OUTSIDE_TRAINING_FLAG, FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .ort import PRECISIONS, OnnxNetwork, load_runtime
@@ -311,12 +311,12 @@ class Classifier:
         index = None if target is None else self.class_names.index(target)
         if not self.crop_head:
             return self.cam(self.preprocess([image]), index, image.size)
-        # The network saw the head's box only: its heatmap goes back into that box.
+        # The network saw the head's box only: its heatmap goes back into that box, fading to
+        # zero over one Grad-CAM cell beyond it (core.cam.paste_heatmap).
         left, top, right, bottom = box = head_box(image)
         tensor = self._box_transform(to_grayscale(image).crop(box)).unsqueeze(0).to(self.device)
-        heatmap = np.zeros((image.height, image.width), dtype=np.float32)
-        heatmap[top:bottom, left:right] = self.cam(tensor, index, (right - left, bottom - top))
-        return heatmap
+        inside = self.cam(tensor, index, (right - left, bottom - top))
+        return paste_heatmap(inside, box, image.size, self.cam.cells(self.image_size))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

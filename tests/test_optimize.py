@@ -13,6 +13,7 @@ from PIL import Image
 from core import CLASS_NAMES, read_scan
 from core.model import build_network
 from core.optimize import optimize_for_inference
+from core.cam import paste_heatmap
 from core.preprocess import head_box
 
 
@@ -128,11 +129,11 @@ def test_gradcam_on_folded_copy_equals_plain_network(model_and_plain, data_root)
                 index = CLASS_NAMES.index(target)
             with GradCAM(model=plain_net, target_layers=[plain_net.bn2]) as cam:
                 expected = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
-            # Weights trained with the head crop: the heatmap covers the head's box only.
-            left, top, right, bottom = head_box(image) if model.crop_head else (0, 0, *image.size)
+            # Weights trained with the head crop: the heatmap covers the head's box (and fades
+            # out just beyond it, core.cam.paste_heatmap).
+            left, top, right, bottom = box = head_box(image) if model.crop_head else (0, 0, *image.size)
             inside = np.asarray(Image.fromarray(expected, mode="F").resize((right - left, bottom - top), Image.Resampling.BILINEAR))
-            expected = np.zeros((image.height, image.width), dtype=np.float32)
-            expected[top:bottom, left:right] = inside
+            expected = paste_heatmap(np.clip(inside, 0, 1), box, image.size, model.cam.cells(model.image_size))
             got = model.explain(image, target=target)
             assert got.shape == expected.shape
             assert abs(got - np.clip(expected, 0, 1)).max() < 1e-3

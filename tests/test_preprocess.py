@@ -73,7 +73,8 @@ def test_input_array_equals_the_transform_with_the_head_crop(scan_paths):
 
 def test_weights_trained_with_the_head_crop_are_served_with_it(tmp_path, scan_paths):
     """The model card's crop_head reaches the transform, both back-ends and Grad-CAM: the
-    heatmap is zero outside the head's box and keeps the scan's size."""
+    heatmap covers the head's box, fades out within one Grad-CAM cell beyond it, and keeps the
+    scan's size."""
     model = load_model(make_model_dir(tmp_path, crop_head=True), device="cpu")
     (tmp_path / "plain").mkdir()
     plain = load_model(make_model_dir(tmp_path / "plain"), device="cpu")
@@ -86,9 +87,11 @@ def test_weights_trained_with_the_head_crop_are_served_with_it(tmp_path, scan_pa
     left, top, right, bottom = head_box(image)
     heatmap = model.explain(image)
     assert heatmap.shape == (image.height, image.width)
-    outside = np.ones_like(heatmap, dtype=bool)
-    outside[top:bottom, left:right] = False
-    assert heatmap[outside].max() == 0.0 and heatmap[~outside].max() > 0.0
+    cells = model.cam.cells(model.image_size)
+    cell_x, cell_y = (right - left) / cells, (bottom - top) / cells
+    far = np.ones_like(heatmap, dtype=bool)
+    far[max(0, int(top - cell_y)) : int(np.ceil(bottom + cell_y)), max(0, int(left - cell_x)) : int(np.ceil(right + cell_x))] = False
+    assert far.any() and heatmap[far].max() == 0.0 and heatmap[top:bottom, left:right].max() > 0.0
     # explain finds the box once and feeds the network exactly what predict feeds it
     in_box = model.cam(model.preprocess([image]), None, (right - left, bottom - top))
     assert np.allclose(heatmap[top:bottom, left:right], in_box, atol=1e-6)
