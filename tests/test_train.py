@@ -324,3 +324,36 @@ def test_bad_invert_probability_is_named(mini_dataset, tmp_path):
     args = get_args_parser().parse_args(["--data-dir", str(mini_dataset), "--invert-p", "1.5", "--output", str(tmp_path)])
     with pytest.raises(SystemExit, match="invert-p"):
         main(args)
+
+
+def _epoch_orders(loader, epochs: int) -> list[list[int]]:
+    return [[int(i) for batch in loader for i in batch] for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_resumed_run_draws_fresh_shuffles(weighted):
+    """A run resumed at epoch 3 does not replay epoch 1's order (the loader's generator is
+    seeded once per run); its orders are its own and reproducible."""
+    from train.train import _loader, _resume_shuffle
+
+    def loader():
+        sampler = None
+        if weighted:
+            sampler = torch.utils.data.WeightedRandomSampler(
+                torch.ones(40, dtype=torch.double), 40, replacement=True, generator=torch.Generator().manual_seed(0)
+            )
+        return _loader(list(range(40)), batch_size=8, workers=0, shuffle=True, seed=0, sampler=sampler)
+
+    uninterrupted = _epoch_orders(loader(), 4)
+    assert len({tuple(order) for order in uninterrupted}) == 4
+    resumed, again = loader(), loader()
+    _resume_shuffle(resumed, seed=0, start_epoch=2)
+    _resume_shuffle(again, seed=0, start_epoch=2)
+    orders = _epoch_orders(resumed, 2)
+    assert orders == _epoch_orders(again, 2)
+    assert not {tuple(order) for order in orders} & {tuple(order) for order in uninterrupted}
+    if not weighted:
+        assert all(sorted(order) == list(range(40)) for order in orders)
+    untouched = loader()
+    _resume_shuffle(untouched, seed=0, start_epoch=0)
+    assert _epoch_orders(untouched, 1) == uninterrupted[:1]

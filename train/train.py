@@ -140,7 +140,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.safetensors")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.safetensors (the remaining epochs draw shuffles of their own)")
     parser.add_argument("--no-pretrained", action="store_true", help="start from random weights instead of ImageNet")
     parser.add_argument("--max-per-class", type=int, default=None, help="use at most N images per class and split (smoke tests)")
     parser.add_argument("--tta", action="store_true", help="also report Testing with horizontal-flip test-time augmentation")
@@ -239,6 +239,27 @@ def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int, sa
         generator=generator,
         drop_last=False,
     )
+
+
+def _resume_shuffle(loader: DataLoader, seed: int, start_epoch: int) -> None:
+    """Give a resumed run shuffles of its own.
+
+    A loader's shuffle comes from a generator seeded once per run, so a run resumed at epoch
+    ``start_epoch`` would replay epoch 1's order, then epoch 2's. Its generators (the loader's,
+    and a weighted sampler's) are reseeded from ``seed`` and ``start_epoch`` instead: the resumed
+    epochs draw fresh, reproducible orders, as an uninterrupted run does, though not the very
+    same ones. A ``DistributedSampler`` needs nothing: ``set_epoch`` seeds each epoch's order.
+    """
+    if start_epoch == 0 or hasattr(loader.sampler, "set_epoch"):
+        return
+    generators = [loader.generator, getattr(loader.sampler, "generator", None)]
+    for offset, generator in enumerate(generators):
+        if generator is not None:
+            generator.manual_seed(seed + _RESUME_SEED_STRIDE * start_epoch + offset)
+
+
+#: Spaces the seeds of resumed shuffles away from the seeds runs start from (seed, seed + rank).
+_RESUME_SEED_STRIDE = 1_000_003
 
 
 # ---------------------------------------------------------------------- main
@@ -363,6 +384,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         history = saved["history"]
         best_key = tuple(saved["best_key"])
         elapsed_before = saved.get("elapsed_s", 0.0)
+        _resume_shuffle(train_loader, config.seed + rank, start_epoch)
         logger.info("resumed from %s at epoch %d", checkpoint_path, start_epoch + 1)
 
     progress = is_main and not config.no_progress
