@@ -97,10 +97,9 @@ def paste_heatmap(
     The network saw the box only, so the map says nothing about the scan outside it. But a
     Grad-CAM map is ``cells`` cells across and bilinearly upsampled, so its values at the box's
     edge can be high, and cutting them off there draws a straight line across the scan that is
-    not in it. Each point outside
-    takes the value of the nearest point of the box, weighted down linearly with its distance in
-    cells (the box's width or height over ``cells``): zero one cell away. Inside the box the map
-    is unchanged.
+    not in it. Each point outside takes the value of the nearest point of the box, weighted down
+    linearly with its distance in cells (the box's width or height over ``cells``): zero one cell
+    away. Inside the box the map is unchanged.
     """
     left, top, right, bottom = box
     width, height = size

@@ -241,6 +241,10 @@ def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int, sa
     )
 
 
+#: Spaces the seeds of resumed shuffles away from the seeds runs start from (seed, seed + rank).
+_RESUME_SEED_STRIDE = 1_000_003
+
+
 def _resume_shuffle(loader: DataLoader, seed: int, start_epoch: int) -> None:
     """Give a resumed run shuffles of its own.
 
@@ -256,10 +260,6 @@ def _resume_shuffle(loader: DataLoader, seed: int, start_epoch: int) -> None:
     for offset, generator in enumerate(generators):
         if generator is not None:
             generator.manual_seed(seed + _RESUME_SEED_STRIDE * start_epoch + offset)
-
-
-#: Spaces the seeds of resumed shuffles away from the seeds runs start from (seed, seed + rank).
-_RESUME_SEED_STRIDE = 1_000_003
 
 
 # ---------------------------------------------------------------------- main
