@@ -106,9 +106,10 @@ MRI_MAX_COLOUR = 0.04
 #: fitted threshold (``python -m train`` always fits one on validation and stores it in the card
 #: as ``uncertainty.low_confidence_below``; that value wins).
 UNFITTED_LOW_CONFIDENCE = 0.7
-#: The negative answer. Missing a tumour costs most, so a "no tumour" answer needs more
-#: confidence than the others to be shown without a flag: the model card's
-#: ``uncertainty.notumor_confidence_below``, fitted on validation (``train.calibrate``).
+#: The negative answer. Missing a tumour costs most, so a "no tumour" answer must clear a floor
+#: of its own to be shown without a flag: the model card's ``uncertainty.notumor_cosine_below``
+#: on the answer cosine (``core.model.answer_cosine``; older cards:
+#: ``notumor_confidence_below`` on the probability), fitted on validation (``train.calibrate``).
 NEGATIVE_CLASS = "notumor"
 #: The flag of a "no tumour" answer under that bar.
 WEAK_NEGATIVE_FLAG = "not confident enough to rule out a tumour"

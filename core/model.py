@@ -23,7 +23,7 @@ from .ort import PRECISIONS, OnnxNetwork, load_runtime
 from .preprocess import eval_transform, head_box, to_grayscale
 from .weights import WeightsError, load_weights
 
-__all__ = ["Classifier", "Prediction", "build_network", "load_model"]
+__all__ = ["Classifier", "Prediction", "answer_cosine", "build_network", "load_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,14 @@ class Classifier:
         self.low_confidence = float(uncertainty.get("low_confidence_below", UNFITTED_LOW_CONFIDENCE))
         #: Confidence a "no tumour" answer needs to be shown without a flag (None: weights
         #: whose card fitted none; then only ``low_confidence`` applies).
-        floor = uncertainty.get("notumor_confidence_below")
+        # Cards written since the floor moved to the answer cosine name it so; older cards hold a
+        # floor on the calibrated confidence.
+        cosine = uncertainty.get("notumor_cosine_below")
+        floor = cosine if cosine is not None else uncertainty.get("notumor_confidence_below")
         self.negative_floor: float | None = None if floor is None else float(floor)
+        #: What the floor is compared with: "cosine" (:func:`answer_cosine`) or "confidence"
+        #: (the calibrated "no tumour" probability, cards written before the cosine).
+        self.negative_score = "cosine" if cosine is not None else "confidence"
         #: Test-time augmentation: average the probabilities of the scan and its mirror image.
         self.tta = bool(tta)
         self.class_names: tuple[str, ...] = tuple(card["class_names"])
@@ -200,7 +206,9 @@ class Classifier:
         reject = self.gate.reject_score if self.gate is not None else float("inf")
         views = [out.probs, out.plain] + ([out.mirror] if out.mirror is not None else [])
         negative = None if self.negative_floor is None else (self.class_names.index(NEGATIVE_CLASS), self.negative_floor)
-        rows = backend.recheck.rows([v.numpy() for v in views], scores.numpy(), self.low_confidence, (1.0, reject), negative)
+        served = out.probs.numpy()
+        rows = backend.recheck.rows([v.numpy() for v in views], scores.numpy(), self.low_confidence, (1.0, reject), negative,
+                                    self.negative_values(served))
         # Scans the image checks reject get no network answer to differ in.
         rows &= np.array([problem is None for problem in out.problems])
         index = np.flatnonzero(rows)
@@ -235,8 +243,11 @@ class Classifier:
         if confidence < self.low_confidence:
             flags.append(f"low confidence ({confidence:.1%}, below {self.low_confidence:.0%})")
         elif self._weak_negative(probs):
-            # One decimal, so that 94.8 % is not shown as "95%, needs 95%".
-            flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}, needs {self.negative_floor:.0%})")
+            if self.negative_score == "cosine":
+                value = float(self.negative_values(probs.numpy()[None])[0])
+                flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}; answer cosine {value:.3f}, needs {self.negative_floor:.3f})")
+            else:  # one decimal, so that 94.8 % is not shown as "95%, needs 95%"
+                flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}, needs {self.negative_floor:.0%})")
         if mirror is None or not self.mirror_check:
             return tuple(flags)
         plain_label, mirror_label = (self.class_names[int(p.argmax())] for p in (plain, mirror))
@@ -247,12 +258,23 @@ class Classifier:
             )
         return tuple(flags)
 
+    def negative_values(self, probs: np.ndarray) -> np.ndarray:
+        """What the floor of "no tumour" answers is compared with, per row of calibrated
+        probabilities (N, classes): the answer cosine, or for older cards the "no tumour"
+        probability."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.negative_score == "cosine":
+            return answer_cosine(probs)
+        return probs[:, self.class_names.index(NEGATIVE_CLASS)]
+
     def _weak_negative(self, probs: torch.Tensor) -> bool:
-        """A "no tumour" answer below the confidence a negative answer needs."""
+        """A "no tumour" answer below the floor a negative answer needs."""
         if self.negative_floor is None:
             return False
         index = int(probs.argmax())
-        return self.class_names[index] == NEGATIVE_CLASS and float(probs[index]) < self.negative_floor
+        if self.class_names[index] != NEGATIVE_CLASS:
+            return False
+        return float(self.negative_values(probs.numpy()[None])[0]) < self.negative_floor
 
     def _predictions(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """The whole pipeline: outputs (steps 1-3), then the gate and the flags."""
@@ -325,6 +347,29 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def answer_cosine(probs: np.ndarray) -> np.ndarray:
+    """How cleanly each answer points at its class, per row of probabilities (..., classes):
+    the cosine between the centred log-probabilities and the centred one-hot vector of the top
+    class. It is 1 when the other classes are equally unlikely and falls when one of them stands
+    out from the rest, however high the top probability. Centred log-probabilities are the logits
+    over the temperature, less their mean, so the cosine does not depend on the temperature.
+
+    This is the maximum centred logit over the logits' 2-norm (MaxLogit-pNorm with p = 2,
+    Cattelan and Silva 2023, "How to fix a broken confidence estimator"), divided by its largest
+    value sqrt((K - 1) / K). A uniform answer gets 0. It ranks answers better than the top
+    probability for the floor of "no tumour" answers (``docs/trust.md``).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim < 1 or p.shape[-1] < 2:
+        raise ValueError(f"probs must have at least two classes on its last axis, got shape {p.shape}.")
+    z = np.log(np.clip(p, np.finfo(np.float64).tiny, None))
+    z = z - z.mean(axis=-1, keepdims=True)
+    k = z.shape[-1]
+    norm = np.linalg.norm(z, axis=-1)
+    safe = np.where(norm > 0, norm, 1.0)
+    return np.where(norm > 0, z.max(axis=-1) / safe / np.sqrt((k - 1) / k), 0.0)
 
 
 def _check_image(image: Any) -> Image.Image:

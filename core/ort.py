@@ -74,8 +74,9 @@ class Recheck:
     prob_tolerance: float
     #: Range of (int8 score / float32 score) counted on.
     score_ratio: tuple[float, float]
-    #: Largest difference between the int8 and float32 "no tumour" probability of a "no tumour"
-    #: answer counted on, for the confidence floor of negative answers (None: ``prob_tolerance``).
+    #: Largest difference between the int8 and float32 value a "no tumour" answer's floor is
+    #: compared with (its answer cosine, or for older cards its probability) counted on (None:
+    #: ``prob_tolerance``).
     negative_tolerance: float | None = None
     #: Run again every scan whose int8 score raises a gate state, whatever the ratio band says.
     #: int8's scores run high, and on some sources (skull-stripped scans) higher than the band
@@ -114,12 +115,15 @@ class Recheck:
         low_confidence: float,
         score_thresholds: Sequence[float],
         negative: tuple[int, float] | None = None,
+        negative_values: np.ndarray | None = None,
     ) -> np.ndarray:
         """Boolean mask of the scans to run again. ``probs``: the int8 probability arrays
         (N, classes) each decision reads (the served ones, the scan's, the mirror image's);
         ``scores``: int8 out-of-distribution scores (N,); ``low_confidence``: the confidence
         below which a scan is flagged; ``score_thresholds``: the scores above which it is;
-        ``negative``: (class index, floor) when a "no tumour" answer under the floor is flagged."""
+        ``negative``: (class index, floor) when a "no tumour" answer under the floor is flagged;
+        ``negative_values``: what the floor is compared with, per scan (default: the served
+        probability of that class; ``Classifier.negative_values``)."""
         t = self.prob_tolerance
         near = np.zeros(len(scores), dtype=bool)
         for p in probs:
@@ -131,7 +135,8 @@ class Recheck:
         if negative is not None:  # the flag of a weak "no tumour" answer could change
             index, floor = negative
             tolerance = t if self.negative_tolerance is None else self.negative_tolerance
-            near |= (served.argmax(axis=1) == index) & (np.abs(served[:, index] - floor) < tolerance)
+            values = served[:, index] if negative_values is None else np.asarray(negative_values, dtype=np.float64)
+            near |= (served.argmax(axis=1) == index) & (np.abs(values - floor) < tolerance)
         low, high = self.score_ratio
         scores = np.asarray(scores, dtype=np.float64)
         for threshold in score_thresholds:

@@ -235,6 +235,10 @@ def test_recheck_rows_cover_the_floor_of_no_tumour_answers():
     assert recheck.rows([probs], scores, 0.70, (1.0,), negative=(neg, 0.95)).tolist() == [True, False, False, False]
     wide = Recheck(0.05, (0.9, 1.2))  # no negative tolerance: the probability tolerance serves
     assert wide.rows([probs], scores, 0.70, (1.0,), negative=(neg, 0.95)).tolist() == [True, True, True, False]
+    # A floor on another value (the answer cosine): the band is read around that value instead;
+    # a tumour answer stays out, whatever its value.
+    cosine = np.array([0.99, 0.9955, 0.5, 0.995])
+    assert recheck.rows([probs], scores, 0.70, (1.0,), (neg, 0.993), cosine).tolist() == [True, True, False, False]
 
 
 def test_recheck_confirm_gate_reruns_every_raised_gate_state():
@@ -325,6 +329,9 @@ class _StubClassifier:
 
     def _scores(self, out):
         return torch.ones(len(out.probs))
+
+    def negative_values(self, probs):
+        return np.asarray(probs)[:, CLASS_NAMES.index("notumor")]
 
 
 def test_negative_quantile_narrows_only_the_floor_band():

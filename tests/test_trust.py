@@ -19,12 +19,18 @@ from PIL import Image
 from train.non_mri import KINDS, non_mri_images
 from core import load_model, read_scan
 from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, NEGATIVE_CLASS, WEAK_NEGATIVE_FLAG, WEIGHTS_NAME
-from core.model import Classifier
+from core.model import Classifier, answer_cosine, softmax
 from core.ood import OOD_NAME, FeatureGate, forward_with_taps, image_problem, load_gate, save_gate
 from app.review import analyse_scan, results_csv
 from core.weights import WeightsError
 from train import metrics
-from train.calibrate import apply_temperature, choose_confidence_threshold, choose_negative_floor, fit_temperature
+from train.calibrate import (
+    COSINE_FLOOR_GRID,
+    apply_temperature,
+    choose_confidence_threshold,
+    choose_negative_floor,
+    fit_temperature,
+)
 from train.ood import fit_gate
 
 SHIPPED_GATE = (ASSETS_DIR / OOD_NAME).is_file()
@@ -95,6 +101,36 @@ def test_negative_floor_is_the_lowest_reaching_the_precision():
     # Answers of other classes do not count towards the negative answers' precision.
     other = np.array([[0.9, 0.05, 0.03, 0.02]] * 50)
     assert choose_negative_floor(np.r_[probs, other], np.r_[targets, np.full(50, 1)], NEG, 0.995)[0] == floor
+
+
+def test_answer_cosine_measures_how_cleanly_an_answer_points_at_its_class():
+    clean = np.array([0.97, 0.01, 0.01, 0.01])
+    runner_up = np.array([0.97, 0.028, 0.001, 0.001])  # the same top probability, one runner-up
+    cos = answer_cosine(np.stack([clean, runner_up, np.full(4, 0.25)]))
+    assert cos[0] == pytest.approx(1.0) and cos[1] < 0.99 and cos[2] == 0.0
+    # The centred logits over their 2-norm (MaxLogit-pNorm, p = 2), scaled to a maximum of 1.
+    z = np.log(runner_up) - np.log(runner_up).mean()
+    assert cos[1] == pytest.approx(z.max() / np.linalg.norm(z) / np.sqrt(3 / 4))
+    # Independent of the temperature: the same logits at T = 1 and T = 3 give one cosine.
+    logits = np.array([[2.0, -1.0, 0.5, -3.0], [0.1, 0.3, -0.2, 4.0]])
+    assert answer_cosine(softmax(logits, 1.0)) == pytest.approx(answer_cosine(softmax(logits, 3.0)))
+    with pytest.raises(ValueError, match="two classes"):
+        answer_cosine(np.array([1.0]))
+
+
+def test_negative_floor_on_answer_cosine_flags_answers_with_a_standing_out_runner_up():
+    # 100 right "no tumour" answers with evenly unlikely tumour classes; 10 misses with one tumour
+    # class standing out, at the same high "no tumour" probability.
+    right = np.tile([0.01, 0.01, 0.97, 0.01], (100, 1))
+    miss = np.tile([0.028, 0.001, 0.97, 0.001], (10, 1))
+    probs, targets = np.r_[right, miss], np.r_[np.full(100, NEG), np.zeros(10, int)]
+    values = answer_cosine(probs)
+    floor, fit = choose_negative_floor(probs, targets, NEG, grid=COSINE_FLOOR_GRID, values=values)
+    assert fit["reached"] and values[-10:].max() < floor <= values[:100].min()
+    # The same answers by probability alone cannot be told apart: the highest floor of the grid.
+    assert not choose_negative_floor(probs, targets, NEG)[1]["reached"]
+    with pytest.raises(ValueError, match="one value per scan"):
+        choose_negative_floor(probs, targets, NEG, values=values[:5])
 
 
 def test_negative_floor_falls_back_to_the_highest_and_refuses_bad_input():
@@ -206,6 +242,19 @@ def test_weak_no_tumour_answer_is_flagged_others_are_not(tiny_model):
     low = weak.clone()
     low[NEG], low[0] = 0.6, 0.4  # already flagged as low confidence: one flag, not two
     assert [f.split(" (")[0] for f in model._flags(low, low, low, None)] == ["low confidence"]
+    # Cards since the cosine floor: a "no tumour" answer whose runner-up stands out is flagged
+    # even at a high probability; one with evenly unlikely tumour classes is not.
+    cosine = Classifier(tiny_model.network, dict(tiny_model.card, uncertainty={"low_confidence_below": 0.7,
+                                                                                "notumor_cosine_below": 0.99}), "cpu")
+    assert cosine.negative_score == "cosine" and cosine.negative_floor == 0.99
+    clean = torch.full((len(CLASS_NAMES),), 0.01, dtype=torch.float64)
+    clean[NEG] = 0.97
+    standing = torch.full((len(CLASS_NAMES),), 0.001, dtype=torch.float64)
+    standing[NEG], standing[0] = 0.97, 0.028
+    assert cosine._flags(clean, clean, clean, None) == ()
+    flag = cosine._flags(standing, standing, standing, None)
+    assert len(flag) == 1 and flag[0].startswith(WEAK_NEGATIVE_FLAG) and "no tumour at 97.0%" in flag[0] and "needs 0.990" in flag[0]
+    assert cosine.negative_values(standing.numpy()[None])[0] == pytest.approx(answer_cosine(standing.numpy()))
     # Weights whose card fitted no floor keep the old behaviour.
     plain = Classifier(tiny_model.network, dict(tiny_model.card, uncertainty={"low_confidence_below": 0.7}), "cpu")
     assert plain.negative_floor is None and plain._flags(weak, weak, weak, None) == ()

@@ -19,7 +19,7 @@ from core.model import softmax
 from . import metrics
 
 __all__ = [
-    "MIN_NEGATIVE_PRECISION", "apply_temperature", "calibration_summary", "choose_confidence_threshold", "choose_negative_floor",
+    "COSINE_FLOOR_GRID", "MIN_NEGATIVE_PRECISION", "apply_temperature", "calibration_summary", "choose_confidence_threshold", "choose_negative_floor",
     "fit_temperature",
 ]
 
@@ -32,6 +32,9 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 MIN_NEGATIVE_PRECISION = 0.98
 #: Candidate confidence floors for "no tumour" answers.
 NEGATIVE_FLOOR_GRID: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
+#: Candidate floors of the answer cosine (``core.model.answer_cosine``) for "no tumour" answers:
+#: finer, because right answers crowd just under 1.
+COSINE_FLOOR_GRID: tuple[float, ...] = tuple(round(0.5 + 0.001 * i, 3) for i in range(500))
 
 
 def _check(logits: np.ndarray, targets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,13 +112,16 @@ def choose_negative_floor(
     negative: int,
     min_precision: float = MIN_NEGATIVE_PRECISION,
     grid: Sequence[float] = NEGATIVE_FLOOR_GRID,
+    values: np.ndarray | None = None,
 ) -> tuple[float | None, dict[str, Any]]:
-    """The confidence a "no tumour" answer needs to be shown without a flag: the lowest floor of
-    ``grid`` at which the (validation) answers of class ``negative`` with at least that
-    confidence are right at least ``min_precision`` of the time; the highest floor of the grid
-    when none reaches it; None when no scan is answered with ``negative``. ``probs``: calibrated
-    probabilities (N, classes). Returns the floor and what it was chosen from (answers kept,
-    their precision)."""
+    """The floor a "no tumour" answer needs to be shown without a flag: the lowest floor of
+    ``grid`` at which the (validation) answers of class ``negative`` whose value is at least
+    that are right at least ``min_precision`` of the time; the highest floor of the grid when
+    none reaches it; None when no scan is answered with ``negative``. ``probs``: calibrated
+    probabilities (N, classes), which give the answers; ``values``: what the floor is compared
+    with, one per scan (default: the confidence of class ``negative``; the shipped rule passes
+    ``core.model.answer_cosine(probs)`` with :data:`COSINE_FLOOR_GRID`). Returns the floor and
+    what it was chosen from (answers kept, their precision)."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)
     if probs.ndim != 2 or len(probs) != len(targets):
@@ -129,6 +135,10 @@ def choose_negative_floor(
         logger.warning("no validation scan is answered with class %d: no floor for negative answers", negative)
         return None, {"answers": 0, "reached": False}
     confidence, right = probs[:, negative], targets == negative
+    if values is not None:
+        confidence = np.asarray(values, dtype=np.float64)
+        if confidence.shape != (len(probs),):
+            raise ValueError(f"values must hold one value per scan ({len(probs)}), got shape {confidence.shape}.")
     candidates = sorted(grid)
     chosen = candidates[-1]
     for floor in candidates:

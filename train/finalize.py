@@ -27,12 +27,14 @@ import torch
 
 from core.backend import Backend
 from core.model import build_network
+from core.model import answer_cosine
 from core.ood import OOD_NAME, save_gate
 from core.ort import ONNX_NAME
 from core.constants import EVALUATION_NAME, HISTORY_NAME, NEGATIVE_CLASS, WEIGHTS_NAME, data_dir
 from core.weights import load_weights, save_weights, write_model_card
 
 from .calibrate import (
+    COSINE_FLOOR_GRID,
     MIN_NEGATIVE_PRECISION,
     apply_temperature,
     calibration_summary,
@@ -80,7 +82,7 @@ class TrustResult:
 
 def _flag_rates(outputs, temperature: float, low_confidence: float, negative: tuple[int, float] | None = None) -> dict[str, float]:
     """Shares of a split flagged for low confidence, a weak "no tumour" answer (``negative``:
-    class index and floor) or mirror disagreement, and their accuracy."""
+    class index and floor of the answer cosine) or mirror disagreement, and their accuracy."""
     probs = apply_temperature(outputs.logits, temperature)
     correct = probs.argmax(1) == outputs.targets
     low = probs.max(1) < low_confidence
@@ -88,7 +90,7 @@ def _flag_rates(outputs, temperature: float, low_confidence: float, negative: tu
     weak = np.zeros(len(probs), dtype=bool)
     if negative is not None:
         index, floor = negative
-        weak = ~low & (probs.argmax(1) == index) & (probs[:, index] < floor)
+        weak = ~low & (probs.argmax(1) == index) & (answer_cosine(probs) < floor)
         rates.update(weak_negative=float(weak.mean()), accuracy_flagged_weak_negative=float(correct[weak].mean()) if weak.any() else None)
     rates["accuracy_not_flagged"] = float(correct[~(low | weak)].mean()) if (~(low | weak)).any() else None
     if outputs.mirror_logits is not None:
@@ -127,7 +129,9 @@ def trust_steps(
     val_probs = apply_temperature(val_out.logits, temperature)
     low_confidence = choose_confidence_threshold(val_probs.max(1))
     negative_index = list(card["class_names"]).index(NEGATIVE_CLASS)
-    negative_floor, floor_fit = choose_negative_floor(val_probs, val_out.targets, negative_index)
+    negative_floor, floor_fit = choose_negative_floor(
+        val_probs, val_out.targets, negative_index, grid=COSINE_FLOOR_GRID, values=answer_cosine(val_probs)
+    )
     negative = None if negative_floor is None else (negative_index, negative_floor)
     calibration = {
         "method": "temperature scaling: one T minimising the validation cross-entropy (L-BFGS on log T)",
@@ -153,10 +157,11 @@ def trust_steps(
     uncertainty = {
         "low_confidence_below": low_confidence,
         "rule": "highest of 0.50-0.90 (step 0.05) flagging at most 5% of the validation scans",
-        "notumor_confidence_below": negative_floor,
-        "notumor_rule": "lowest of 0.50-0.99 (step 0.01) at which the validation 'no tumour' answers with at least "
-        f"that confidence are right at least {MIN_NEGATIVE_PRECISION:.0%} of the time: a 'no tumour' answer below "
-        "it is flagged (a missed tumour costs most)",
+        "notumor_cosine_below": negative_floor,
+        "notumor_rule": "lowest of 0.500-0.999 (step 0.001) at which the validation 'no tumour' answers with at least "
+        "that answer cosine (core.model.answer_cosine: the cosine between the centred logits and the answer's "
+        f"centred one-hot vector) are right at least {MIN_NEGATIVE_PRECISION:.0%} of the time: a 'no tumour' answer "
+        "below it is flagged (a missed tumour costs most)",
         "notumor_fit": floor_fit,
         "mirror_disagreement": "with test-time augmentation only (load_model(tta=True) or mirror_check=True): "
         "flagged when the scan and its mirror image get different classes",

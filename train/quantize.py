@@ -77,8 +77,9 @@ MIN_SAME_TESTING = 0.995
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 #: Quantile of the int8-float32 differences on validation scans the re-check bands cover.
 RECHECK_QUANTILE = 0.995
-#: The "no tumour" re-check band is fitted on the scans whose float32 "no tumour" confidence is
-#: at most this far below the floor of negative answers, or above it: where the floor decides.
+#: The "no tumour" re-check band is fitted on the scans whose float32 value read by the floor of
+#: negative answers (``Classifier.negative_values``) is at most this far below the floor, or above
+#: it: where the floor decides.
 NEGATIVE_WINDOW = 0.1
 #: Quantile of those "no tumour" differences the floor's band covers. The band sits where
 #: Testing's "no tumour" confidences are dense, so it decides how many scans are run again: at
@@ -179,9 +180,9 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
     the largest probability difference between ``candidate`` (int8, no re-check) and
     ``reference`` (float32) over the served, the scan's and the mirror image's probabilities,
     and the (1 - ``quantile``, ``quantile``) range of the ratio of their out-of-distribution
-    scores; and the ``quantile`` of the "no tumour" probability difference over the scans both
-    answer "no tumour" with a float32 confidence at most :data:`NEGATIVE_WINDOW` under the floor
-    of negative answers, or above it (``negative_quantile`` of it when given: that band sits
+    scores; and the ``quantile`` of the difference in the value the floor of negative answers
+    reads (``Classifier.negative_values``: the answer cosine) over the scans both answer "no
+    tumour" with a float32 value at most :data:`NEGATIVE_WINDOW` under that floor, or above it (``negative_quantile`` of it when given: that band sits
     where Testing's "no tumour" confidences are dense, so its width decides how many scans are
     re-run). ``confirm_gate``: also run again every scan whose int8 score raises a gate state
     (see :class:`core.ort.Recheck`). Also a summary of those differences."""
@@ -198,8 +199,9 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
         diffs.append(np.max([(x - y).abs().max(dim=1).values.numpy() for x, y in views], axis=0))
         # Where the floor decides: both answer "no tumour", float32 within NEGATIVE_WINDOW of the
         # floor or above (a change of label or of the low-confidence flag has its own band).
-        answered = (a.probs.argmax(1) == index) & (b.probs.argmax(1) == index) & (a.probs[:, index] >= floor - NEGATIVE_WINDOW)
-        negative.append((a.probs[:, index] - b.probs[:, index]).abs()[answered].numpy())
+        va, vb = reference.negative_values(a.probs.numpy()), candidate.negative_values(b.probs.numpy())
+        answered = ((a.probs.argmax(1) == index) & (b.probs.argmax(1) == index)).numpy() & (va >= floor - NEGATIVE_WINDOW)
+        negative.append(np.abs(va - vb)[answered])
         sa, sb = reference._scores(a).numpy(), candidate._scores(b).numpy()
         kept = np.array([problem is None for problem in a.problems]) & (sa > 0)
         ratios.append(sb[kept] / sa[kept])
@@ -214,7 +216,7 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
                "median_prob_diff": float(np.median(diff)),
                "score_ratio_range": [float(ratio.min()), float(ratio.max())] if len(ratio) else None,
                "negative_answers": len(negative_diff),
-               "max_negative_prob_diff": float(negative_diff.max()) if len(negative_diff) else None}
+               "max_negative_value_diff": float(negative_diff.max()) if len(negative_diff) else None}
     return recheck, summary
 
 
