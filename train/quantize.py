@@ -82,9 +82,10 @@ RECHECK_QUANTILE = 0.995
 #: it: where the floor decides.
 NEGATIVE_WINDOW = 0.1
 #: Quantile of those "no tumour" differences the floor's band covers. The band sits where
-#: Testing's "no tumour" confidences are dense, so it decides how many scans are run again: at
-#: 0.95 a tenth of Testing, at 0.995 over a third (``docs/performance.md``).
-NEGATIVE_QUANTILE = 0.95
+#: Testing's right "no tumour" answers are dense (answer cosines just under 1), so it decides how
+#: many scans are run again: for the shipped weights, at 0.95 nearly every "no tumour" answer
+#: (31 % of Testing), at 0.75 3.6 %, with the fidelity check still passed (``docs/performance.md``).
+NEGATIVE_QUANTILE = 0.75
 #: Scans per calibration batch.
 _CALIBRATION_BATCH = 16
 
