@@ -245,7 +245,11 @@ class Classifier:
         elif self._weak_negative(probs):
             if self.negative_score == "cosine":
                 value = float(self.negative_values(probs.numpy()[None])[0])
-                flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}; answer cosine {value:.3f}, needs {self.negative_floor:.3f})")
+                runner_up = self.class_names[int(torch.argsort(probs, descending=True)[1])]
+                flags.append(
+                    f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}, but {CLASS_LABELS[runner_up].lower()} stands out "
+                    f"among the alternatives: answer cosine {value:.3f}, needs {self.negative_floor:.3f})"
+                )
             else:  # one decimal, so that 94.8 % is not shown as "95%, needs 95%"
                 flags.append(f"{WEAK_NEGATIVE_FLAG} (no tumour at {confidence:.1%}, needs {self.negative_floor:.0%})")
         if mirror is None or not self.mirror_check:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from train.non_mri import KINDS, non_mri_images
 from core import load_model, read_scan
-from core.constants import ASSETS_DIR, CLASS_NAMES, MODEL_CARD_NAME, NEGATIVE_CLASS, WEAK_NEGATIVE_FLAG, WEIGHTS_NAME
+from core.constants import ASSETS_DIR, CLASS_LABELS, CLASS_NAMES, MODEL_CARD_NAME, NEGATIVE_CLASS, WEAK_NEGATIVE_FLAG, WEIGHTS_NAME
 from core.model import Classifier, answer_cosine, softmax
 from core.ood import OOD_NAME, FeatureGate, forward_with_taps, image_problem, load_gate, save_gate
 from app.review import analyse_scan, results_csv
@@ -254,6 +254,7 @@ def test_weak_no_tumour_answer_is_flagged_others_are_not(tiny_model):
     assert cosine._flags(clean, clean, clean, None) == ()
     flag = cosine._flags(standing, standing, standing, None)
     assert len(flag) == 1 and flag[0].startswith(WEAK_NEGATIVE_FLAG) and "no tumour at 97.0%" in flag[0] and "needs 0.990" in flag[0]
+    assert f"but {CLASS_LABELS[CLASS_NAMES[0]].lower()} stands out" in flag[0]  # the runner-up, named
     assert cosine.negative_values(standing.numpy()[None])[0] == pytest.approx(answer_cosine(standing.numpy()))
     # Weights whose card fitted no floor keep the old behaviour.
     plain = Classifier(tiny_model.network, dict(tiny_model.card, uncertainty={"low_confidence_below": 0.7}), "cpu")
