@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.frame import banner, mark_framed, page_config
+from app.frame import app_pages, banner, mark_framed, page_config
 
 page_config()
-navigation = st.navigation(
-    [
-        st.Page("pages/scan_review.py", title="Scan review", icon=":material/radiology:", default=True),
-        st.Page("pages/model_performance.py", title="Model performance", icon=":material/monitoring:"),
-    ]
-)
+navigation = st.navigation(app_pages())
 banner()
 mark_framed()
 navigation.run()

@@ -31,6 +31,7 @@ __all__ = [
     "per_class_rows",
     "perturbed_rows",
     "read_artifact",
+    "review_rules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -388,6 +389,29 @@ ARCH_TITLES = {
     "vgg16_bn": "VGG16 (batch norm)",
     "vgg16": "VGG16",
 }
+
+
+def review_rules(card: Mapping[str, Any]) -> list[str]:
+    """The review flags' rules as the model card records them, one sentence each (empty when the
+    card fitted none): the low-confidence threshold and the floor of "no tumour" answers."""
+    rules = card.get("uncertainty") if isinstance(card.get("uncertainty"), Mapping) else {}
+    lines = []
+    low = _number(rules.get("low_confidence_below"))
+    if low is not None:
+        lines.append(f"**Low confidence**: a calibrated confidence under {100 * low:.0f} %, set to flag at most 5 % "
+                     "of the validation scans.")
+    cosine, confidence = _number(rules.get("notumor_cosine_below")), _number(rules.get("notumor_confidence_below"))
+    fit = rules.get("notumor_fit") if isinstance(rules.get("notumor_fit"), Mapping) else {}
+    precision = _number(fit.get("precision_above_floor"))
+    kept = f" (validation: {100 * precision:.1f} % of the unflagged ones right)" if precision is not None else ""
+    if cosine is not None:
+        lines.append(f"**Not confident enough to rule out a tumour**: a \"no tumour\" answer whose answer cosine is under "
+                     f"{cosine:.3f}, i.e. one tumour class stands out among the alternatives{kept}. The floor is set on "
+                     "validation so that unflagged \"no tumour\" answers are right at least 98 % of the time.")
+    elif confidence is not None:
+        lines.append(f"**Not confident enough to rule out a tumour**: a \"no tumour\" answer under {100 * confidence:.0f} % "
+                     f"confidence{kept}.")
+    return lines
 
 
 def arch_title(arch: str) -> str:

@@ -27,6 +27,7 @@ from app.artifacts import (
     per_class_rows,
     percent_cells,
     perturbed_rows,
+    review_rules,
     sequence_rows,
     shipped_reason,
 )
@@ -429,6 +430,9 @@ def _model_card_ui(card: Mapping[str, Any] | None, evaluation: Mapping[str, Any]
         st.markdown("\n".join(lines))
         st.markdown("**Intended use**")
         st.markdown(INTENDED_USE)
+        if rules := review_rules(card):
+            st.markdown("**Review flags**")
+            st.markdown("\n".join(f"- {line}" for line in rules))
     with right:
         st.markdown("**Architecture and training**")
         recipe = ", ".join(

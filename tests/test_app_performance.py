@@ -19,6 +19,7 @@ from app.artifacts import (
     evaluation_title,
     load_artifacts,
     read_artifact,
+    review_rules,
 )
 from core.constants import ASSETS_DIR, AUDIT_NAME, EVALUATION_NAME, HISTORY_NAME, MODEL_CARD_NAME
 
@@ -147,6 +148,8 @@ def test_page_renders_stored_metrics(assets, monkeypatch):
     )
     text = "\n".join(m.value for m in visit.markdown)
     assert "Single 2D slices" in text and "Not clinically validated" in text
+    for rule in review_rules(card):  # the review flags' rules, as the card records them
+        assert rule in text
     assert "metastases" in text.lower() or "Metastases" in text
 
 
@@ -414,3 +417,13 @@ def test_page_says_when_no_comparison_is_stored(tmp_path, fixture_assets, monkey
     at = _open_tab(_page(folder, monkeypatch), "Architectures")
     assert not at.exception
     assert any("python -m train.compare" in i.value for i in at.info)
+
+
+def test_review_rules_read_the_card():
+    fit = {"precision_above_floor": 0.988}
+    cosine = review_rules({"uncertainty": {"low_confidence_below": 0.65, "notumor_cosine_below": 0.993, "notumor_fit": fit}})
+    assert len(cosine) == 2 and "under 65 %" in cosine[0]
+    assert "answer cosine is under 0.993" in cosine[1] and "98.8 % of the unflagged ones right" in cosine[1]
+    older = review_rules({"uncertainty": {"low_confidence_below": 0.7, "notumor_confidence_below": 0.94}})
+    assert "under 94 % confidence" in older[1] and "cosine" not in older[1]
+    assert review_rules({}) == [] and review_rules({"uncertainty": "garbled"}) == []

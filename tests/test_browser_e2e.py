@@ -129,6 +129,12 @@ def test_upload_a_scan_and_see_the_prediction(server, browser, assets, scan_path
     page.goto(f"{server}/model_performance", wait_until="domcontentloaded")
     page.get_by_text("Accuracy (Testing)").wait_for(timeout=60_000)
     assert page.get_by_text(BANNER).first.is_visible()
+    # ... and the app's own navigation, not Streamlit's legacy pages/ list ("streamlit app",
+    # "model performance", "scan review")
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_role("link", name="Scan review", exact=True).wait_for(timeout=30_000)
+    assert nav.get_by_role("link").count() == 2
+    assert nav.get_by_role("link", name="streamlit app").count() == 0
 
     page.goto(server, wait_until="domcontentloaded")
     page.get_by_text(BANNER).first.wait_for(timeout=30_000)
