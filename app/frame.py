@@ -20,6 +20,8 @@ __all__ = ["BANNER", "app_pages", "banner", "ensure_frame", "mark_framed", "page
 
 BANNER = "Research demonstration — not for diagnostic use"
 _FRAMED_KEY = "_app_framed"
+_REROUTED_KEY = "_app_rerouted"
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def page_config() -> None:
@@ -43,10 +45,6 @@ def banner() -> None:
 def mark_framed() -> None:
     """Called by the main script once it has drawn the frame for this run."""
     st.session_state[_FRAMED_KEY] = True
-
-
-_REROUTED_KEY = "_app_rerouted"
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def app_pages() -> list:

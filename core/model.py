@@ -206,9 +206,9 @@ class Classifier:
         reject = self.gate.reject_score if self.gate is not None else float("inf")
         views = [out.probs, out.plain] + ([out.mirror] if out.mirror is not None else [])
         negative = None if self.negative_floor is None else (self.class_names.index(NEGATIVE_CLASS), self.negative_floor)
-        served = out.probs.numpy()
+        values = None if negative is None else self.negative_values(out.probs.numpy())
         rows = backend.recheck.rows([v.numpy() for v in views], scores.numpy(), self.low_confidence, (1.0, reject), negative,
-                                    self.negative_values(served))
+                                    values)
         # Scans the image checks reject get no network answer to differ in.
         rows &= np.array([problem is None for problem in out.problems])
         index = np.flatnonzero(rows)

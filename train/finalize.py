@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from core.backend import Backend
-from core.model import build_network
-from core.model import answer_cosine
+from core.model import answer_cosine, build_network
 from core.ood import OOD_NAME, save_gate
 from core.ort import ONNX_NAME
 from core.constants import EVALUATION_NAME, HISTORY_NAME, NEGATIVE_CLASS, WEIGHTS_NAME, data_dir

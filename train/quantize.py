@@ -183,9 +183,9 @@ def fit_recheck(reference: Classifier, candidate: Classifier, images: Sequence[A
     and the (1 - ``quantile``, ``quantile``) range of the ratio of their out-of-distribution
     scores; and the ``quantile`` of the difference in the value the floor of negative answers
     reads (``Classifier.negative_values``: the answer cosine) over the scans both answer "no
-    tumour" with a float32 value at most :data:`NEGATIVE_WINDOW` under that floor, or above it (``negative_quantile`` of it when given: that band sits
-    where Testing's "no tumour" confidences are dense, so its width decides how many scans are
-    re-run). ``confirm_gate``: also run again every scan whose int8 score raises a gate state
+    tumour" with a float32 value at most :data:`NEGATIVE_WINDOW` under that floor, or above it
+    (``negative_quantile`` of it when given: that band sits where Testing's "no tumour" values
+    are dense, so its width decides how many scans are re-run). ``confirm_gate``: also run again every scan whose int8 score raises a gate state
     (see :class:`core.ort.Recheck`). Also a summary of those differences."""
     if not images:
         raise ValueError("No scans to fit the re-check bands on.")
