@@ -116,3 +116,45 @@ def test_ensemble_score_fits_its_floor_on_validation_and_reports_per_source():
     assert rad["accuracy"] == 0.5 and rad["unflagged_accuracy"] == 0.5
     assert rad["accuracy_by_sequence"] == {"T1": 1.0, "T2": 0.0}
     assert rad["recall"] == {"glioma": 0.5}
+
+
+def test_stage_timers_count_nested_time_once():
+    import time
+
+    from benchmarks.experiments.predict_stages import Timers
+
+    timers = Timers()
+    inner = timers.wrap("inner", lambda: time.sleep(0.02))
+
+    def outer_body():
+        time.sleep(0.01)
+        inner()
+
+    timers.wrap("outer", outer_body)()
+    assert 0.015 <= timers.seconds["inner"] < 0.05
+    assert 0.005 <= timers.seconds["outer"] < 0.015  # its own 10 ms, not the inner 20 ms
+
+
+def test_predict_stages_add_up_and_leave_the_pipeline_as_it_was(tiny_weights, data_root, tmp_path, keep_threads):
+    from benchmarks.experiments.predict_stages import STAGES, main
+    from core import model as model_module
+    from core import preprocess as preprocess_module
+
+    head_box, image_problem = preprocess_module.head_box, model_module.image_problem
+    out = tmp_path / "stages.json"
+    result = main(["--weights", str(tiny_weights), "--data-dir", str(data_root), "--scans", "6", "--threads", "1",
+                   "--output", str(out)])
+    assert json.loads(out.read_text())["scans"] == 6
+    ms = result["stage_mean_ms"]
+    assert set(ms) == set(STAGES) | {"other"}
+    assert ms["network"] > 0 and all(ms[name] >= 0 for name in STAGES)
+    assert sum(ms.values()) == pytest.approx(result["predict_mean_ms"])
+    assert 0 <= result["rechecked_scans"] <= 6
+    assert preprocess_module.head_box is head_box and model_module.image_problem is image_problem
+
+
+def test_predict_stages_rejects_bad_counts():
+    from benchmarks.experiments.predict_stages import main
+
+    with pytest.raises(SystemExit, match="--scans"):
+        main(["--scans", "0"])
