@@ -158,3 +158,14 @@ def test_predict_stages_rejects_bad_counts():
 
     with pytest.raises(SystemExit, match="--scans"):
         main(["--scans", "0"])
+
+
+def test_ensemble_leak_free_mask_matches_the_audit_names(tmp_path):
+    from benchmarks.experiments.ensemble import leak_free_mask
+
+    root = tmp_path / "kaggle"
+    paths = [root / "Testing" / "glioma" / "a.jpg", root / "Testing" / "glioma" / "b.jpg", root / "Training" / "glioma" / "a.jpg"]
+    groups = ["testing", "testing", "validation"]
+    names = {"Testing/glioma/a.jpg", "Training/glioma/a.jpg"}
+    assert leak_free_mask(paths, groups, root, names).tolist() == [True, False, False]
+    assert leak_free_mask(paths, groups, root, None).tolist() == [False, False, False]

@@ -62,14 +62,19 @@ def collect(config: TrainConfig, external: Path, audit: Path | None) -> Scans:
         for s in find_external(external):
             truth = OTHER if s.label == OTHER_LESION_CLASS else CLASS_NAMES.index(s.label)
             rows.append((s.path, "external", truth, s.source, s.sequence or ""))
-    names = load_leak_free(audit)
-    base = Path(config.data_dir).resolve().parent
-    leak_free = [
-        group == "testing" and names is not None and path.resolve().relative_to(base).as_posix() in names
-        for path, group, *_ in rows
-    ]
     paths, groups, truths, sources, sequences = zip(*rows)
-    return Scans(list(paths), np.array(groups), np.array(truths), np.array(sources), np.array(sequences), np.array(leak_free))
+    leak_free = leak_free_mask(paths, groups, Path(config.data_dir), load_leak_free(audit))
+    return Scans(list(paths), np.array(groups), np.array(truths), np.array(sources), np.array(sequences), leak_free)
+
+
+def leak_free_mask(paths: Sequence[Path], groups: Sequence[str], root: Path, names: set[str] | None) -> np.ndarray:
+    """Which scans are Testing scans on the audit's leak-free list (names relative to the Kaggle
+    folder ``root``, as ``Testing/glioma/Te-gl_0010.jpg``)."""
+    base = Path(root).resolve()
+    return np.array([
+        group == "testing" and names is not None and Path(path).resolve().relative_to(base).as_posix() in names
+        for path, group in zip(paths, groups)
+    ], dtype=bool)
 
 
 def serve(model: Classifier, scans: Scans, batch_size: int = 32) -> np.ndarray:
