@@ -77,13 +77,15 @@ def leak_free_mask(paths: Sequence[Path], groups: Sequence[str], root: Path, nam
     ], dtype=bool)
 
 
-def serve(model: Classifier, scans: Scans, batch_size: int = 32) -> np.ndarray:
-    """Calibrated float32 probabilities (N, classes) of one network on every scan."""
-    probs = []
+def serve(models: Sequence[Classifier], scans: Scans, batch_size: int = 32) -> list[np.ndarray]:
+    """Calibrated float32 probabilities (N, classes) of each network on every scan; each scan is
+    read once, for all the networks."""
+    probs: list[list[list[float]]] = [[] for _ in models]
     for start in range(0, len(scans.paths), batch_size):
         chunk = [read_scan(p) for p in scans.paths[start:start + batch_size]]
-        probs += [[p.probabilities[c] for c in CLASS_NAMES] for p in model.predict_batch(chunk, batch_size=batch_size)]
-    return np.array(probs)
+        for mine, model in zip(probs, models):
+            mine += [[p.probabilities[c] for c in CLASS_NAMES] for p in model.predict_batch(chunk, batch_size=batch_size)]
+    return [np.array(mine) for mine in probs]
 
 
 def _share(hits: np.ndarray) -> float | None:
@@ -93,11 +95,12 @@ def _share(hits: np.ndarray) -> float | None:
 def score(probs: np.ndarray, scans: Scans, low_confidence: float) -> dict[str, Any]:
     """The issue's figures for one candidate (mean probabilities over its networks)."""
     val = scans.groups == "validation"
-    floor, _ = choose_negative_floor(probs[val], scans.truths[val], NEG, grid=COSINE_FLOOR_GRID, values=answer_cosine(probs[val]))
+    cosine = answer_cosine(probs)
+    floor, _ = choose_negative_floor(probs[val], scans.truths[val], NEG, grid=COSINE_FLOOR_GRID, values=cosine[val])
     answers = probs.argmax(1)
     flagged = probs.max(1) < low_confidence
     if floor is not None:
-        flagged |= (answers == NEG) & (answer_cosine(probs) < floor)
+        flagged |= (answers == NEG) & (cosine < floor)
     right = answers == scans.truths
     test = scans.groups == "testing"
     out: dict[str, Any] = {
@@ -157,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = configs[0].replace(data_dir=args.data_dir or data_dir())
     first = models[0]
     scans = collect(config, args.external or external_dir(), args.audit)
-    probs = [serve(m, scans) for m in models]
+    probs = serve(models, scans)
     result: dict[str, Any] = {"weights": [str(w) for w in args.weights], "low_confidence_below": first.low_confidence,
                               "n_images": {g: int((scans.groups == g).sum()) for g in ("validation", "testing", "external")},
                               "candidates": []}
