@@ -46,8 +46,9 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image if image.mode == "L" else image.convert("L")
 
 
-def head_box(image: Image.Image) -> tuple[int, int, int, int]:
-    """The box ``(left, top, right, bottom)`` around the head in ``image``, with a margin.
+def head_box(image: Image.Image, margin: float = HEAD_MARGIN) -> tuple[int, int, int, int]:
+    """The box ``(left, top, right, bottom)`` around the head in ``image``, with ``margin`` (a
+    share of the box's width and height) on every side.
 
     Scans from different sources frame the head differently: wide black margins, the neck and
     face, or a head that fills the frame. Cropping every scan to its head, in training and in
@@ -56,6 +57,8 @@ def head_box(image: Image.Image) -> tuple[int, int, int, int]:
     are not). The whole image is returned when no head stands out (blank or uniformly bright
     images, photos, noise) or when the box would be smaller than a quarter of either side.
     """
+    if margin < 0:
+        raise ValueError(f"margin must be at least 0, got {margin}")
     grey = to_grayscale(image)
     width, height = grey.size
     whole = (0, 0, width, height)
@@ -77,7 +80,7 @@ def head_box(image: Image.Image) -> tuple[int, int, int, int]:
     top, bottom = rows[0] * scale_y, (rows[-1] + 1) * scale_y
     if right - left < 0.25 * width or bottom - top < 0.25 * height:
         return whole
-    margin_x, margin_y = HEAD_MARGIN * (right - left), HEAD_MARGIN * (bottom - top)
+    margin_x, margin_y = margin * (right - left), margin * (bottom - top)
     return (
         max(0, int(left - margin_x)),
         max(0, int(top - margin_y)),

@@ -37,6 +37,18 @@ def test_head_box_frames_the_head_with_a_margin():
     assert box[1] - slack_y <= top <= box[1] and box[3] <= bottom <= box[3] + slack_y
 
 
+
+def test_head_box_margin_widens_the_box_by_its_share_of_the_head():
+    image = head_image(box=(120, 40, 300, 250))
+    tight, served, wide = (head_box(image, m) for m in (0.0, HEAD_MARGIN, 0.15))
+    assert served == head_box(image)
+    for inner, outer in ((tight, served), (served, wide)):
+        assert outer[0] < inner[0] and outer[1] < inner[1] and outer[2] > inner[2] and outer[3] > inner[3]
+    head_width = tight[2] - tight[0]
+    assert abs((wide[2] - wide[0]) - 1.3 * head_width) <= 2
+    with pytest.raises(ValueError, match="-0.1"):
+        head_box(image, -0.1)
+
 @pytest.mark.parametrize(
     "image",
     [
