@@ -160,17 +160,6 @@ def test_predict_stages_rejects_bad_counts():
         main(["--scans", "0"])
 
 
-def test_ensemble_leak_free_mask_matches_the_audit_names(tmp_path):
-    from benchmarks.experiments.ensemble import leak_free_mask
-
-    root = tmp_path / "kaggle"
-    paths = [root / "Testing" / "glioma" / "a.jpg", root / "Testing" / "glioma" / "b.jpg", root / "Training" / "glioma" / "a.jpg"]
-    groups = ["testing", "testing", "validation"]
-    names = {"Testing/glioma/a.jpg", "Training/glioma/a.jpg"}
-    assert leak_free_mask(paths, groups, root, names).tolist() == [True, False, False]
-    assert leak_free_mask(paths, groups, root, None).tolist() == [False, False, False]
-
-
 def test_crop_variants_square_box_keeps_the_centre_and_takes_the_longer_side():
     from benchmarks.experiments.crop_variants import square_box
 

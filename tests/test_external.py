@@ -114,6 +114,17 @@ def test_build_report_keeps_the_leak_free_subset(tmp_path):
     assert report["reference"]["testing_leak_free"]["accuracy"] == pytest.approx(0.0)
 
 
+
+def test_leak_free_mask_matches_the_audit_names_inside_the_kaggle_folder(tmp_path):
+    from train.evaluate import leak_free_mask
+
+    root = tmp_path / "kaggle"
+    paths = [root / "Testing" / "glioma" / "a.jpg", root / "Testing" / "glioma" / "b.jpg",
+             root / "Training" / "glioma" / "a.jpg", tmp_path / "elsewhere" / "Testing" / "glioma" / "a.jpg"]
+    names = {"Testing/glioma/a.jpg", "Training/glioma/a.jpg"}
+    assert leak_free_mask(paths, root, names).tolist() == [True, False, True, False]
+    assert leak_free_mask(paths, root, None).tolist() == [False] * 4
+
 def test_cli_evaluates_an_external_folder(external_folder, tiny_weights, tmp_path, capsys):
     from train.evaluate import get_args_parser, main
 

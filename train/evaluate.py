@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,7 @@ def evaluate_samples(
     if leak_free is not None:
         if root is None:
             raise ValueError("root is needed to match samples with the audit report's names")
-        base = Path(root).resolve().parent
-        mask = np.array([s.path.resolve().relative_to(base).as_posix() in leak_free for s in samples])
+        mask = leak_free_mask([s.path for s in samples], Path(root).parent, leak_free)
         if not mask.any():
             logger.warning(
                 "none of the %d scans in %s is in the audit's leak-free list (an audit of other "
@@ -143,6 +143,20 @@ def _merge(path: Path, name: str | None, result: dict[str, Any], card: dict[str,
     }
     target["evaluations"][name] = report
     path.write_text(json.dumps(target, indent=1) + "\n", encoding="utf-8")
+
+
+def leak_free_mask(paths: Sequence[str | Path], kaggle_dir: str | Path, names: Collection[str] | None) -> np.ndarray:
+    """Which of ``paths`` are on the audit's leak-free list ``names`` (posix names relative to the
+    Kaggle folder ``kaggle_dir``, as ``Testing/glioma/Te-gl_0010.jpg``). Paths outside that
+    folder, and every path when ``names`` is None, are not."""
+    base = Path(kaggle_dir).resolve()
+    found = np.zeros(len(paths), dtype=bool)
+    if names is None:
+        return found
+    for i, path in enumerate(paths):
+        resolved = Path(path).resolve()
+        found[i] = resolved.is_relative_to(base) and resolved.relative_to(base).as_posix() in names
+    return found
 
 
 def load_leak_free(path: Path | None) -> set[str] | None:
@@ -225,8 +239,10 @@ def _main_external(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.data_dir / "Testing" if (args.data_dir / "Testing").is_dir() else args.data_dir
     reference = [ExternalScan(s.path, "testing", s.class_name, None) for s in find_samples(folder)] if folder.is_dir() else []
     leak_names = load_leak_free(args.audit) if reference else None
-    base = folder.resolve().parent
-    leak_free = [base / name for name in leak_names] if leak_names is not None else None
+    leak_free = None
+    if leak_names is not None:
+        mask = leak_free_mask([s.path for s in reference], folder.parent, leak_names)
+        leak_free = [s.path for s, keep in zip(reference, mask) if keep]
     result = evaluate_external(
         classifier, scans, root=args.external, batch_size=args.batch_size, reference=reference, leak_free=leak_free
     )

@@ -32,7 +32,7 @@ from core.constants import CLASS_NAMES, NEGATIVE_CLASS, OTHER_LESION_CLASS, data
 from core.model import answer_cosine
 from train.calibrate import COSINE_FLOOR_GRID, choose_negative_floor
 from train.config import TrainConfig
-from train.evaluate import load_leak_free
+from train.evaluate import leak_free_mask, load_leak_free
 from train.external import find_external
 from train.splits import load_data
 
@@ -63,18 +63,8 @@ def collect(config: TrainConfig, external: Path, audit: Path | None) -> Scans:
             truth = OTHER if s.label == OTHER_LESION_CLASS else CLASS_NAMES.index(s.label)
             rows.append((s.path, "external", truth, s.source, s.sequence or ""))
     paths, groups, truths, sources, sequences = zip(*rows)
-    leak_free = leak_free_mask(paths, groups, Path(config.data_dir), load_leak_free(audit))
+    leak_free = leak_free_mask(paths, Path(config.data_dir), load_leak_free(audit)) & (np.array(groups) == "testing")
     return Scans(list(paths), np.array(groups), np.array(truths), np.array(sources), np.array(sequences), leak_free)
-
-
-def leak_free_mask(paths: Sequence[Path], groups: Sequence[str], root: Path, names: set[str] | None) -> np.ndarray:
-    """Which scans are Testing scans on the audit's leak-free list (names relative to the Kaggle
-    folder ``root``, as ``Testing/glioma/Te-gl_0010.jpg``)."""
-    base = Path(root).resolve()
-    return np.array([
-        group == "testing" and names is not None and Path(path).resolve().relative_to(base).as_posix() in names
-        for path, group in zip(paths, groups)
-    ], dtype=bool)
 
 
 def serve(models: Sequence[Classifier], scans: Scans, batch_size: int = 32) -> list[np.ndarray]:
