@@ -44,7 +44,7 @@ from core.scan import read_scan
 from core.weights import read_model_card, sha256_file, write_model_card
 
 from .config import TrainConfig
-from .evaluate import load_leak_free
+from .evaluate import leak_free_mask, load_leak_free
 from .external import find_external
 from .splits import load_data
 
@@ -306,8 +306,8 @@ def evaluation_sets(config: TrainConfig, external: Path | None, audit: Path | No
     sets = [EvalSet("testing", tuple(s.path for s in test), tuple(CLASS_NAMES[s.label] for s in test))]
     leak_free = load_leak_free(audit)
     if leak_free is not None:
-        base = Path(config.data_dir).resolve()
-        kept = [s for s in test if s.path.resolve().relative_to(base).as_posix() in leak_free]
+        mask = leak_free_mask([s.path for s in test], config.data_dir, leak_free)
+        kept = [s for s, keep in zip(test, mask) if keep]
         sets.append(EvalSet("testing_leak_free", tuple(s.path for s in kept), tuple(CLASS_NAMES[s.label] for s in kept)))
     if external is not None:
         scans = find_external(external)
