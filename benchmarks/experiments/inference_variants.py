@@ -83,7 +83,7 @@ def _onnx_variants(weights: Path) -> dict[str, tuple[Any, str]]:
         import onnxruntime as ort
     except ImportError:
         return {"ONNX Runtime": ("onnxruntime not installed", "")}
-    split = load_runtime(weights.parent, card, threads=2)
+    split = load_runtime(weights.parent, card, threads=2, precision="float32")
     assert split is not None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -115,7 +115,8 @@ def compare_variants(weights: Path, root: Path, repeats: int = 30, with_compile:
 
     def forward(net, fmt: str, x: torch.Tensor) -> torch.Tensor:
         if fmt == "onnx":
-            return torch.from_numpy(net.run(x.contiguous().numpy())[0])
+            # A graph exported for grey input takes the one channel the three repeat.
+            return torch.from_numpy(net.run(x[:, :net.channels].contiguous().numpy())[0])
         if fmt == "contiguous":
             x = x.contiguous()
         if fmt == "no_grad":
