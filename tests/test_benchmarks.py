@@ -198,3 +198,21 @@ def test_crop_variants_probabilities_sum_to_one_per_view(tiny_weights, data_root
     for p in probs.values():
         assert p.shape == (len(paths), len(card["class_names"]))
         assert np.allclose(p.sum(1), 1.0)
+
+
+def test_inference_variants_time_the_grey_float32_graph(tmp_path, data_root, keep_threads):
+    """Every option, the ONNX Runtime ones included, runs on a model exported for grey input and
+    gives the plain network's probabilities."""
+    from benchmarks.experiments.inference_variants import compare_variants
+    from tests.conftest import make_model_dir
+    from train.export import export_beside
+
+    weights = make_model_dir(tmp_path / "model", seed=5)
+    export_beside(weights)
+    result = compare_variants(weights, data_root, repeats=1, threads=(1,))
+    onnx_rows = [name for name in result if name.startswith("ONNX Runtime")]
+    assert len(onnx_rows) == 2
+    for name, row in result.items():
+        assert isinstance(row, dict), f"{name}: {row}"
+        assert row["max_prob_diff"] < 1e-4, name
+        assert row["threads_1"]["batch1_p50_ms"] > 0
