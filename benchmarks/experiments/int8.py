@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     weights = Path(args.weights or default_weights())
-    model = load_model(weights, device="cpu", threads=args.threads, precision="float32")
+    # The baseline is the path served before issue 18: float32, the scan and its mirror image.
+    model = load_model(weights, device="cpu", threads=args.threads, precision="float32", mirror_check=True)
     info = model.card.get("onnx_int8")
     if not info:
         raise SystemExit("The model card records no int8 graph; run python -m train.quantize first.")
