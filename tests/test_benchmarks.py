@@ -183,20 +183,14 @@ def test_crop_variants_views_frame_the_head_as_named():
     assert all(set(c) <= set(VIEWS) for c in CANDIDATES) and tuple(VIEWS) in CANDIDATES
 
 
-def test_crop_variants_probabilities_sum_to_one_per_view(tiny_weights, data_root):
+def test_crop_variants_probabilities_sum_to_one_per_view(tiny_model, data_root):
     from benchmarks.experiments.crop_variants import view_probabilities
-    from core.model import build_network
-    from core.weights import load_weights
 
-    state, card = load_weights(tiny_weights)
-    net = build_network(card["arch"], num_classes=len(card["class_names"]))
-    net.load_state_dict(state)
-    net.eval()
     paths = sorted(p for p in data_root.rglob("*.jpg"))[:5]
-    probs = view_probabilities(net, card, paths, ["served", "mirror"], batch_size=2)
+    probs = view_probabilities(tiny_model, paths, ["served", "mirror"], batch_size=2)
     assert set(probs) == {"served", "mirror"}
     for p in probs.values():
-        assert p.shape == (len(paths), len(card["class_names"]))
+        assert p.shape == (len(paths), len(tiny_model.class_names))
         assert np.allclose(p.sum(1), 1.0)
 
 

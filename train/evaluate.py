@@ -102,7 +102,7 @@ def evaluate_samples(
     if leak_free is not None:
         if root is None:
             raise ValueError("root is needed to match samples with the audit report's names")
-        mask = leak_free_mask([s.path for s in samples], Path(root).parent, leak_free)
+        mask = leak_free_mask([s.path for s in samples], Path(root).resolve().parent, leak_free)
         if not mask.any():
             logger.warning(
                 "none of the %d scans in %s is in the audit's leak-free list (an audit of other "
@@ -241,7 +241,7 @@ def _main_external(args: argparse.Namespace) -> dict[str, Any]:
     leak_names = load_leak_free(args.audit) if reference else None
     leak_free = None
     if leak_names is not None:
-        mask = leak_free_mask([s.path for s in reference], folder.parent, leak_names)
+        mask = leak_free_mask([s.path for s in reference], folder.resolve().parent, leak_names)
         leak_free = [s.path for s, keep in zip(reference, mask) if keep]
     result = evaluate_external(
         classifier, scans, root=args.external, batch_size=args.batch_size, reference=reference, leak_free=leak_free

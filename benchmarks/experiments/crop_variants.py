@@ -26,11 +26,11 @@ from PIL import Image, ImageOps
 
 from benchmarks.experiments import emit
 from benchmarks.experiments.ensemble import Scans, collect, score
-from core.constants import data_dir, external_dir
-from core.model import build_network, softmax
+from core import Classifier, load_model
+from core.constants import data_dir, default_weights, external_dir
+from core.model import softmax
 from core.preprocess import HEAD_MARGIN, head_box, input_array, to_grayscale
 from core.scan import read_scan
-from core.weights import load_weights
 from train.config import TrainConfig
 
 __all__ = ["CANDIDATES", "VIEWS", "square_box", "view_probabilities", "main"]
@@ -80,25 +80,25 @@ CANDIDATES: tuple[tuple[str, ...], ...] = (
 
 
 def view_probabilities(
-    net: torch.nn.Module, card: dict[str, Any], paths: Sequence[Path], views: Sequence[str], batch_size: int = 32
+    model: Classifier, paths: Sequence[Path], views: Sequence[str], batch_size: int = 32
 ) -> dict[str, np.ndarray]:
-    """Calibrated float32 probabilities (N, classes) of ``net`` on each named view of every scan;
-    each scan is read once for all views."""
+    """Calibrated float32 probabilities (N, classes) of ``model``'s PyTorch network on each named
+    view of every scan; each scan is read once for all views."""
     found: dict[str, list[np.ndarray]] = {name: [] for name in views}
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
             greys = [to_grayscale(read_scan(p)) for p in paths[start:start + batch_size]]
             for name in views:
-                batch = input_array([VIEWS[name](g) for g in greys], card["image_size"], card["mean"], card["std"])
-                logits = net(torch.from_numpy(batch)).numpy()
-                found[name].append(softmax(logits, float(card.get("temperature", 1.0))))
+                batch = input_array([VIEWS[name](g) for g in greys], model.image_size, model.card["mean"], model.card["std"])
+                logits = model.network(torch.from_numpy(batch).to(model.device)).cpu().numpy()
+                found[name].append(softmax(logits, model.temperature))
     return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.experiments.crop_variants", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, default=Path("assets/model.safetensors"),
-                        help="safetensors weights with their model card, trained with --crop-head")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="safetensors weights with their model card, trained with --crop-head (default: the shipped model)")
     parser.add_argument("--data-dir", type=Path, default=None, help="Kaggle dataset (default: $BTMRI_DATA)")
     parser.add_argument("--external", type=Path, default=None, help="external development set (default: $BTMRI_EXTERNAL)")
     parser.add_argument("--audit", type=Path, default=None, help="audit report for the leak-free subset (default: assets/audit.json)")
@@ -110,18 +110,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    state, card = load_weights(args.weights)
-    if not card.get("crop_head"):
-        raise SystemExit(f"{str(args.weights)!r} was trained without --crop-head; its card has crop_head={card.get('crop_head')!r}")
-    net = build_network(card["arch"], num_classes=len(card["class_names"]))
-    net.load_state_dict(state, strict=True)
-    net.eval()
-    config = TrainConfig.from_dict(card["training"]["config"]).replace(data_dir=args.data_dir or data_dir())
+    model = load_model(args.weights, device="cpu", precision="float32")
+    if not model.crop_head:
+        raise SystemExit(f"{str(args.weights or 'the shipped model')!r} was trained without --crop-head; its card has crop_head=False")
+    config = TrainConfig.from_dict(model.card["training"]["config"]).replace(data_dir=args.data_dir or data_dir())
     scans: Scans = collect(config, args.external or external_dir(), args.audit)
-    probs = view_probabilities(net, card, scans.paths, list(VIEWS))
-    low_confidence = float(card["uncertainty"]["low_confidence_below"])
+    probs = view_probabilities(model, scans.paths, list(VIEWS))
+    low_confidence = model.low_confidence
     result: dict[str, Any] = {
-        "weights": str(args.weights),
+        "weights": str(args.weights or default_weights()),
         "low_confidence_below": low_confidence,
         "n_images": {g: int((scans.groups == g).sum()) for g in ("validation", "testing", "external")},
         "candidates": [{"views": list(views)} | score(np.mean([probs[v] for v in views], axis=0), scans, low_confidence)
