@@ -12,7 +12,8 @@ The study loads the given weights (all one architecture, trained on one validati
 serves each alone and three soups in float32 on validation, the official Testing split, its
 leak-free subset and the external development set, with the figures of the ensemble study:
 
-- each ingredient alone, as trained (the reference rows);
+- the first weights alone, as trained (the reference row; with ``--score-singles`` every
+  ingredient; the others are served on validation only, to order the greedy soup);
 - the uniform soup: the mean of all the weights;
 - the greedy soup: ingredients sorted by validation accuracy, each kept when the soup's
   validation accuracy does not fall (the paper's recipe); external-dev plays no part;
@@ -156,6 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audit", type=Path, default=None, help="audit report for the leak-free subset (default: assets/audit.json)")
     parser.add_argument("--bn-batches", type=int, default=40, help="training batches that recompute a soup's batch-norm statistics")
     parser.add_argument("--pairs", action="store_true", help="also score the first weights averaged with each other one")
+    parser.add_argument("--score-singles", action="store_true", help="score every ingredient alone on all scans (default: the first only)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes for the batch-norm pass")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch-norm pass's shuffle and augmentation")
@@ -195,12 +197,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     entry["validation_accuracy"], entry["testing_accuracy"])
         return entry
 
-    singles = [add("single", [i], soups.network(state, recompute_bn=False)) for i, state in enumerate(states)]
+    singles: list[float] = []
+    for i, state in enumerate(states):
+        net = soups.network(state, recompute_bn=False)
+        if i == 0 or args.score_singles:
+            singles.append(add("single", [i], net)["validation_accuracy"])
+        else:
+            singles.append(soups.validation_accuracy(net))
+            logger.info("single %s: validation %.4f", names[i], singles[-1])
+    result["single_validation_accuracy"] = dict(zip(names, singles))
     add("uniform soup", range(len(states)), soups.network(average_states(states), recompute_bn=True))
 
-    order = greedy_order([s["validation_accuracy"] for s in singles])
+    order = greedy_order(singles)
     kept = [order[0]]
-    best = singles[order[0]]["validation_accuracy"]
+    best = singles[order[0]]
     steps = []
     for i in order[1:]:
         accuracy = soups.validation_accuracy(soups.network(average_states([states[k] for k in kept + [i]]), recompute_bn=True))
