@@ -259,3 +259,30 @@ def test_soup_recomputes_batch_norm_statistics_on_the_given_batches():
     recompute_batch_norm(net, iter(batches), batches=2)  # the third batch must not count
     assert torch.allclose(net[1].running_mean, torch.tensor([3.0, 3.0]))
     assert not net.training
+
+
+def test_int8_study_times_the_variants_interleaved_against_the_baseline():
+    import time
+
+    from benchmarks.experiments.int8 import BASELINE, speed
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str, seconds: float):
+            self.name, self.seconds = name, seconds
+
+        def predict(self, image):
+            calls.append(self.name)
+            time.sleep(self.seconds)
+
+        def predict_batch(self, images):
+            time.sleep(self.seconds * len(images) / 8)
+
+    out = speed({BASELINE: Fake("base", 0.010), "fast": Fake("fast", 0.001)}, images=[object()] * 40, repeats=6)
+    # One warm-up call each, then rounds that call every variant once, in turn.
+    assert calls == ["base", "fast"] + ["base", "fast"] * 6
+    assert out[BASELINE]["predict_speedup"] == 1.0 and out[BASELINE]["batch_speedup"] == 1.0
+    assert out["fast"]["predict_p50_ms"] < out[BASELINE]["predict_p50_ms"]
+    assert out["fast"]["predict_speedup"] == round(out[BASELINE]["predict_p50_ms"] / out["fast"]["predict_p50_ms"], 2) > 1.5
+    assert out["fast"]["batch32_scans_per_s"] > out[BASELINE]["batch32_scans_per_s"]
