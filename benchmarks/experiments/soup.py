@@ -9,14 +9,15 @@ its best ingredient. Every run of this project starts from the same ImageNet wei
 stem and the first two stages frozen and a zero classifier, so its networks are candidates.
 
 The study loads the given weights (all one architecture, trained on one validation split),
-serves each alone and three soups in float32 on validation, the official Testing split, its
-leak-free subset and the external development set, with the figures of the ensemble study:
+serves these candidates in float32 on validation, the official Testing split, its leak-free
+subset and the external development set, with the figures of the ensemble study:
 
 - the first weights alone, as trained (the reference row; with ``--score-singles`` every
   ingredient; the others are served on validation only, to order the greedy soup);
 - the uniform soup: the mean of all the weights;
 - the greedy soup: ingredients sorted by validation accuracy, each kept when the soup's
-  validation accuracy does not fall (the paper's recipe); external-dev plays no part;
+  validation accuracy does not fall (the paper's recipe; scored only when it keeps more than
+  one); external-dev plays no part;
 - with ``--pairs``, the first weights averaged with each other ingredient.
 
 A soup's batch-norm statistics are recomputed on ``--bn-batches`` training batches, drawn as in
