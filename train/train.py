@@ -225,6 +225,18 @@ def _paste_lesion(config: TrainConfig, train_samples) -> PasteLesion | None:
     return paste
 
 
+def training_set(config: TrainConfig, train_samples) -> ScanFolder:
+    """The training scans as the training loop draws them: augmentation, T2-like images and pasted
+    tumours as ``config`` asks."""
+    return ScanFolder(
+        train_samples, ClassificationPresetTrain(
+            config.image_size, strength=config.augment, invert_p=config.invert_p, crop_head=config.crop_head
+        ),
+        synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
+        relabel=_paste_lesion(config, train_samples),
+    )
+
+
 def _loader(dataset, batch_size: int, workers: int, shuffle: bool, seed: int, sampler=None) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -314,13 +326,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         "data: %d train, %d validation, %d test images (%s split)",
         len(train_samples), len(val_samples), len(test_samples), config.split,
     )
-    train_set = ScanFolder(
-        train_samples, ClassificationPresetTrain(
-            config.image_size, strength=config.augment, invert_p=config.invert_p, crop_head=config.crop_head
-        ),
-        synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
-        relabel=_paste_lesion(config, train_samples),
-    )
+    train_set = training_set(config, train_samples)
     eval_tf = ClassificationPresetEval(config.image_size, crop_head=config.crop_head)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None

@@ -53,9 +53,10 @@ class Scans:
     leak_free: np.ndarray  # Testing scans with no near duplicate in Training
 
 
-def collect(config: TrainConfig, external: Path, audit: Path | None) -> Scans:
-    """The validation split of ``config``, Testing and the external scans, in one table."""
-    _, val, test = load_data(config)
+def collect(config: TrainConfig, external: Path, audit: Path | None, splits: tuple | None = None) -> Scans:
+    """The validation split of ``config``, Testing and the external scans, in one table.
+    ``splits``: ``load_data(config)``, when the caller has it already."""
+    _, val, test = splits if splits is not None else load_data(config)
     rows: list[tuple[Path, str, int, str, str]] = [(s.path, "validation", s.label, "validation", "") for s in val]
     rows += [(s.path, "testing", s.label, "testing", "") for s in test]
     if external.is_dir():

@@ -50,9 +50,8 @@ from core.scan import read_scan
 from core.weights import load_weights
 from train.calibrate import fit_temperature
 from train.config import TrainConfig
-from train.data import ScanFolder
-from train.presets import ClassificationPresetTrain, SyntheticT2
 from train.splits import load_data
+from train.train import training_set
 
 __all__ = ["average_states", "greedy_order", "recompute_batch_norm", "main"]
 
@@ -138,15 +137,9 @@ def _inputs(scans: Scans, card: dict[str, Any], batch_size: int = 64) -> np.ndar
     return out
 
 
-def _train_loader(config: TrainConfig, seed: int) -> torch.utils.data.DataLoader:
-    train_samples, _, _ = load_data(config)
-    dataset = ScanFolder(
-        train_samples,
-        ClassificationPresetTrain(config.image_size, strength=config.augment, invert_p=config.invert_p, crop_head=config.crop_head),
-        synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
-    )
-    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
-                                       generator=torch.Generator().manual_seed(seed))
+def _train_loader(config: TrainConfig, train_samples, seed: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(training_set(config, train_samples), batch_size=config.batch_size, shuffle=True,
+                                       num_workers=config.workers, generator=torch.Generator().manual_seed(seed))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -182,9 +175,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"{str(weights)!r} was validated on another split than {str(args.weights[0])!r}: a soup's "
                              "greedy choice and its floor need validation scans that none of its networks trained on")
     config = configs[0].replace(data_dir=args.data_dir or data_dir(), workers=args.workers)
-    scans = collect(config, args.external or external_dir(), args.audit)
+    splits = load_data(config)
+    scans = collect(config, args.external or external_dir(), args.audit, splits)
     logger.info("preprocessing %d scans", len(scans.paths))
-    soups = Soups(cards[0]["arch"], cards[0], scans, _inputs(scans, cards[0]), _train_loader(config, args.seed),
+    soups = Soups(cards[0]["arch"], cards[0], scans, _inputs(scans, cards[0]), _train_loader(config, splits[0], args.seed),
                   args.bn_batches, float(cards[0].get("uncertainty", {}).get("low_confidence_below", 0.0)))
     names = [str(w) for w in args.weights]
     result: dict[str, Any] = {"weights": names, "bn_batches": args.bn_batches, "low_confidence_below": soups.low_confidence,
