@@ -55,7 +55,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = TrainConfig()  # one home for the defaults; read at call time ($BTMRI_DATA)
     parser = argparse.ArgumentParser(
         prog="python -m train",
-        description="Train the brain-MRI tumour classifier (EfficientNet-Lite0, transfer learning).",
+        description="Train the brain-MRI tumour classifier (a timm network, transfer learning from ImageNet). "
+        "The shipped recipe is in the README and in assets/model_card.json (training.config).",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -16,6 +16,7 @@ import copy
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,16 @@ def _variants(plain: torch.nn.Module, example: torch.Tensor, with_compile: bool,
         "batch norm folded (core.optimize)": (optimize_for_inference(copy.deepcopy(plain)), "channels_last"),
     }
     try:
-        with torch.inference_mode():
-            traced = torch.jit.trace(copy.deepcopy(plain), example, check_trace=False)
-        found["torch.jit.trace + freeze"] = (torch.jit.freeze(traced.eval()), "channels_last")
-        with torch.inference_mode():
-            traced = torch.jit.trace(copy.deepcopy(plain), example, check_trace=False)
-        found["torch.jit optimize_for_inference"] = (
-            torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())), "channels_last")
+        # TorchScript is deprecated in PyTorch 2.x: measured here as an option, not served.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
+            with torch.inference_mode():
+                traced = torch.jit.trace(copy.deepcopy(plain), example, check_trace=False)
+            found["torch.jit.trace + freeze"] = (torch.jit.freeze(traced.eval()), "channels_last")
+            with torch.inference_mode():
+                traced = torch.jit.trace(copy.deepcopy(plain), example, check_trace=False)
+            found["torch.jit optimize_for_inference"] = (
+                torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval())), "channels_last")
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal
         found["torch.jit.trace + freeze"] = (f"failed: {exc}", "")
     if with_compile:
