@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .constants import SUPPORTED_EXTENSIONS
-from .ort import PRECISIONS
 from .results import result_record, write_csv
 from .scan import ScanError, read_scan
 
@@ -53,15 +52,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--tta", action="store_true",
         help="average each prediction with the mirrored scan's, and flag scans whose mirror image gets another class",
     )
-    parser.add_argument(
-        "--mirror-check", action="store_true",
-        help="run each scan's mirror image too, only to flag a disagreement (twice the compute; on with --tta)",
-    )
-    parser.add_argument(
-        "--precision", default="int8",
-        help=f"served graph on the CPU, one of {PRECISIONS}: int8 when the model card records a quantized "
-        "graph that passed its fidelity check, else float32 (default: int8)",
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -73,8 +63,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers < 0:
         raise SystemExit(f"--workers must be 0 or more, got {args.workers}.")
-    if args.precision not in PRECISIONS:
-        raise SystemExit(f"--precision {args.precision!r} is not one of {PRECISIONS}.")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -177,8 +165,7 @@ def main(args: argparse.Namespace) -> int:
     # Worker processes pay off only beyond one batch.
     workers = args.workers if len(files) > args.batch_size else 0
     batches = _batches(files, args.batch_size, workers)
-    model = load_model(args.weights, device=args.device, tta=args.tta, precision=args.precision,
-                       mirror_check=True if args.mirror_check else None)
+    model = load_model(args.weights, device=args.device, tta=args.tta)
 
     stream: TextIO = sys.stdout if args.output is None else io.open(args.output, "w", encoding="utf-8", newline="")
     writer = _Writer(stream, args.format)

@@ -24,8 +24,8 @@ LEGACY_CLASS_FOLDERS: dict[str, str] = {
     "pituitary_tumor": "pituitary",
 }
 
-#: Default architecture (a timm model name) and input size.
-DEFAULT_ARCH = "efficientnet_lite0"
+#: Default architecture (a timm model name) and input size: the shipped recipe's.
+DEFAULT_ARCH = "efficientnet_lite1"
 DEFAULT_IMAGE_SIZE = 192
 
 #: Input normalisation of the pre-trained EfficientNet-Lite weights: (x - 0.5) / 0.5, as in
@@ -102,15 +102,12 @@ MRI_MAX_ASPECT = 2.5
 MRI_MIN_STD = 0.04
 #: ... and above this mean spread between colour channels (a fraction of 0-255): coloured.
 MRI_MAX_COLOUR = 0.04
-#: Calibrated confidence under which a prediction is flagged for weights whose model card has no
-#: fitted threshold (``python -m train`` always fits one on validation and stores it in the card
-#: as ``uncertainty.low_confidence_below``; that value wins).
+#: Calibrated confidence under which a prediction is flagged when the model card fitted none
+#: (weights trained with ``--no-finalize``; ``python -m train`` fits one on validation).
 UNFITTED_LOW_CONFIDENCE = 0.7
 #: The negative answer. Missing a tumour costs most, so a "no tumour" answer must clear a floor
-#: of its own to be shown without a flag: the model card's ``uncertainty.notumor_cosine_below``
-#: on the answer cosine (``core.model.answer_cosine``; older cards:
-#: ``notumor_confidence_below`` on the probability), fitted on validation (``train.calibrate``).
+#: of its own on the answer cosine to be shown without a flag (``core.rules``).
 NEGATIVE_CLASS = "notumor"
-#: The flag of a "no tumour" answer under that bar.
+#: The wording of a "no tumour" answer under that floor.
 WEAK_NEGATIVE_FLAG = "not confident enough to rule out a tumour"
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")

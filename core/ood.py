@@ -1,20 +1,12 @@
-"""Is this a brain MRI slice? Distance to the training scans in feature space, plus image checks.
+"""Is this a brain MRI slice like the training scans? Image checks, then a distance in feature space.
 
-Two parts, both cheap:
-
-- :class:`FeatureGate`: the Mahalanobis distance (Lee et al., 2018) of intermediate features
-  (per-channel mean and standard deviation of the outputs of blocks 2 and 4, tapped in the
-  prediction's own forward pass by :func:`forward_with_taps`) to the nearest class mean of the
-  Training scans, under one shared Ledoit-Wolf-shrunk covariance. Fitted by ``train.ood`` and
-  stored beside the weights (``ood.safetensors``, its sha256 in the model card); the threshold
-  is the distance that rejects 0.5% of the validation scans. Measured on 700/300 Training
-  scans, 300 Testing scans and the non-MRI set of ``train.non_mri``: the pooled
-  penultimate features rejected 54-84% of the non-MRI images (max-softmax less), blocks 2 and 4
-  100%, at 0.3-0.7% of Testing.
 - :func:`image_problem`: plain checks on the image itself (blank or near-constant, coloured,
-  extreme aspect ratio), limits far outside every Training and Testing scan (grey-level spread
-  >= 0.079, channel spread <= 0.021, all square). A "dark background" rule was measured and
-  dropped: it rejected 0.4% of the real scans (grey backgrounds) and nothing the gate misses.
+  extreme aspect ratio), with limits far outside every Training and Testing scan.
+- :class:`FeatureGate`: the Mahalanobis distance (Lee et al., 2018) of the per-channel mean and
+  standard deviation of two blocks' outputs, tapped in the prediction's own forward pass
+  (:func:`forward_with_taps`), to the nearest Training class mean under one shrunk covariance.
+  Fitted by ``train.ood``, stored beside the weights (``ood.safetensors``, sha256 in the model
+  card). How the thresholds are set and what they catch: ``docs/trust.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .constants import MRI_MAX_ASPECT, MRI_MAX_COLOUR, MRI_MIN_STD
+from .rules import ImageProblem
 from .weights import WeightsError, checked_companion, sha256_file
 
 __all__ = [
@@ -39,8 +32,6 @@ __all__ = [
     "forward_with_taps",
     "stage_statistics",
     "ImageLimits",
-    "NOT_BRAIN_MRI_FLAG",
-    "OUTSIDE_TRAINING_FLAG",
     "OOD_NAME",
     "image_problem",
     "image_stats",
@@ -51,8 +42,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OOD_NAME = "ood.safetensors"
-NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
-OUTSIDE_TRAINING_FLAG = "outside the training data: the prediction is unreliable"
 
 
 @dataclass(frozen=True)
@@ -90,15 +79,15 @@ def image_stats(image: Image.Image) -> dict[str, float]:
     }
 
 
-def image_problem(image: Image.Image, limits: ImageLimits = ImageLimits()) -> str | None:
-    """Why ``image`` cannot be a brain MRI slice, in words; None when the checks pass."""
+def image_problem(image: Image.Image, limits: ImageLimits = ImageLimits()) -> ImageProblem | None:
+    """Why ``image`` cannot be a brain MRI slice; None when the checks pass."""
     stats = image_stats(image)
     if stats["std"] < limits.min_std:
-        return f"blank or near-constant image (grey-level spread {stats['std']:.3f} < {limits.min_std})"
+        return ImageProblem("blank", stats["std"], limits.min_std)
     if stats["colour"] > limits.max_colour:
-        return f"coloured image (channel spread {stats['colour']:.3f} > {limits.max_colour}); MRI is grey"
+        return ImageProblem("colour", stats["colour"], limits.max_colour)
     if stats["aspect"] > limits.max_aspect:
-        return f"extreme aspect ratio ({stats['aspect']:.1f} > {limits.max_aspect})"
+        return ImageProblem("aspect", stats["aspect"], limits.max_aspect)
     return None
 
 

@@ -3,9 +3,13 @@ JSON lines all write :func:`result_record`, with the same field names and precis
 
 Fields, in order: ``file``, ``status`` (``ok``, ``outside_training``, ``not_brain_mri`` or
 ``error``), ``label`` (empty when the scan is not a brain MRI or could not be read),
-``confidence``, ``is_brain_mri``, ``outside_training``, ``ood_score``, ``flags``, one
-``p_CLASS`` per class (JSON: a ``probabilities`` object), ``error``. Only the name the user gave
-the file and the model's outputs are written: no DICOM tag.
+``confidence``, ``is_brain_mri``, ``outside_training``, ``ood_score``, ``flags`` (sentences),
+``flag_kinds`` (``core.rules.FLAG_KINDS``), one ``p_CLASS`` per class (JSON: a
+``probabilities`` object), ``error``. Only the name the user gave the file and the model's
+outputs are written: no DICOM tag.
+
+:func:`flag_text` is where a review flag (``core.rules.Flag``) becomes the sentence a clinician
+reads, in the app, the CSV and the CLI alike.
 """
 
 from __future__ import annotations
@@ -15,17 +19,49 @@ import io
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .constants import CLASS_NAMES
+from .constants import CLASS_LABELS, CLASS_NAMES, WEAK_NEGATIVE_FLAG
+from .rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE, Flag
 
 if TYPE_CHECKING:  # the CLI imports this module before the model (and torch) is loaded
     from .model import Prediction
 
-__all__ = ["CSV_COLUMNS", "DECIMALS", "csv_row", "result_record", "results_csv", "spreadsheet_safe", "status_of", "write_csv"]
+__all__ = [
+    "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "csv_row", "flag_text", "result_record",
+    "results_csv", "spreadsheet_safe", "status_of", "write_csv",
+]
+
+NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
+OUTSIDE_TRAINING_FLAG = "outside the training data: the prediction is unreliable"
+_IMAGE_CHECKS = {
+    "blank": "blank or near-constant image (grey-level spread {value:.3f} < {limit})",
+    "colour": "coloured image (channel spread {value:.3f} > {limit}); MRI is grey",
+    "aspect": "extreme aspect ratio ({value:.1f} > {limit})",
+    "gate": "far from any brain MRI the model learned from: out-of-distribution score {value:.2f} > {limit:.2f}",
+}
+
+
+def flag_text(flag: Flag) -> str:
+    """The sentence a clinician reads for one review flag."""
+    if flag.kind == NOT_BRAIN_MRI:
+        return f"{NOT_BRAIN_MRI_FLAG} ({_IMAGE_CHECKS[flag.check or 'gate'].format(value=flag.value, limit=flag.limit)})"
+    if flag.kind == OUTSIDE_TRAINING:
+        return f"{OUTSIDE_TRAINING_FLAG} (unlike the training scans: out-of-distribution score {flag.value:.2f} > {flag.limit:g})"
+    if flag.kind == LOW_CONFIDENCE:
+        return f"low confidence ({flag.value:.1%}, below {flag.limit:.0%})"
+    if flag.kind == WEAK_NEGATIVE:
+        return (
+            f"{WEAK_NEGATIVE_FLAG} (no tumour at {flag.confidence:.1%}, but {CLASS_LABELS[flag.classes[0]].lower()} stands "
+            f"out among the alternatives: answer cosine {flag.value:.3f}, needs {flag.limit:.3f})"
+        )
+    if flag.kind == MIRROR_DISAGREES:
+        scan, mirror = (CLASS_LABELS[name] for name in flag.classes)
+        return f"the mirror image of the scan is classified differently ({scan} vs {mirror})"
+    raise ValueError(f"No wording for flag kind {flag.kind!r}.")
 
 #: Decimals of confidences, probabilities and scores in every output.
 DECIMALS = 6
 CSV_COLUMNS: tuple[str, ...] = (
-    "file", "status", "label", "confidence", "is_brain_mri", "outside_training", "ood_score", "flags",
+    "file", "status", "label", "confidence", "is_brain_mri", "outside_training", "ood_score", "flags", "flag_kinds",
     *(f"p_{name}" for name in CLASS_NAMES), "error",
 )
 
@@ -46,7 +82,7 @@ def result_record(file: str, prediction: Prediction | None = None, error: str | 
     if prediction is None:
         return {
             "file": file, "status": "error", "label": None, "confidence": None, "is_brain_mri": None,
-            "outside_training": None, "ood_score": None, "flags": [], "probabilities": None, "error": error,
+            "outside_training": None, "ood_score": None, "flags": [], "flag_kinds": [], "probabilities": None, "error": error,
         }
     shown = prediction.is_brain_mri
     return {
@@ -57,7 +93,8 @@ def result_record(file: str, prediction: Prediction | None = None, error: str | 
         "is_brain_mri": prediction.is_brain_mri,
         "outside_training": prediction.outside_training,
         "ood_score": round(prediction.ood_score, DECIMALS),
-        "flags": list(prediction.flags),
+        "flags": [flag_text(flag) for flag in prediction.flags],
+        "flag_kinds": [flag.kind for flag in prediction.flags],
         "probabilities": {name: round(prediction.probabilities[name], DECIMALS) for name in CLASS_NAMES},
         "error": None,
     }
@@ -82,7 +119,10 @@ def _cell(value: Any) -> str:
 def csv_row(record: dict[str, Any]) -> list[str]:
     """One record as CSV cells, in :data:`CSV_COLUMNS` order."""
     probabilities = record.get("probabilities") or {}
-    values = {**record, "flags": "; ".join(record.get("flags") or ()), **{f"p_{n}": probabilities.get(n) for n in CLASS_NAMES}}
+    values = {
+        **record, "flags": "; ".join(record.get("flags") or ()), "flag_kinds": " ".join(record.get("flag_kinds") or ()),
+        **{f"p_{n}": probabilities.get(n) for n in CLASS_NAMES},
+    }
     return [_cell(values.get(column)) for column in CSV_COLUMNS]
 
 

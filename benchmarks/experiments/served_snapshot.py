@@ -2,7 +2,7 @@
 two versions of the code.
 
 ``--write FILE`` stores, for a fixed list of scans (every 13th Testing scan and every 23rd scan of
-the external development set), the probabilities of ``predict_batch`` and ``predict``, the
+the external development set; ``--every 1`` takes them all), the probabilities of ``predict_batch`` and ``predict``, the
 out-of-distribution scores, labels, flags and review states, and a corner of five Grad-CAM
 heatmaps. Run it in two checkouts, then ``--compare A B`` prints the largest differences: a
 refactor must leave them at 0 (or within 1e-6).
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from core import load_model, read_scan
+from core import flag_text, load_model, read_scan
 from core.constants import data_dir, external_dir
 from train.data import find_samples
 from train.external import find_external
 
 
-def snapshot(path: Path) -> None:
-    files = [s.path for s in find_samples(data_dir() / "Testing")][::13]
+def snapshot(path: Path, every: int | None = None) -> None:
+    files = [s.path for s in find_samples(data_dir() / "Testing")][:: every or 13]
     if external_dir().is_dir():
-        files += [s.path for s in find_external(external_dir())][::23]
+        files += [s.path for s in find_external(external_dir())][:: every or 23]
     model = load_model(device="cpu")
     images = [read_scan(f) for f in files]
     batch = model.predict_batch(images)
@@ -39,7 +39,7 @@ def snapshot(path: Path) -> None:
         single=np.array([[p.probabilities[c] for c in model.class_names] for p in single]),
         scores=np.array([p.ood_score for p in batch]),
         cams=np.stack(cams),
-        answers=np.array([json.dumps([str(f), p.label, list(p.flags), p.is_brain_mri, p.outside_training]) for f, p in zip(files, batch)]),
+        answers=np.array([json.dumps([str(f), p.label, [flag_text(x) for x in p.flags], p.is_brain_mri, p.outside_training]) for f, p in zip(files, batch)]),
     )
 
 
@@ -56,9 +56,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", type=Path, metavar="FILE", help="write the snapshot (.npz)")
     group.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"), help="compare two snapshots")
+    parser.add_argument("--every", type=int, default=None, help="take every Nth scan of each set (default: 13 and 23)")
     args = parser.parse_args(argv)
     if args.write:
-        snapshot(args.write)
+        snapshot(args.write, args.every)
     else:
         print(json.dumps(compare(*args.compare), indent=1))
 
