@@ -400,7 +400,7 @@ def review_rules(card: Mapping[str, Any]) -> list[str]:
     if low is not None:
         lines.append(f"**Low confidence**: a calibrated confidence under {100 * low:.0f} %, set to flag at most 5 % "
                      "of the validation scans.")
-    cosine, confidence = _number(rules.get("notumor_cosine_below")), _number(rules.get("notumor_confidence_below"))
+    cosine = _number(rules.get("notumor_cosine_below"))
     fit = rules.get("notumor_fit") if isinstance(rules.get("notumor_fit"), Mapping) else {}
     precision = _number(fit.get("precision_above_floor"))
     kept = f" (validation: {100 * precision:.1f} % of the unflagged ones right)" if precision is not None else ""
@@ -408,9 +408,6 @@ def review_rules(card: Mapping[str, Any]) -> list[str]:
         lines.append(f"**Not confident enough to rule out a tumour**: a \"no tumour\" answer whose answer cosine is under "
                      f"{cosine:.3f}, i.e. one tumour class stands out among the alternatives{kept}. The floor is set on "
                      "validation so that unflagged \"no tumour\" answers are right at least 98 % of the time.")
-    elif confidence is not None:
-        lines.append(f"**Not confident enough to rule out a tumour**: a \"no tumour\" answer under {100 * confidence:.0f} % "
-                     f"confidence{kept}.")
     return lines
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from core import results as core_results
 from core.constants import CLASS_LABELS, CLASS_NAMES
 from core.model import Classifier, Prediction
-from core.results import result_record
+from core.results import flag_text, result_record
 from core.scan import ScanError, read_scan
 
 __all__ = [
@@ -124,7 +124,7 @@ def _notes(analysis: ScanAnalysis) -> str:
     if analysis.error is not None:
         return analysis.error
     assert analysis.prediction is not None
-    return "; ".join(analysis.prediction.flags)
+    return "; ".join(flag_text(flag) for flag in analysis.prediction.flags)
 
 
 def summary_rows(items: Sequence[tuple[str, ScanAnalysis]]) -> list[dict[str, object]]:

@@ -23,6 +23,7 @@ from typing import Any
 from core import load_model, read_scan
 from core.constants import data_dir
 from core.model import Classifier
+from core.results import flag_text
 
 from train.data import find_samples, limit_per_class
 from train.non_mri import non_mri_images
@@ -55,7 +56,7 @@ def measure(model: Classifier, root: Path, max_per_class: int | None = None, see
         "testing": {
             "n_images": len(files),
             "rejected": len(rejected_scans) / len(files),
-            "rejected_files": [f"{f.parent.name}/{f.name}: {p.flags[0]}" for f, p in rejected_scans],
+            "rejected_files": [f"{f.parent.name}/{f.name}: {flag_text(p.flags[0])}" for f, p in rejected_scans],
             "flagged": sum(bool(p.flags) for p in predictions) / len(files),
         },
         "non_mri": {

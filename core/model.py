@@ -26,7 +26,7 @@ from .ood import FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .preprocess import eval_transform, head_box, input_array, to_grayscale
 from .rules import Flag, ImageProblem, ReviewRules
-from .runtime import Runtime, TorchRuntime, open_runtime
+from .runtime import Runtime, TorchRuntime, open_runtime, with_mirror
 from .weights import WeightsError, load_weights
 
 __all__ = ["Classifier", "Prediction", "build_network", "load_model", "softmax"]
@@ -134,9 +134,7 @@ class Classifier:
             chunk = images[start : start + batch_size]
             batch, problems = self._prepare(chunk)
             n = len(chunk)
-            if self.tta:
-                batch = np.concatenate([batch, batch[..., ::-1]])
-            logits, taps = self.runtime.run(batch)
+            logits, taps = self.runtime.run(with_mirror(batch) if self.tta else batch)
             probs = softmax(logits, self.temperature)
             plain, mirror = probs[:n], (probs[n:] if self.tta else None)
             served = (plain + mirror) / 2 if mirror is not None else plain

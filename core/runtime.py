@@ -22,7 +22,7 @@ import torch
 from .ood import forward_with_taps
 from .weights import WeightsError, checked_companion
 
-__all__ = ["ONNX_NAME", "OnnxRuntime", "Runtime", "TorchRuntime", "open_runtime", "open_session"]
+__all__ = ["ONNX_NAME", "OnnxRuntime", "Runtime", "TorchRuntime", "open_runtime", "open_session", "with_mirror"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ class Runtime(Protocol):
     channels: int
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def with_mirror(batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``batch`` (N, C, H, W) followed by its horizontally mirrored images (2N rows)."""
+    batch = np.asarray(batch, dtype=np.float32)
+    return np.concatenate([batch, batch[..., ::-1]])
 
 
 def open_session(path: str | Path, threads: int = 1) -> Any:
@@ -67,8 +73,13 @@ class OnnxRuntime:
         shape = session.get_inputs()[0].shape
         self.channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 3
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         batch = np.asarray(batch, dtype=np.float32)
+        if self.channels == 1 and batch.ndim == 4 and batch.shape[1] == 3:
+            # The training loaders' grey scans repeated to three channels (equal by construction).
+            if not np.array_equal(batch[:, :1], batch[:, 1:2]):
+                raise ValueError("The ONNX network takes one grey channel; this batch's three channels differ.")
+            batch = batch[:, :1]
         if batch.ndim != 4 or batch.shape[1] != self.channels:
             raise ValueError(f"The ONNX network takes (N, {self.channels}, H, W) arrays, got shape {batch.shape}.")
         outputs = self.session.run(self._outputs, {INPUT_NAME: batch})

@@ -10,7 +10,7 @@ import logging
 import streamlit as st
 
 from app.frame import ensure_frame
-from core import CLASS_LABELS, CLASS_NAMES, load_model
+from core import CLASS_LABELS, CLASS_NAMES, flag_text, load_model
 from core.constants import MAX_UPLOAD_BYTES, SUPPORTED_EXTENSIONS, default_weights
 from app.figures import probability_figure
 from core.model import Classifier
@@ -166,7 +166,7 @@ def _prediction_ui(analysis: ScanAnalysis) -> bool:
         st.plotly_chart(probability_figure(prediction), width="stretch", key=f"probs_{analysis.digest}",
                         config={"displayModeBar": False})
     for flag in prediction.flags:
-        st.warning(f"Review advised: {flag}.", icon=":material/flag:")
+        st.warning(f"Review advised: {flag_text(flag)}.", icon=":material/flag:")
     return True
 
 

@@ -32,7 +32,7 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 MIN_NEGATIVE_PRECISION = 0.98
 #: Candidate confidence floors for "no tumour" answers.
 NEGATIVE_FLOOR_GRID: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
-#: Candidate floors of the answer cosine (``core.model.answer_cosine``) for "no tumour" answers:
+#: Candidate floors of the answer cosine (``core.rules.answer_cosine``) for "no tumour" answers:
 #: finer, because right answers crowd just under 1.
 COSINE_FLOOR_GRID: tuple[float, ...] = tuple(round(0.5 + 0.001 * i, 3) for i in range(500))
 
@@ -120,7 +120,7 @@ def choose_negative_floor(
     none reaches it; None when no scan is answered with ``negative``. ``probs``: calibrated
     probabilities (N, classes), which give the answers; ``values``: what the floor is compared
     with, one per scan (default: the confidence of class ``negative``; the shipped rule passes
-    ``core.model.answer_cosine(probs)`` with :data:`COSINE_FLOOR_GRID`). Returns the floor and
+    ``core.rules.answer_cosine(probs)`` with :data:`COSINE_FLOOR_GRID`). Returns the floor and
     what it was chosen from (answers kept, their precision)."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)

@@ -1,11 +1,9 @@
 """``python -m train.evaluate --data-dir DIR/Testing [--weights PATH]``: every metric, as JSON.
 
-The model is loaded with :func:`core.load_model`, so it is evaluated through exactly the
-preprocessing the app uses, and scored on the probabilities the app serves (the model card's
-temperature applied): in float32 for the Testing reports (the network's own figures; the
-served int8 graph's fidelity to them is ``python -m train.quantize``'s report), and as served
-(int8 with its float32 re-check, gate and flags) for ``--external``. The JSON holds one report per evaluation (layout in :mod:`train.metrics`)
-under ``"evaluations"``:
+The model is loaded with :func:`core.load_model` and scored on the probabilities the app serves
+(the model card's temperature applied): its network through the app's runtime for the Testing
+reports, and whole predictions (gate and flags included) for ``--external``. The JSON holds one
+report per evaluation (layout in :mod:`train.metrics`) under ``"evaluations"``:
 
 - ``testing``: the folder given, as it is;
 - ``testing_tta``: the same with horizontal-flip test-time augmentation (``--tta``);
@@ -33,9 +31,9 @@ from torch.utils.data import DataLoader
 from core.constants import AUDIT_NAME, CLASS_NAMES, assets_dir, data_dir
 from core.model import load_model
 
-from . import metrics
-from core.backend import Backend
+from core.runtime import Runtime
 
+from . import metrics
 from .data import ScanFolder, class_counts, find_samples, fingerprint, limit_per_class
 from .engine import predict_logits, served_probs
 from .presets import PERTURBATIONS, ClassificationPresetEval, perturbation
@@ -59,7 +57,7 @@ class _Perturbed:
 
 
 def evaluate_samples(
-    backend: Backend,
+    runtime: Runtime,
     samples,
     image_size: int,
     batch_size: int = 64,
@@ -70,6 +68,7 @@ def evaluate_samples(
     root: str | Path | None = None,
     leak_free: set[str] | None = None,
     temperature: float = 1.0,
+    crop_head: bool = False,
 ) -> dict[str, Any]:
     """Reports for ``samples`` (clean, optionally flip-TTA, and accuracy under perturbations).
 
@@ -80,9 +79,9 @@ def evaluate_samples(
     ``leak_free``: names (posix, relative to ``root``'s parent, as in the audit report) of the
     samples that form the leak-free subset; its reports reuse the same predictions.
     """
-    transform = ClassificationPresetEval(image_size, crop_head=backend.crop_head)
+    transform = ClassificationPresetEval(image_size, crop_head=crop_head)
     loader = _loader(samples, transform, batch_size, workers)
-    logits, mirrored, targets = predict_logits(backend, loader, desc="test", progress=progress, mirror=tta)
+    logits, mirrored, targets = predict_logits(runtime, loader, desc="test", progress=progress, mirror=tta)
     probs = served_probs(logits, temperature=temperature)
     testing = metrics.report(probs, targets)
     testing["temperature"] = float(temperature)
@@ -119,7 +118,7 @@ def evaluate_samples(
         perturbed: dict[str, float] = {"clean": out["evaluations"]["testing"]["accuracy"]}
         for name in PERTURBATIONS:
             loader = _loader(samples, _Perturbed(name, transform), batch_size, workers)
-            p, _, t = predict_logits(backend, loader, desc=name, progress=progress)
+            p, _, t = predict_logits(runtime, loader, desc=name, progress=progress)
             perturbed[name] = float((p.argmax(1) == t).mean())
             logger.info("perturbation %s: accuracy %.4f", name, perturbed[name])
         names = [n for n in perturbed if n != "clean"]
@@ -213,13 +212,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     samples = find_samples(folder)
     if args.max_per_class:
         samples = limit_per_class(samples, args.max_per_class)
-    # The network's own figures, float32: evaluate_samples runs the back-end directly (the int8
-    # graph's fidelity to them is checked by python -m train.quantize).
-    classifier = load_model(args.weights, device=args.device, precision="float32")
+    classifier = load_model(args.weights, device=args.device)
     result = evaluate_samples(
-        classifier.backend, samples, classifier.image_size, args.batch_size,
+        classifier.runtime, samples, classifier.image_size, args.batch_size,
         args.workers, tta=args.tta, perturb=args.perturb, root=folder,
-        leak_free=load_leak_free(args.audit), temperature=classifier.temperature,
+        leak_free=load_leak_free(args.audit), temperature=classifier.temperature, crop_head=classifier.crop_head,
     )
     result["weights_sha256"] = classifier.card["weights_sha256"]
     if args.merge_into is not None:

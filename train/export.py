@@ -6,12 +6,10 @@ the card has no gate). It is checked against PyTorch on random inputs before the
 records it (``card["onnx"]``: file, sha256, stages, input channels, opset, the weights' sha256 and
 the largest difference measured).
 
-Grey input: ``core`` feeds the network the grey scan repeated to three channels, and when the
-card's normalisation is the same for every channel those channels are equal. The exported graph
-then takes the one grey channel and its first convolution the sum of the stem's weights over the
-three (conv(x, x, x; W) = conv(x; W_1 + W_2 + W_3), exact up to float rounding): measured 0.27 ms
-less per prediction on the 2-core CPU (12.98 -> 12.74 ms for the pair of passes, interleaved,
-400 repeats), and a third of the input to prepare.
+Grey input: when the card's normalisation is the same for every channel, the three input
+channels (the grey scan repeated) are equal, so the exported graph takes the one grey channel
+and its first convolution the sum of the stem's weights over the three (exact up to float
+rounding): a third of the input to prepare, and a little less to compute.
 
 ``train.finalize`` runs this step itself; run it by hand after changing the gate of a model::
 
@@ -34,18 +32,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.backend import Backend, OnnxBackend, TorchBackend
 from core.model import build_network
 from core.ood import forward_with_taps
-from core.ort import INPUT_NAME, ONNX_NAME, OUTPUT_NAMES, OnnxNetwork, open_session
+from core.runtime import INPUT_NAME, ONNX_NAME, OnnxRuntime, Runtime, TorchRuntime, open_session
 from core.weights import load_weights, sha256_file, write_model_card
 
-__all__ = ["export_onnx", "fold_grey_stem", "get_args_parser", "grey_input", "main", "scoring_backend"]
+__all__ = ["export_onnx", "fold_grey_stem", "get_args_parser", "grey_input", "main", "scoring_runtime"]
 
 logger = logging.getLogger(__name__)
 
 #: Largest absolute logit difference accepted between ONNX Runtime and PyTorch.
 EXPORT_ATOL = 1e-4
+#: The graph's outputs: the logits, and the gate's tapped statistics when the card has a gate.
+OUTPUT_NAMES = ("logits", "taps")
 
 
 class _WithTaps(torch.nn.Module):
@@ -154,33 +153,26 @@ def export_onnx(net: torch.nn.Module, card: dict[str, Any], folder: Path) -> dic
     return info
 
 
-def scoring_backend(
+def scoring_runtime(
     net: torch.nn.Module, card: dict[str, Any], device: torch.device, stages: tuple[int, ...]
-) -> tuple[Backend, tuple[bytes, dict[str, Any]] | None]:
+) -> tuple[Runtime, tuple[bytes, dict[str, Any]] | None]:
     """What ``train.finalize`` scores scans with (calibration and gate features, the Testing
-    reports, the perturbations), and the exported graph: on the CPU the network exported to a
-    temporary ONNX file and run by ONNX Runtime, as the app predicts (logits within 1e-4 of
-    PyTorch, checked at export), with the file's bytes and its ``card["onnx"]`` entry so that
-    ``train.finalize`` writes it instead of exporting a second time; on CUDA, or without
+    reports), and the exported graph: on the CPU the network exported to a temporary ONNX file
+    and run by ONNX Runtime, as the app predicts, with the file's bytes and its ``card["onnx"]``
+    entry so that ``train.finalize`` writes it instead of exporting a second time (ONNX Runtime
+    is about 3x faster than PyTorch here, ``docs/performance.md``); on CUDA, or without
     ``onnxruntime``, the PyTorch network (and None).
-
-    Why: 400 Testing scans through the data loader took 11.2 s in PyTorch, 7.4 s with folded
-    batch norms and 3.9 s in ONNX Runtime on the 2-core CPU (same predictions, logits within
-    6e-6), and these steps score about 26,000 images after a training run.
     """
     net = getattr(net, "module", net)  # DistributedDataParallel
-    size = int(card["image_size"])
-    crop_head = bool(card.get("crop_head", False))
     if device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None:
-        return TorchBackend(net.eval(), device, stages, size, card["mean"], card["std"], crop_head), None
+        return TorchRuntime(net.eval(), device, stages), None
     scoring_card = {**card, "weights_sha256": "", "ood": {"stages": list(stages)}}
     with tempfile.TemporaryDirectory(prefix="btmri-onnx-") as folder:
         info = export_onnx(net, scoring_card, Path(folder))
         path = Path(folder) / ONNX_NAME
-        session = open_session(path)  # read whole: the file may go
+        session = open_session(path, torch.get_num_threads())  # read whole: the file may go
         data = path.read_bytes()
-    runtime = OnnxNetwork(session, tuple(stages), threads=torch.get_num_threads())
-    return OnnxBackend(runtime, size, card["mean"], card["std"], crop_head), (data, info)
+    return OnnxRuntime(session), (data, info)
 
 
 def export_beside(weights: Path) -> dict[str, Any]:

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from core.backend import Backend
-from core.model import answer_cosine, build_network
-from core.ood import OOD_NAME, save_gate
-from core.ort import ONNX_NAME
 from core.constants import EVALUATION_NAME, HISTORY_NAME, NEGATIVE_CLASS, WEIGHTS_NAME, data_dir
+from core.model import build_network
+from core.ood import OOD_NAME, save_gate
+from core.rules import LOW_CONFIDENCE, MIRROR_DISAGREES, WEAK_NEGATIVE, ReviewRules, answer_cosine
+from core.runtime import ONNX_NAME, Runtime
 from core.weights import load_weights, save_weights, write_model_card
 
 from .calibrate import (
@@ -44,7 +43,7 @@ from .calibrate import (
 from .config import TrainConfig
 from .data import class_counts, fingerprint, split_dirs
 from .evaluate import evaluate_samples, load_leak_free
-from .export import export_onnx, scoring_backend
+from .export import export_onnx, scoring_runtime
 from .ood import (
     GATE_STAGES,
     NON_MRI_REJECT_RATE,
@@ -79,21 +78,20 @@ class TrustResult:
     testing_trust: dict[str, Any] | None
 
 
-def _flag_rates(outputs, temperature: float, low_confidence: float, negative: tuple[int, float] | None = None) -> dict[str, float]:
-    """Shares of a split flagged for low confidence, a weak "no tumour" answer (``negative``:
-    class index and floor of the answer cosine) or mirror disagreement, and their accuracy."""
+def _flag_rates(outputs, temperature: float, rules: ReviewRules) -> dict[str, float]:
+    """Shares of a split flagged for low confidence, a weak "no tumour" answer or mirror
+    disagreement (``core.rules``, on the scans as they are), and their accuracy."""
     probs = apply_temperature(outputs.logits, temperature)
     correct = probs.argmax(1) == outputs.targets
-    low = probs.max(1) < low_confidence
+    mirror = apply_temperature(outputs.mirror_logits, temperature) if outputs.mirror_logits is not None else None
+    masks = rules.masks(probs, plain=probs, mirror=mirror)
+    low, weak = masks[LOW_CONFIDENCE], masks[WEAK_NEGATIVE]
     rates = {"low_confidence": float(low.mean()), "accuracy_flagged_low": float(correct[low].mean()) if low.any() else None}
-    weak = np.zeros(len(probs), dtype=bool)
-    if negative is not None:
-        index, floor = negative
-        weak = ~low & (probs.argmax(1) == index) & (answer_cosine(probs) < floor)
+    if rules.negative_floor is not None:
         rates.update(weak_negative=float(weak.mean()), accuracy_flagged_weak_negative=float(correct[weak].mean()) if weak.any() else None)
     rates["accuracy_not_flagged"] = float(correct[~(low | weak)].mean()) if (~(low | weak)).any() else None
-    if outputs.mirror_logits is not None:
-        disagree = outputs.mirror_logits.argmax(1) != outputs.logits.argmax(1)
+    if mirror is not None:
+        disagree = masks[MIRROR_DISAGREES]
         flagged = low | weak | disagree
         rates.update(
             mirror_disagreement=float(disagree.mean()),
@@ -104,7 +102,7 @@ def _flag_rates(outputs, temperature: float, low_confidence: float, negative: tu
 
 
 def trust_steps(
-    backend: Backend,
+    runtime: Runtime,
     card: dict[str, Any],
     config: TrainConfig,
     output: Path,
@@ -117,13 +115,13 @@ def trust_steps(
     train_samples, val_samples, test_samples = splits
     if not val_samples:
         raise ValueError("Calibration and the out-of-distribution gate need validation scans; the split gave none.")
-    size, batch = card["image_size"], config.batch_size * 2
-    train_out = extract(backend, train_samples, size, batch, config.workers, progress, "features: train")
-    val_out = extract(backend, val_samples, size, batch, config.workers, progress, "features: validation", mirror=True)
+    size, batch, crop = card["image_size"], config.batch_size * 2, bool(card.get("crop_head", False))
+    train_out = extract(runtime, train_samples, size, batch, config.workers, progress, "features: train", crop_head=crop)
+    val_out = extract(runtime, val_samples, size, batch, config.workers, progress, "features: validation", mirror=True, crop_head=crop)
     temperature = fit_temperature(val_out.logits, val_out.targets)
     val_cal = calibration_summary(val_out.logits, val_out.targets, temperature)
     gate = fit_gate(train_out.features, train_out.targets, val_out.features, len(card["class_names"]))
-    gate = fit_reject_threshold(gate, non_mri_features(backend, size))
+    gate = fit_reject_threshold(gate, non_mri_features(runtime, size, crop))
     sha = save_gate(gate, output / OOD_NAME, {"arch": str(card["arch"]), "image_size": str(size)})
     val_probs = apply_temperature(val_out.logits, temperature)
     low_confidence = choose_confidence_threshold(val_probs.max(1))
@@ -131,7 +129,7 @@ def trust_steps(
     negative_floor, floor_fit = choose_negative_floor(
         val_probs, val_out.targets, negative_index, grid=COSINE_FLOOR_GRID, values=answer_cosine(val_probs)
     )
-    negative = None if negative_floor is None else (negative_index, negative_floor)
+    rules = ReviewRules(low_confidence=low_confidence, negative_floor=negative_floor, class_names=tuple(card["class_names"]))
     calibration = {
         "method": "temperature scaling: one T minimising the validation cross-entropy (L-BFGS on log T)",
         "validation": {"n_images": len(val_samples), "ece_before": val_cal["ece_before"], "ece_after": val_cal["ece_after"]},
@@ -158,21 +156,21 @@ def trust_steps(
         "rule": "highest of 0.50-0.90 (step 0.05) flagging at most 5% of the validation scans",
         "notumor_cosine_below": negative_floor,
         "notumor_rule": "lowest of 0.500-0.999 (step 0.001) at which the validation 'no tumour' answers with at least "
-        "that answer cosine (core.model.answer_cosine: the cosine between the centred logits and the answer's "
+        "that answer cosine (core.rules.answer_cosine: the cosine between the centred logits and the answer's "
         f"centred one-hot vector) are right at least {MIN_NEGATIVE_PRECISION:.0%} of the time: a 'no tumour' answer "
         "below it is flagged (a missed tumour costs most)",
         "notumor_fit": floor_fit,
-        "mirror_disagreement": "with test-time augmentation only (load_model(tta=True) or mirror_check=True): "
+        "mirror_disagreement": "with test-time augmentation only (load_model(tta=True)): "
         "flagged when the scan and its mirror image get different classes",
-        "validation": _flag_rates(val_out, temperature, low_confidence, negative),
+        "validation": _flag_rates(val_out, temperature, rules),
     }
     testing_calibration = testing_trust = None
     if test_samples:
-        test_out = extract(backend, test_samples, size, batch, config.workers, progress, "features: testing", mirror=True)
+        test_out = extract(runtime, test_samples, size, batch, config.workers, progress, "features: testing", mirror=True, crop_head=crop)
         test_cal = calibration_summary(test_out.logits, test_out.targets, temperature)
         calibration["testing"] = {"n_images": len(test_samples), "ece_before": test_cal["ece_before"], "ece_after": test_cal["ece_after"]}
         ood["testing_rejected"] = rejection_rate(gate, test_out)
-        uncertainty["testing"] = _flag_rates(test_out, temperature, low_confidence, negative)
+        uncertainty["testing"] = _flag_rates(test_out, temperature, rules)
         testing_calibration = test_cal
         testing_trust = {"temperature": temperature, "ood": ood, "uncertainty": uncertainty}
         logger.info(
@@ -261,14 +259,14 @@ def finalize(
         card["validation"] = history[best - 1]["val"]
     model.eval()
     # Scans are scored as the app scores them: ONNX Runtime on the CPU (about 3x faster here).
-    scorer, exported = scoring_backend(model, card, device, GATE_STAGES)
+    scorer, exported = scoring_runtime(model, card, device, GATE_STAGES)
     trust = trust_steps(scorer, card, config, output, (train_samples, val_samples, test_samples), progress)
     card.update(trust.card)
     if test_samples:
         evaluation = evaluate_samples(
             scorer, test_samples, card["image_size"], config.batch_size * 2, config.workers,
             tta=config.tta, progress=progress, root=split_dirs(config.data_dir)[1],
-            leak_free=load_leak_free(config.audit), temperature=card["temperature"],
+            leak_free=load_leak_free(config.audit), temperature=card["temperature"], crop_head=bool(card.get("crop_head", False)),
         )
         _add_trust(evaluation, trust)
         write_json(output / EVALUATION_NAME, evaluation)

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.backend import Backend
 from core.ood import FeatureGate, image_problem
 from core.preprocess import eval_transform
+from core.runtime import Runtime, with_mirror
 from core.scan import read_scan
 
 from .data import Sample
@@ -69,7 +69,7 @@ class _Scans(Dataset):
 
 @torch.inference_mode()
 def extract(
-    backend: Backend,
+    runtime: Runtime,
     samples: Sequence[Sample],
     image_size: int,
     batch_size: int = 64,
@@ -77,19 +77,20 @@ def extract(
     progress: bool = False,
     desc: str = "features",
     mirror: bool = False,
+    crop_head: bool = False,
 ) -> SplitOutputs:
     """Gate features and logits of ``samples`` in one forward pass (float32, as the app runs);
-    with ``mirror``, the mirror images go through the same pass, as in ``core``. ``backend``
-    taps the gate's stages (``core.backend``)."""
+    with ``mirror``, the mirror images go through the same pass, as in ``core``. ``runtime``
+    must tap the gate's stages."""
     if not samples:
         raise ValueError("No samples to extract features from.")
-    if not backend.stages:
-        raise ValueError("The back-end taps no block statistics; the gate needs them.")
-    loader = DataLoader(_Scans(samples, image_size, backend.crop_head), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(_Scans(samples, image_size, crop_head), batch_size=batch_size, num_workers=workers)
     features, logits, mirrored, targets, rejected = [], [], [], [], []
     for images, labels, problems in tqdm(loader, desc=desc, leave=False, disable=not progress):
         n = len(images)
-        out, taps = backend.run(images, mirror=mirror)
+        out, taps = runtime.run(with_mirror(images) if mirror else images)
+        if taps is None:
+            raise ValueError("The runtime taps no block statistics; the gate needs them.")
         features.append(taps[:n])
         logits.append(out[:n])
         mirrored.append(out[n:])
@@ -134,11 +135,11 @@ def fit_gate(
 
 
 @torch.inference_mode()
-def non_mri_features(backend: Backend, image_size: int, seed: int = NON_MRI_FIT_SEED) -> np.ndarray:
+def non_mri_features(runtime: Runtime, image_size: int, crop_head: bool = False, seed: int = NON_MRI_FIT_SEED) -> np.ndarray:
     """Gate features of the generated non-MRI images that the image checks let through."""
-    transform = eval_transform(image_size, crop_head=backend.crop_head)
+    transform = eval_transform(image_size, crop_head=crop_head)
     images = [image for _, image in non_mri_images(seed=seed) if image_problem(image) is None]
-    _, taps = backend.run(torch.stack([transform(image) for image in images]))
+    _, taps = runtime.run(torch.stack([transform(image) for image in images]))
     return taps
 
 

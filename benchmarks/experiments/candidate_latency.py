@@ -32,7 +32,7 @@ def measure(shipped: Path, candidate: Path, root: Path, repeats: int = 100) -> d
     models = {"shipped": load_model(shipped, device="cpu"), "candidate": load_model(candidate, device="cpu")}
     images = [read_scan(path) for path in scan_files(root, BATCH_SIZE * BATCHES)]
     out: dict[str, Any] = {
-        name: {"weights": str(path), "arch": models[name].card["arch"], "precision": models[name].backend.precision}
+        name: {"weights": str(path), "arch": models[name].card["arch"], "runtime": models[name].runtime.name}
         for name, path in (("shipped", shipped), ("candidate", candidate))
     }
     for call in ("predict", "explain"):

@@ -110,7 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.weights, device="cpu", precision="float32")
+    model = load_model(args.weights, device="cpu")
     if not model.crop_head:
         raise SystemExit(f"{str(args.weights or 'the shipped model')!r} was trained without --crop-head; its card has crop_head=False")
     config = TrainConfig.from_dict(model.card["training"]["config"]).replace(data_dir=args.data_dir or data_dir())

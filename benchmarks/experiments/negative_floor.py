@@ -3,7 +3,7 @@
 A "no tumour" answer under a floor fitted on validation is flagged ("not confident enough to
 rule out a tumour"). The floor can read one of two values of the answer: the calibrated "no
 tumour" probability (the rule of the model cards written before 2026-12-06) or the answer
-cosine (``core.model.answer_cosine``: how cleanly the centred logits point at "no tumour"
+cosine (``core.rules.answer_cosine``: how cleanly the centred logits point at "no tumour"
 rather than at one tumour class). For each set of weights this study serves the validation
 split the model was selected on, the official Testing split and the external development set
 in float32, fits both floors on validation by one rule (``train.calibrate.choose_negative_floor``:
@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks.experiments import emit
 from core import load_model, read_scan
 from core.constants import CLASS_NAMES, NEGATIVE_CLASS, OTHER_LESION_CLASS, default_weights, external_dir
-from core.model import answer_cosine
+from core.rules import answer_cosine
 from train.calibrate import COSINE_FLOOR_GRID, NEGATIVE_FLOOR_GRID, choose_negative_floor
 from train.config import TrainConfig
 from train.external import find_external
@@ -66,7 +66,7 @@ def _figures(probs: np.ndarray, states: np.ndarray, truths: np.ndarray, value: n
 
 
 def measure(weights: Path | None, data_dir: Path | None, external: Path | None, batch_size: int = 32) -> dict[str, Any]:
-    model = load_model(weights, device="cpu", precision="float32")
+    model = load_model(weights, device="cpu")
     config = TrainConfig.from_dict(model.card["training"]["config"])
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
