@@ -50,6 +50,7 @@ def generated(tmp_path_factory) -> tuple[Path, Path]:
     return root / "data", root / "external"
 
 
+@pytest.mark.slow
 def test_comparison_end_to_end(generated, tmp_path):
     data, external = generated
     out = tmp_path / "compare"
@@ -88,6 +89,7 @@ def test_comparison_end_to_end(generated, tmp_path):
     assert lite["params"] > small["params"]
 
 
+@pytest.mark.slow
 def test_resume_reuses_finished_architectures(generated, tmp_path):
     data, _ = generated
     base = [

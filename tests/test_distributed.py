@@ -31,6 +31,7 @@ def tiny_dataset(tmp_path, data_root) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:

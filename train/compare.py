@@ -42,13 +42,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.backend import TorchBackend
+from core.runtime import TorchRuntime
 from core.constants import CLASS_NAMES, COMPARISON_NAME, OTHER_LESION_CLASS, WEIGHTS_NAME, data_dir, external_dir
 from core.model import Classifier, build_network
 from core.scan import read_scan
 from core.weights import load_weights
 
-from .config import BALANCE_MODES, TrainConfig, plain
+from .config import TrainConfig, plain
 from .data import Sample, ScanFolder, find_samples, limit_per_class, split_dirs
 from .engine import predict_logits
 from .evaluate import evaluate_samples, load_leak_free
@@ -92,7 +92,6 @@ class CompareConfig:
     image_size: int = 160
     freeze_epochs: int = 1
     freeze_stages: int = 2
-    balance: str = "none"
     synth_t2: float = 0.0
     crop_head: bool = False
     reduce: tuple[str, ...] = ()
@@ -129,7 +128,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=160, help="square input size for every architecture")
     parser.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs of the pre-trained architectures (0 for those trained from scratch)")
     parser.add_argument("--freeze-stages", type=int, default=2, help="stages kept at their ImageNet weights in pre-trained EfficientNets (0 for the others)")
-    parser.add_argument("--balance", default="none", choices=BALANCE_MODES, help="how training batches are drawn, as for python -m train")
     parser.add_argument("--synth-t2", type=float, default=0.0, help="T2-like images from extra sources' FLAIR and T1, as for python -m train")
     parser.add_argument("--crop-head", action="store_true", help="crop every scan to its head, in training and scoring, as for python -m train")
     parser.add_argument(
@@ -192,7 +190,7 @@ def train_config(arch: str, schedule: Schedule, config: CompareConfig, folder: P
     return TrainConfig(
         data_dir=config.data_dir, extra_data=tuple(config.extra_data), output=folder, arch=arch,
         epochs=schedule.epochs, image_size=schedule.image_size, freeze_epochs=schedule.freeze_epochs,
-        freeze_stages=schedule.freeze_stages, balance=config.balance, synth_t2=config.synth_t2, crop_head=config.crop_head,
+        freeze_stages=schedule.freeze_stages, synth_t2=config.synth_t2, crop_head=config.crop_head,
         batch_size=config.batch_size, seed=config.seed,
         workers=config.workers, no_pretrained=not schedule.pretrained, max_per_class=config.max_per_class,
         no_progress=config.no_progress, no_finalize=True,
@@ -229,7 +227,7 @@ def external_scores(net: torch.nn.Module, scans, image_size: int, workers: int, 
         for s in scans
     ]
     loader = DataLoader(ScanFolder(samples, ClassificationPresetEval(image_size, crop_head=crop_head)), batch_size=64, num_workers=workers)
-    logits, _, targets = predict_logits(TorchBackend(net), loader, desc="external", progress=False)
+    logits, _, targets = predict_logits(TorchRuntime(net), loader, desc="external", progress=False)
     predicted = logits.argmax(1)
     out: dict[str, Any] = {}
     for source in sorted({s.source for s in samples}):
@@ -301,7 +299,7 @@ def compare_one(arch: str, schedule: Schedule, config: CompareConfig, test_sampl
     if test_samples:
         with torch.inference_mode():
             report = evaluate_samples(
-                TorchBackend(net, crop_head=config.crop_head), test_samples, schedule.image_size, 64, config.workers, perturb=False,
+                TorchRuntime(net), test_samples, schedule.image_size, 64, config.workers, perturb=False, crop_head=config.crop_head,
                 root=config.data_dir / "Testing", leak_free=leak_free,
             )
         for name, key in (("testing", "testing"), ("leak_free", "testing_leak_free")):
@@ -362,9 +360,9 @@ def main(args: argparse.Namespace | CompareConfig) -> dict[str, Any]:
 
 
 def interleaved_latencies(config: CompareConfig, image: Image.Image, calls: int = _LATENCY_CALLS) -> dict[str, dict[str, Any]]:
-    """``Classifier.predict`` latency (PyTorch back-end, one scan, one pass as the app predicts;
-    comparisons stored before issue 18 included the mirror pass) of every trained architecture,
-    measured in interleaved rounds: each round calls each architecture once."""
+    """``Classifier.predict`` latency (PyTorch back-end, one scan, one pass as the app predicts)
+    of every trained architecture, measured in interleaved rounds: each round calls each
+    architecture once."""
     classifiers = {}
     for arch in config.archs:
         state, card = load_weights(config.output / arch / WEIGHTS_NAME)
@@ -400,7 +398,6 @@ def _result(config: CompareConfig, entries, external_root, n_testing: int, secon
             "image_size": config.image_size,
             "freeze_epochs": config.freeze_epochs,
             "freeze_stages": config.freeze_stages,
-            "balance": config.balance,
             "synth_t2": config.synth_t2,
             "crop_head": config.crop_head,
             "batch_size": config.batch_size,

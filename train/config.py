@@ -1,9 +1,9 @@
 """The training configuration: one typed dataclass that every library function reads.
 
-``python -m train`` parses its command line into a :class:`TrainConfig`
-(:meth:`TrainConfig.from_namespace`); ``train.finalize`` rebuilds one from a model card
-(:meth:`TrainConfig.from_dict`); ``train.compare`` builds one per architecture. The parser's
-defaults are this class's defaults.
+Its defaults are the shipped recipe, and the defaults of ``python -m train``. The command line
+parses into a :class:`TrainConfig` (:meth:`TrainConfig.from_namespace`); ``train.finalize``
+rebuilds one from a model card (:meth:`TrainConfig.from_dict`); ``train.compare`` builds one
+per architecture.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.constants import DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, data_dir
+from core.constants import DEFAULT_IMAGE_SIZE, data_dir
 
-__all__ = ["BALANCE_MODES", "SPLITS", "TrainConfig"]
+__all__ = ["SPLITS", "TrainConfig"]
 
 #: How validation is carved from Kaggle Training (see ``python -m train --help``).
 SPLITS = ("group", "stratified", "group-strict")
-#: How training batches are drawn (``train.sampling``).
-BALANCE_MODES = ("none", "class", "appearance")
 _PATH_FIELDS = ("data_dir", "output", "audit")
 
 
@@ -37,58 +35,43 @@ def plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on (``python -m train --help`` says what each does)."""
+    """Everything a training run depends on (``python -m train --help`` says what each option
+    does). Fields without an option keep the recipe's value on the command line."""
 
     data_dir: Path = field(default_factory=data_dir)
     extra_data: tuple[Path, ...] = ()
     output: Path = Path("runs/train")
-    arch: str = DEFAULT_ARCH
-    epochs: int = 15
+    arch: str = "efficientnet_lite1"
+    epochs: int = 10
+    #: The first epochs train the classifier head only.
     freeze_epochs: int = 1
-    freeze_stages: int = 0
+    freeze_stages: int = 2
     image_size: int = DEFAULT_IMAGE_SIZE
-    ema_decay: float = 0.0
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.02
     label_smoothing: float = 0.1
+    #: Augmentation strength (``train.presets.ClassificationPresetTrain``; 0 = resize and flip).
     augment: float = 1.0
-    invert_p: float = 0.0
-    synth_t2: float = 0.0
-    #: Probability of pasting a masked tumour of a training patient into a "no tumour" scan,
-    #: which then counts as a glioma (``train.presets.PasteLesion``).
-    paste_lesion: float = 0.0
-    #: Probability of a sham paste instead: the donor's normal tissue mirroring the tumour, and
-    #: the scan keeps its "no tumour" label.
-    paste_sham: float = 0.0
-    #: Batch mixing (``train.presets.batch_mixing``): Beta(alpha, alpha) for mixup and for
-    #: cutmix (0 = off), and the share of batches mixed.
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
-    crop_head: bool = False
-    balance: str = "none"
+    synth_t2: float = 0.5
+    crop_head: bool = True
+    #: Share of each Training source held out for validation.
     val_fraction: float = 0.15
     split: str = "group"
+    #: The audit report ``--split group-strict`` reads (None: ``assets/audit.json``).
     audit: Path | None = None
     seed: int = 0
-    #: Seed of the train/validation split alone (None: ``seed``), so that runs that differ in
-    #: ``seed`` can share one validation split (for example to average their weights).
-    split_seed: int | None = None
     workers: int = min(4, os.cpu_count() or 1)
     device: str | None = None
     resume: bool = False
+    #: Start from random weights (networks without ImageNet weights, in ``train.compare``).
     no_pretrained: bool = False
     max_per_class: int | None = None
-    tta: bool = False
+    #: Also report Testing with horizontal-flip test-time augmentation.
+    tta: bool = True
     no_test: bool = False
     no_finalize: bool = False
     no_progress: bool = False
-
-    @property
-    def effective_split_seed(self) -> int:
-        """The seed the train/validation split is drawn with."""
-        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         for name in _PATH_FIELDS:
@@ -105,26 +88,11 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if not 0 <= self.freeze_epochs < self.epochs:
-            raise SystemExit(f"--freeze-epochs must be in [0, {self.epochs - 1}], got {self.freeze_epochs}.")
+            raise SystemExit(f"freeze_epochs must be in [0, {self.epochs - 1}] (below --epochs), got {self.freeze_epochs}.")
         if self.freeze_stages < 0:
             raise SystemExit(f"--freeze-stages must be at least 0, got {self.freeze_stages}.")
-        if self.balance not in BALANCE_MODES:
-            raise SystemExit(f"--balance {self.balance!r} is not one of {BALANCE_MODES}.")
-        if not 0.0 <= self.invert_p <= 1.0:
-            raise SystemExit(f"--invert-p must be between 0 and 1, got {self.invert_p}.")
         if not 0.0 <= self.synth_t2 <= 1.0:
             raise SystemExit(f"--synth-t2 must be between 0 and 1, got {self.synth_t2}.")
-        if not 0.0 <= self.paste_lesion <= 1.0:
-            raise SystemExit(f"--paste-lesion must be between 0 and 1, got {self.paste_lesion}.")
-        if not 0.0 <= self.paste_sham <= 1.0 - self.paste_lesion:
-            raise SystemExit(
-                f"--paste-sham must be between 0 and 1 - --paste-lesion = {1.0 - self.paste_lesion:g}, got {self.paste_sham}."
-            )
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise SystemExit(f"--{name} must be at least 0 (0 = off), got {getattr(self, name)}.")
-        if not 0.0 <= self.mix_prob <= 1.0:
-            raise SystemExit(f"--mix-prob must be between 0 and 1, got {self.mix_prob}.")
         if self.lr <= 0:
             raise SystemExit(f"--lr must be positive, got {self.lr}.")
 
@@ -135,8 +103,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """From a model card's ``training.config`` (keys of older cards that no longer exist
-        are ignored; missing ones take their defaults)."""
+        """From a model card's ``training.config``: keys this class lacks (options of older
+        cards) are ignored, missing ones take their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 

@@ -229,14 +229,11 @@ class ScanFolder(Dataset):
     """Samples read through :func:`core.read_scan` (the app's reader), as grey PIL images."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable | None = None,
-                 synthesise: Callable | None = None, relabel: Callable | None = None):
+                 synthesise: Callable | None = None):
         self.samples = list(samples)
         self.transform = transform
         #: ``synthesise(sample, image) -> image`` before ``transform`` (``train.presets.SyntheticT2``).
         self.synthesise = synthesise
-        #: ``relabel(sample, image) -> (image, label)`` after ``synthesise``
-        #: (``train.presets.PasteLesion``).
-        self.relabel = relabel
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -246,12 +243,9 @@ class ScanFolder(Dataset):
         image = to_grayscale(read_scan(sample.path))
         if self.synthesise is not None:
             image = self.synthesise(sample, image)
-        label = sample.label
-        if self.relabel is not None:
-            image, label = self.relabel(sample, image)
         if self.transform is not None:
             image = self.transform(image)
-        return image, label
+        return image, sample.label
 
     @property
     def targets(self) -> list[int]:

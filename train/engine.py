@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from core.backend import Backend
+from core.runtime import Runtime, with_mirror
 
 from .calibrate import apply_temperature
 
@@ -31,7 +31,7 @@ __all__ = [
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (measured faster there); plain float32 on the CPU (bf16 was slower)."""
+    """bf16 autocast on CUDA, where it is faster; plain float32 on the CPU, where bf16 is slower."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -61,35 +61,21 @@ def train_one_epoch(
     device: torch.device,
     desc: str = "train",
     progress: bool = True,
-    ema: Any = None,
-    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Returns (mean loss, probabilities, targets) over the epoch's training batches.
-
-    ``ema``: a ``timm.utils.ModelEmaV3`` updated after every optimizer step.
-    ``mix``: batch mixing (``train.presets.batch_mixing``) applied to every even-sized batch (the
-    last batch of an epoch may be odd: it trains unmixed). The returned targets are the unmixed
-    labels, so training accuracy under mixing counts a scan right when the model names the label
-    of the scan it started from.
-    """
+    """Returns (mean loss, probabilities, targets) over the epoch's training batches."""
     model.train()
     total_loss, count = 0.0, 0
     all_probs, all_targets = [], []
     for images, targets in _batches(loader, desc, progress):
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        labels = targets
-        if mix is not None and len(targets) % 2 == 0:
-            images, labels = mix(images, targets)
         with autocast(device):
             logits = model(images)
-            loss = criterion(logits, labels)
+            loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if ema is not None:
-            ema.update(getattr(model, "module", model), step=scheduler.last_epoch)
         total_loss += float(loss.detach()) * len(targets)
         count += len(targets)
         all_probs.append(torch.softmax(logits.detach().float(), dim=1).cpu())
@@ -102,7 +88,7 @@ def train_one_epoch(
 
 
 def predict_logits(
-    backend: Backend,
+    runtime: Runtime,
     loader: Iterable,
     desc: str = "eval",
     progress: bool = True,
@@ -110,11 +96,11 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Logits (float32 as the app computes them, returned as float64) for a whole loader, the
     logits of the horizontally mirrored images when ``mirror`` (else None), and the targets.
-    ``backend``: what runs the network (``core.backend``; the app's own back-ends)."""
+    ``runtime``: what runs the network (``core.runtime``, as the app runs it)."""
     all_logits, all_mirror, all_targets = [], [], []
     for images, targets in _batches(loader, desc, progress):
         n = len(images)
-        logits, _ = backend.run(images, mirror=mirror)
+        logits, _ = runtime.run(with_mirror(images) if mirror else images)
         all_logits.append(logits[:n])
         if mirror:
             all_mirror.append(logits[n:])
@@ -131,7 +117,7 @@ def served_probs(logits: np.ndarray, mirrored: np.ndarray | None = None, tempera
 
 
 def predict_probs(
-    backend: Backend,
+    runtime: Runtime,
     loader: Iterable,
     desc: str = "eval",
     progress: bool = True,
@@ -143,7 +129,7 @@ def predict_probs(
     The network runs in float32, as the app predicts, so that validation selects what the app
     will run.
     """
-    logits, mirrored, targets = predict_logits(backend, loader, desc, progress, mirror=tta_flip)
+    logits, mirrored, targets = predict_logits(runtime, loader, desc, progress, mirror=tta_flip)
     return served_probs(logits, mirrored, temperature), targets
 
 
@@ -158,12 +144,8 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     best_state: dict[str, torch.Tensor] | None,
     state: dict[str, Any],
-    ema: Any = None,
 ) -> None:
     tensors: dict[str, torch.Tensor] = {}
-    if ema is not None:
-        for key, value in ema.module.state_dict().items():
-            tensors[f"ema.{key}"] = value.detach().cpu().contiguous()
     for key, value in model.state_dict().items():
         tensors[f"model.{key}"] = value.detach().cpu().contiguous()
     for key, value in (best_state or {}).items():
@@ -194,9 +176,8 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: Any = None,
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """Restore model, optimizer, scheduler (and EMA) in place; returns (best state, saved state)."""
+    """Restore model, optimizer and scheduler in place; returns (best state, saved state)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -207,8 +188,6 @@ def load_checkpoint(
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    if ema is not None:
-        ema.module.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     optim_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

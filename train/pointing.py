@@ -78,7 +78,7 @@ def held_out_gliomas(folder: Path, card: dict[str, Any]) -> tuple[list[Sample], 
     """The glioma slices of ``folder``'s patients that training held out, and their patients."""
     config = TrainConfig.from_dict(card["training"]["config"])
     samples = find_extra_samples(folder)
-    _, val = patient_split(samples, config.val_fraction, config.effective_split_seed)
+    _, val = patient_split(samples, config.val_fraction, config.seed)
     gliomas = [s for s in val if s.class_name == "glioma" and mask_path(s).is_file()]
     return gliomas, len({s.patient for s in gliomas})
 

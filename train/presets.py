@@ -26,10 +26,7 @@ __all__ = [
     "ClassificationPresetTrain",
     "ClassificationPresetEval",
     "RandomGamma",
-    "RandomMaskedInversion",
     "SyntheticT2",
-    "PasteLesion",
-    "batch_mixing",
     "PERTURBATIONS",
     "perturbation",
 ]
@@ -49,35 +46,6 @@ class RandomGamma(v2.Transform):
         low, high = (torch.log(torch.tensor(g)) for g in self.gamma_range)
         gamma = float(torch.exp(low + (high - low) * torch.rand(())))
         return F.adjust_gamma(inpt, gamma)
-
-
-class RandomMaskedInversion(v2.Transform):
-    """Invert the grey levels inside the head only (the background stays dark), with
-    probability ``p``: dark fluid becomes bright, as between T1 or FLAIR and T2.
-
-    The head is every pixel brighter than ``threshold`` times the image's maximum; inside it a
-    grey level v becomes ``lo + hi - v`` (``lo``, ``hi``: the head's 1st and 99th percentiles,
-    clipped to 0-255), so the head keeps its range.
-    """
-
-    def __init__(self, p: float = 0.25, threshold: float = 0.1) -> None:
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p!r}.")
-        self.p = p
-        self.threshold = threshold
-
-    def transform(self, inpt, params):
-        if self.p == 0 or random.random() >= self.p or not isinstance(inpt, torch.Tensor):
-            return inpt
-        image = inpt.float()
-        head = image > self.threshold * image.max()
-        if head.sum() < 16:
-            return inpt
-        values = image[head]
-        lo, hi = torch.quantile(values, torch.tensor([0.01, 0.99]))
-        inverted = torch.where(head, (lo + hi - image).clamp(0, 255), image)
-        return inverted.round().to(inpt.dtype)
 
 
 class SyntheticT2:
@@ -136,161 +104,6 @@ class SyntheticT2:
         return Image.fromarray(self.synthesise(flair, t1, self.gamma))
 
 
-class PasteLesion:
-    """A tumour cut from a masked glioma slice, pasted into a "no tumour" scan, which then
-    counts as a glioma, with probability ``p``.
-
-    The Kaggle set teaches four appearances, not "a mass is there": lesion types the network
-    never learned (schwannoma, neurocytoma, papilloma) are often called "no tumour". Pasting
-    real tumour tissue of other patients, in any of their sequences, at any place inside the
-    head of tumour-free scans of every source asks the network to answer "tumour" wherever a
-    mass is, whatever the scan around it looks like. ``donors`` are ``(image, mask)`` paths
-    (mask 255 = tumour) of training patients only (:meth:`from_samples`). The tumour is scaled
-    with the head's width (times a draw in ``scale``), its grey levels follow the target head's
-    (times a draw in ``gain``; inverted with probability ``invert_p``), and it is blended with a
-    blurred mask.
-
-    With probability ``sham_p`` a "no tumour" scan instead gets a *sham* paste: the same cut,
-    scaling, grey-level mapping and blending, but of the donor's normal tissue on the other side
-    of the head (the tumour mask mirrored about the head's midline, minus the tumour), its mean
-    grey level matched to the tissue it covers so that it is a seam and not a mass, and the scan
-    keeps its label. The network then cannot learn the paste itself (its halo, its grey-level
-    step) as the sign of a glioma; only the tumour tissue separates the two.
-    """
-
-    def __init__(
-        self,
-        donors: Sequence[tuple[Path, Path]],
-        p: float = 0.25,
-        notumor_label: int = 2,
-        glioma_label: int = 0,
-        scale: tuple[float, float] = (0.7, 1.3),
-        gain: tuple[float, float] = (0.6, 1.2),
-        invert_p: float = 0.2,
-        sham_p: float = 0.0,
-    ) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p!r}.")
-        if not 0.0 <= sham_p <= 1.0 - p:
-            raise ValueError(f"sham_p must be in [0, 1 - p] = [0, {1.0 - p:g}], got {sham_p!r}.")
-        if (p > 0 or sham_p > 0) and not donors:
-            raise ValueError("PasteLesion needs at least one (image, mask) donor; got none.")
-        self.donors = [(Path(i), Path(m)) for i, m in donors]
-        self.p, self.sham_p, self.notumor_label, self.glioma_label = p, sham_p, notumor_label, glioma_label
-        self.scale, self.gain, self.invert_p = scale, gain, invert_p
-
-    @staticmethod
-    def mask_of(path: Path) -> Path | None:
-        """``SOURCE/masks/PATIENT_SLICE_mask.png`` for ``SOURCE/CLASS/PATIENT_SLICE_SEQUENCE.jpg``."""
-        stem = Path(path).stem
-        if "_" not in stem:
-            return None
-        mask = Path(path).parent.parent / "masks" / f"{stem.rsplit('_', 1)[0]}_mask.png"
-        return mask if mask.is_file() else None
-
-    @classmethod
-    def from_samples(cls, samples, p: float = 0.25, **kwargs) -> PasteLesion:
-        """Donors: the glioma scans among ``samples`` (training scans) that have a tumour mask."""
-        from core.constants import CLASS_NAMES
-
-        glioma, notumor = CLASS_NAMES.index("glioma"), CLASS_NAMES.index("notumor")
-        donors = [(s.path, m) for s in samples if s.label == glioma and (m := cls.mask_of(s.path)) is not None]
-        return cls(donors, p, notumor_label=notumor, glioma_label=glioma, **kwargs)
-
-    @staticmethod
-    def _head(grey: np.ndarray) -> np.ndarray:
-        return ndimage.binary_fill_holes(grey > 0.1 * max(float(np.quantile(grey, 0.99)), 1.0))
-
-    @staticmethod
-    def mirrored(tumour: np.ndarray, head: np.ndarray, margin: int = 4) -> np.ndarray:
-        """The tumour's mirror image about the head's vertical midline, inside the head and at
-        least ``margin`` pixels from the tumour: normal tissue of the same shape and size."""
-        cols = np.nonzero(head.any(axis=0))[0]
-        if cols.size == 0:
-            return np.zeros_like(tumour)
-        source = cols.min() + cols.max() - np.arange(tumour.shape[1])  # the column each one mirrors
-        inside = (source >= 0) & (source < tumour.shape[1])
-        mirror = np.zeros_like(tumour)
-        mirror[:, inside] = tumour[:, source[inside]]
-        return mirror & head & ~ndimage.binary_dilation(tumour, iterations=margin)
-
-    @classmethod
-    def paste(
-        cls, target: np.ndarray, donor: np.ndarray, mask: np.ndarray, rng: random.Random,
-        scale: tuple[float, float] = (0.7, 1.3), gain: tuple[float, float] = (0.6, 1.2), invert_p: float = 0.2,
-        sham: bool = False,
-    ) -> np.ndarray | None:
-        """``target`` (2-D uint8) with the masked tumour of ``donor`` blended in, or None when
-        either has no head or the mask no tumour. ``sham``: paste the normal tissue mirroring
-        the tumour instead (:meth:`mirrored`), at the mean grey level of the tissue it covers,
-        or None when less than half of it is left."""
-        if target.ndim != 2 or donor.shape != mask.shape:
-            raise ValueError(f"need a 2-D target and a donor and mask of one shape, got {target.shape}, {donor.shape}, {mask.shape}.")
-        tumour = mask > 127
-        head_t, head_d = cls._head(target.astype(np.float32)), cls._head(donor.astype(np.float32))
-        if tumour.sum() < 16 or head_t.sum() < 256 or head_d.sum() < 256:
-            return None
-        if sham:
-            normal = cls.mirrored(tumour, head_d)
-            if normal.sum() < max(16, tumour.sum() // 2):
-                return None
-            tumour = normal
-        rows, cols = np.nonzero(tumour)
-        # a margin around the tumour leaves the blurred mask room to fade out
-        pad = 8
-        top, left = max(0, rows.min() - pad), max(0, cols.min() - pad)
-        bottom, right = min(mask.shape[0], rows.max() + 1 + pad), min(mask.shape[1], cols.max() + 1 + pad)
-        width = lambda head: np.ptp(np.nonzero(head.any(axis=0))[0]) + 1  # noqa: E731
-        factor = width(head_t) / width(head_d) * rng.uniform(*scale)
-        size = (max(1, round((right - left) * factor)), max(1, round((bottom - top) * factor)))
-        ref = max(float(np.quantile(donor[head_d], 0.99)), 1.0)
-        patch = np.asarray(Image.fromarray(donor[top:bottom, left:right]).resize(size, Image.BILINEAR), np.float32) / ref
-        alpha = np.asarray(Image.fromarray(tumour[top:bottom, left:right].astype(np.uint8) * 255).resize(size, Image.BILINEAR), np.float32) / 255
-        alpha = np.clip(ndimage.gaussian_filter(alpha, sigma=max(1.0, 0.03 * max(size)), mode="constant"), 0, 1)
-        if rng.random() < invert_p:
-            patch = np.clip(1.0 - patch, 0, 1)
-        patch = patch * float(np.quantile(target[head_t], 0.99)) * rng.uniform(*gain)
-        # the tumour's centre lands on a random pixel well inside the head
-        inner = ndimage.binary_erosion(head_t, iterations=max(1, min(size) // 2)) if min(size) > 1 else head_t
-        ys, xs = np.nonzero(inner if inner.any() else head_t)
-        k = rng.randrange(len(ys))
-        y0, x0 = int(ys[k]) - size[1] // 2, int(xs[k]) - size[0] // 2
-        out = target.astype(np.float32)
-        ty0, tx0 = max(0, y0), max(0, x0)
-        ty1, tx1 = min(out.shape[0], y0 + size[1]), min(out.shape[1], x0 + size[0])
-        if ty1 <= ty0 or tx1 <= tx0:
-            return None
-        sub = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
-        a = alpha[sub] * head_t[ty0:ty1, tx0:tx1]
-        window, piece = out[ty0:ty1, tx0:tx1], patch[sub]
-        if sham and a.sum() > 0:
-            # normal tissue at the level of the tissue it covers: a texture seam, not a mass
-            piece = piece + float((a * window).sum() - (a * piece).sum()) / float(a.sum())
-        out[ty0:ty1, tx0:tx1] = (1 - a) * window + a * piece
-        return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-    def __call__(self, sample, image: Image.Image) -> tuple[Image.Image, int]:
-        """``(image, label)``: the scan of ``sample`` and its label, the scan with a pasted
-        tumour and the glioma label, or the scan with a sham paste and its own label."""
-        if sample.label != self.notumor_label or self.p + self.sham_p == 0:
-            return image, sample.label
-        draw = random.random()
-        if draw >= self.p + self.sham_p:
-            return image, sample.label
-        sham = draw >= self.p
-        image_path, mask_path = random.choice(self.donors)
-        donor = np.asarray(to_grayscale(read_scan(image_path)))
-        mask = np.asarray(Image.open(mask_path).convert("L"))
-        if donor.shape != mask.shape:
-            return image, sample.label
-        pasted = self.paste(
-            np.asarray(to_grayscale(image)), donor, mask, random, self.scale, self.gain, self.invert_p, sham=sham
-        )
-        if pasted is None:
-            return image, sample.label
-        return Image.fromarray(pasted), sample.label if sham else self.glioma_label
-
-
 class ClassificationPresetTrain:
     """Augmentation for training; ``strength`` 0 gives resize + flip only."""
 
@@ -300,7 +113,6 @@ class ClassificationPresetTrain:
         mean: Sequence[float] = INPUT_MEAN,
         std: Sequence[float] = INPUT_STD,
         strength: float = 1.0,
-        invert_p: float = 0.0,
         crop_head: bool = False,
     ) -> None:
         s = float(strength)
@@ -314,7 +126,6 @@ class ClassificationPresetTrain:
                 v2.RandomApply([v2.RandomAffine(degrees=15 * s, translate=(0.06 * s, 0.06 * s), scale=(1.0 - 0.1 * s, 1.0 + 0.1 * s))], p=0.6),
                 v2.RandomApply([v2.ColorJitter(brightness=0.35 * s, contrast=0.35 * s)], p=0.8),
                 RandomGamma((1.0 - 0.4 * s, 1.0 + 0.6 * s), p=0.5),
-                RandomMaskedInversion(invert_p),
                 v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=0.2 * s),
                 v2.RandomApply([v2.JPEG(quality=(25, 95))], p=0.3 * s),
             ]
@@ -327,27 +138,6 @@ class ClassificationPresetTrain:
 
     def __call__(self, image):
         return self.transforms(image)
-
-
-def batch_mixing(mixup: float, cutmix: float, prob: float, num_classes: int):
-    """Mixup and cutmix of whole training batches (``timm.data.Mixup``), or None when both are off.
-
-    The returned callable maps ``(images, labels)`` of an even-sized batch to the mixed images and
-    soft labels (class probabilities summing to 1: each scan's share of the blend or of the
-    area). Label smoothing is left to the loss (``torch.nn.CrossEntropyLoss`` smooths soft
-    labels as it does hard ones), so mixed and unmixed batches share one criterion. Mixing pairs
-    each scan with the batch reversed, so a scan blends with a scan of another class only as often
-    as the batch holds one; it never changes the scans' grey-level range (a blend of two scans
-    stays between them; cutmix copies pixels).
-    """
-    if mixup <= 0 and cutmix <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(
-        mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=0.5, mode="batch",
-        label_smoothing=0.0, num_classes=num_classes,
-    )
 
 
 class ClassificationPresetEval:

@@ -91,11 +91,6 @@ def render(folder: Path | None = None) -> str:
         + f") at {card['image_size']} px"
         + (", each scan cropped to its head" if card.get("crop_head") else "")
         + (f", T2-like images on {config['synth_t2']:.0%} of the extra sources' FLAIR draws" if config.get("synth_t2") else "")
-        + (f", a pasted tumour on {config['paste_lesion']:.0%} of \"no tumour\" draws" if config.get("paste_lesion") else "")
-        + (f", a sham paste of normal tissue on {config['paste_sham']:.0%}" if config.get("paste_sham") else "")
-        + (f", mixup {config['mixup']}" if config.get("mixup") else "")
-        + (f", cutmix {config['cutmix']}" if config.get("cutmix") else "")
-        + (f" on {config['mix_prob']:.0%} of batches" if (config.get("mixup") or config.get("cutmix")) and config.get("mix_prob", 1.0) < 1 else "")
         + f", batch {config['batch_size']}, AdamW lr {config['lr']}, label smoothing {config['label_smoothing']}, "
         f"augmentation strength {config.get('augment')}, {config.get('split')} split (seed {config.get('seed', 0)}): "
         f"{data['train_images']} training and {data['val_images']} validation scans"

@@ -41,7 +41,7 @@ def load_data(config: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sam
         extra = find_extra_samples(folder)
         if config.max_per_class:
             extra = limit_per_class(extra, config.max_per_class)
-        extra_train, extra_val = patient_split(extra, config.val_fraction, config.effective_split_seed)
+        extra_train, extra_val = patient_split(extra, config.val_fraction, config.seed)
         logger.info(
             "extra source %s: %d train, %d validation scans (%d / %d patients)",
             Path(folder).name, len(extra_train), len(extra_val),
@@ -60,7 +60,7 @@ def _load_kaggle(config: TrainConfig):
         samples = limit_per_class(samples, config.max_per_class)
         test_samples = limit_per_class(test_samples, config.max_per_class)
     if config.split == "stratified":
-        train, val = stratified_split(samples, config.val_fraction, config.effective_split_seed)
+        train, val = stratified_split(samples, config.val_fraction, config.seed)
         return train, val, test_samples
     if config.split == "group-strict":
         leaked = _training_duplicates_of_testing(config, train_dir)
@@ -68,7 +68,7 @@ def _load_kaggle(config: TrainConfig):
         logger.info("group-strict: left out %d Training scans that duplicate a Testing scan", len(samples) - len(kept))
         samples = kept
     groups = duplicate_groups([s.path for s in samples])
-    train, val = group_split(samples, groups, config.val_fraction, config.effective_split_seed)
+    train, val = group_split(samples, groups, config.val_fraction, config.seed)
     return train, val, test_samples
 
 

@@ -1,12 +1,13 @@
 """``python -m train``: rebuild the classifier's weights from the Kaggle Brain Tumor MRI Dataset.
 
-Single process (CPU or one GPU)::
+The defaults are the shipped recipe (``train.config.TrainConfig``). One process (CPU or one GPU)::
 
-    python -m train --data-dir ../shared/datasets/brain-tumor-mri --output assets
+    python -m train --data-dir ../shared/datasets/brain-tumor-mri \\
+        --extra-data ../shared/datasets/extra-train/tcga-lgg --output runs/cpu
 
 Several GPUs or CPU processes (DistributedDataParallel)::
 
-    torchrun --nproc_per_node 4 -m train --data-dir DIR --output runs/ddp
+    torchrun --nproc_per_node 4 -m train --data-dir DIR --extra-data EXTRA --output runs/ddp
 """
 
 from __future__ import annotations
@@ -29,20 +30,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from core.backend import TorchBackend
+from core.runtime import TorchRuntime
 from core.constants import CLASS_NAMES, HISTORY_NAME, INPUT_MEAN, INPUT_STD, WEIGHTS_NAME
 from core.model import build_network
 from core.optimize import optimize_for_inference
 from core.weights import save_weights, write_model_card
 
 from . import metrics
-from .config import BALANCE_MODES, SPLITS, TrainConfig
+from .config import SPLITS, TrainConfig
 from .data import ScanFolder
 from .engine import load_checkpoint, lr_factor, predict_probs, save_checkpoint, train_one_epoch
 from .finalize import finalize, write_json
-from .presets import ClassificationPresetEval, ClassificationPresetTrain, PasteLesion, SyntheticT2, batch_mixing
+from .presets import ClassificationPresetEval, ClassificationPresetTrain, SyntheticT2
 from .pretrained import load_imagenet_weights
-from .sampling import appearance_groups, describe, sample_weights
 from .splits import load_data
 
 logger = logging.getLogger("train")
@@ -52,41 +52,33 @@ DIST_TIMEOUT = dt.timedelta(minutes=60)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    defaults = TrainConfig()  # one home for the defaults; read at call time ($BTMRI_DATA)
+    """The command line of ``python -m train``; its defaults are :class:`TrainConfig`'s, the
+    shipped recipe."""
+    defaults = TrainConfig()  # read at call time ($BTMRI_DATA)
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train the brain-MRI tumour classifier (a timm network, transfer learning from ImageNet). "
-        "The shipped recipe is in the README and in assets/model_card.json (training.config).",
+        "The defaults are the shipped recipe (assets/model_card.json, training.config).",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="folder holding Training/ and Testing/ (default: $BTMRI_DATA)")
+    parser.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="folder holding Training/ and Testing/ ($BTMRI_DATA when set)")
     parser.add_argument(
         "--extra-data", type=Path, action="append", default=[], metavar="DIR",
         help="an extra training source (repeatable): a folder with CSV manifests (path, patient, "
-        "optional sequence and label columns), e.g. ../shared/datasets/extra-train/tcga-lgg. Each "
-        "source is split into train and validation by patient, with --val-fraction and --split-seed",
+        "optional sequence and label columns), e.g. ../shared/datasets/extra-train/tcga-lgg; "
+        "split into train and validation by patient",
     )
     parser.add_argument("--output", type=Path, default=defaults.output, help="folder for weights, model card, metrics and checkpoint")
     parser.add_argument("--arch", default=defaults.arch, help="timm architecture name")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="total epochs, head-only epochs included")
-    parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs, help="first epochs train the classifier head only")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"total epochs, the {defaults.freeze_epochs} head-only epoch(s) included")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="square input size in pixels")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch (per process)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
     parser.add_argument(
         "--freeze-stages", type=int, default=defaults.freeze_stages,
         help="keep the stem and the first N stages of the backbone at their ImageNet weights for the "
         "whole run (no gradients there: faster steps on a CPU; batch-norm statistics still adapt)",
-    )
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="square input size in pixels")
-    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="exponential moving average of the weights, validated and saved instead of the raw weights (0 = off)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch (per process)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="cross-entropy label smoothing")
-    parser.add_argument("--augment", type=float, default=defaults.augment, help="augmentation strength (0 = resize and flip only)")
-    parser.add_argument(
-        "--invert-p", type=float, default=defaults.invert_p,
-        help="probability of inverting the grey levels inside the head (train.presets.RandomMaskedInversion): "
-        "T1/FLAIR-like contrast becomes T2-like (0 = off)",
     )
     parser.add_argument(
         "--synth-t2", type=float, default=defaults.synth_t2,
@@ -94,57 +86,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "slice's T1 (train.presets.SyntheticT2; 0 = off)",
     )
     parser.add_argument(
-        "--paste-lesion", type=float, default=defaults.paste_lesion,
-        help="probability of pasting a tumour cut from a masked glioma slice of a training patient (an extra "
-        "source's masks/ folder) into a \"no tumour\" scan, which then counts as a glioma "
-        "(train.presets.PasteLesion; 0 = off)",
-    )
-    parser.add_argument(
-        "--paste-sham", type=float, default=defaults.paste_sham,
-        help="probability of a sham paste into a \"no tumour\" scan instead: the same cut and blend of the "
-        "donor's normal tissue mirroring the tumour, and the scan stays \"no tumour\" (0 = off)",
-    )
-    parser.add_argument(
-        "--mixup", type=float, default=defaults.mixup,
-        help="mixup: blend each training batch with itself reversed, weight ~ Beta(a, a), labels blended alike "
-        "(train.presets.batch_mixing, timm.data.Mixup; 0 = off)",
-    )
-    parser.add_argument(
-        "--cutmix", type=float, default=defaults.cutmix,
-        help="cutmix: paste a box of another scan of the batch, area ~ Beta(a, a), labels by area (0 = off; "
-        "with --mixup too, each mixed batch uses one of the two)",
-    )
-    parser.add_argument("--mix-prob", type=float, default=defaults.mix_prob, help="share of training batches mixed (with --mixup or --cutmix)")
-    parser.add_argument(
-        "--crop-head", action="store_true",
+        "--crop-head", action=argparse.BooleanOptionalAction, default=defaults.crop_head,
         help="crop every scan to its head before resizing (core.preprocess.head_box), in training, "
         "evaluation and the app alike (recorded in the model card)",
     )
     parser.add_argument(
-        "--balance", default=defaults.balance, choices=BALANCE_MODES,
-        help="how training batches are drawn (train.sampling): every scan once per epoch (none), each class "
-        "equally often (class), or also each class's rarer appearance clusters more often (appearance)",
-    )
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of Training held out for validation")
-    parser.add_argument(
         "--split", default=defaults.split,
         help=f"one of {SPLITS}. group: validation carved from Training so that no near-duplicate group "
         "crosses train/validation; stratified: plain stratified split; group-strict: as group, and "
-        "Training scans that the audit report puts in a group with a Testing scan are left out, so "
-        "no group crosses train/validation/test either",
+        "Training scans that the audit report (assets/audit.json, from python -m train.audit) puts in "
+        "a group with a Testing scan are left out, so no group crosses train/validation/test either",
     )
-    parser.add_argument("--audit", type=Path, default=None, help="audit report for --split group-strict (default: assets/audit.json; run python -m train.audit)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the initialisation, the augmentation and (without --split-seed) the split")
-    parser.add_argument(
-        "--split-seed", type=int, default=None,
-        help="seed for the train/validation split alone (default: --seed); runs that share it share their validation scans",
-    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, the initialisation and the augmentation")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="data-loading processes")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (None: cuda when present)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.safetensors (the remaining epochs draw shuffles of their own)")
-    parser.add_argument("--no-pretrained", action="store_true", help="start from random weights instead of ImageNet")
     parser.add_argument("--max-per-class", type=int, default=None, help="use at most N images per class and split (smoke tests)")
-    parser.add_argument("--tta", action="store_true", help="also report Testing with horizontal-flip test-time augmentation")
     parser.add_argument("--no-test", action="store_true", help="skip the final evaluation on Testing")
     parser.add_argument(
         "--no-finalize", action="store_true",
@@ -208,33 +165,12 @@ def _seed_worker(worker_id: int) -> None:
 
 
 # ---------------------------------------------------------------------- data
-def _paste_lesion(config: TrainConfig, train_samples) -> PasteLesion | None:
-    """``--paste-lesion``: donors are the masked glioma scans of the training patients only."""
-    if config.paste_lesion == 0 and config.paste_sham == 0:
-        return None
-    try:
-        paste = PasteLesion.from_samples(train_samples, config.paste_lesion, sham_p=config.paste_sham)
-    except ValueError:
-        raise SystemExit(
-            "--paste-lesion and --paste-sham need masked glioma scans among the training data (an extra source with a "
-            "masks/ folder, such as ../shared/datasets/extra-train/tcga-lgg); none was found."
-        ) from None
-    logger.info(
-        "paste-lesion: %d tumour donors from training patients, p = %.2f, sham p = %.2f",
-        len(paste.donors), paste.p, paste.sham_p,
-    )
-    return paste
-
-
 def training_set(config: TrainConfig, train_samples) -> ScanFolder:
-    """The training scans as the training loop draws them: augmentation, T2-like images and pasted
-    tumours as ``config`` asks."""
+    """The training scans as the training loop draws them: augmented, and T2-like images as
+    ``config`` asks."""
     return ScanFolder(
-        train_samples, ClassificationPresetTrain(
-            config.image_size, strength=config.augment, invert_p=config.invert_p, crop_head=config.crop_head
-        ),
+        train_samples, ClassificationPresetTrain(config.image_size, strength=config.augment, crop_head=config.crop_head),
         synthesise=SyntheticT2(config.synth_t2) if config.synth_t2 > 0 else None,
-        relabel=_paste_lesion(config, train_samples),
     )
 
 
@@ -262,17 +198,13 @@ def _resume_shuffle(loader: DataLoader, seed: int, start_epoch: int) -> None:
     """Give a resumed run shuffles of its own.
 
     A loader's shuffle comes from a generator seeded once per run, so a run resumed at epoch
-    ``start_epoch`` would replay epoch 1's order, then epoch 2's. Its generators (the loader's,
-    and a weighted sampler's) are reseeded from ``seed`` and ``start_epoch`` instead: the resumed
-    epochs draw fresh, reproducible orders, as an uninterrupted run does, though not the very
-    same ones. A ``DistributedSampler`` needs nothing: ``set_epoch`` seeds each epoch's order.
+    ``start_epoch`` would replay epoch 1's order. The generator is reseeded from ``seed`` and
+    ``start_epoch`` instead: the resumed epochs draw fresh, reproducible orders, though not
+    those of an uninterrupted run. A ``DistributedSampler`` needs nothing: ``set_epoch`` seeds
+    each epoch's order.
     """
-    if start_epoch == 0 or hasattr(loader.sampler, "set_epoch"):
-        return
-    generators = [loader.generator, getattr(loader.sampler, "generator", None)]
-    for offset, generator in enumerate(generators):
-        if generator is not None:
-            generator.manual_seed(seed + _RESUME_SEED_STRIDE * start_epoch + offset)
+    if start_epoch > 0 and not hasattr(loader.sampler, "set_epoch"):
+        loader.generator.manual_seed(seed + _RESUME_SEED_STRIDE * start_epoch)
 
 
 # ---------------------------------------------------------------------- main
@@ -331,19 +263,6 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     eval_tf = ClassificationPresetEval(config.image_size, crop_head=config.crop_head)
     val_set = ScanFolder(val_samples, eval_tf)
     sampler = None
-    balance_table = None
-    if config.balance != "none":
-        if world > 1:
-            raise SystemExit(f"--balance {config.balance!r} runs in one process; use --balance none with several.")
-        groups = appearance_groups(train_samples, seed=config.seed) if config.balance == "appearance" else None
-        weights = sample_weights(train_samples, config.balance, groups)
-        balance_table = describe(train_samples, weights, groups)
-        for row in balance_table:
-            logger.info("balance: %-11s %-22s %5d scans, %.1f %% of draws", row["class"], row["group"], row["scans"], 100 * row["draw_share"])
-        sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), len(train_samples), replacement=True,
-            generator=torch.Generator().manual_seed(config.seed),
-        )
     if world > 1:
         if len(val_set) < world:
             raise SystemExit(f"{len(val_set)} validation scans cannot be shared by {world} processes; use fewer processes or more data.")
@@ -364,7 +283,6 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    mix = batch_mixing(config.mixup, config.cutmix, config.mix_prob, len(CLASS_NAMES))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(train_loader)
     head_steps = config.freeze_epochs * steps_per_epoch
@@ -374,11 +292,6 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         optimizer, lambda step: lr_factor(step, head_steps, full_steps, warmup)
     )
 
-    ema = None
-    if config.ema_decay > 0:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     best_key = (-1.0, float("-inf"))
@@ -386,7 +299,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     elapsed_before = 0.0
     checkpoint_path = output / CHECKPOINT_NAME
     if config.resume:
-        best_state, saved = load_checkpoint(checkpoint_path, model, optimizer, scheduler, ema)
+        best_state, saved = load_checkpoint(checkpoint_path, model, optimizer, scheduler)
         start_epoch = saved["epoch"] + 1
         history = saved["history"]
         best_key = tuple(saved["best_key"])
@@ -403,14 +316,13 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         epoch_start = time.perf_counter()
         train_loss, train_probs, train_targets = train_one_epoch(
             ddp_model, criterion, optimizer, scheduler, train_loader, device,
-            desc=f"epoch {epoch + 1}", progress=progress, ema=ema, mix=mix,
+            desc=f"epoch {epoch + 1}", progress=progress,
         )
-        selected = ema.module if ema is not None else model
-        _sync_buffers(selected, world)
+        _sync_buffers(model, world)
         # Validated with the batch norms folded into the convolutions (core.optimize: same
         # logits within 1e-5; 1.5x faster on the CPU: 18.5 against 28 ms a scan).
-        scorer = optimize_for_inference(selected.eval(), config.image_size)
-        val_probs, val_targets = predict_probs(TorchBackend(scorer, device), val_loader, desc="validate", progress=progress)
+        scorer = optimize_for_inference(model.eval(), config.image_size)
+        val_probs, val_targets = predict_probs(TorchRuntime(scorer, device), val_loader, desc="validate", progress=progress)
         del scorer
         train_probs, train_targets = _gather(train_probs, world), _gather(train_targets, world)
         val_probs, val_targets = _gather(val_probs, world), _gather(val_targets, world)
@@ -423,7 +335,6 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         record = {
             "epoch": epoch + 1,
             "phase": "head" if epoch < config.freeze_epochs else "full",
-            "validated": "ema" if ema is not None else "raw",
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - epoch_start, 1),
             "train": train_m,
@@ -434,7 +345,7 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
         improved = key > best_key
         if improved:
             best_key = key
-            best_state = {k: v.detach().cpu().clone() for k, v in selected.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if is_main:
             logger.info(
                 "epoch %d/%d %s | train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f "
@@ -453,7 +364,6 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
                     "elapsed_s": elapsed_before + time.perf_counter() - started,
                     "args": config.to_dict(),
                 },
-                ema=ema,
             )
 
     wall_time = elapsed_before + time.perf_counter() - started
@@ -481,8 +391,6 @@ def main(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
                 "torch": torch.__version__,
             },
         }
-        if balance_table is not None:
-            card["training"]["balance"] = balance_table
         if config.no_finalize:
             card["validation"] = history[best_epoch - 1]["val"]
             result["card"] = save_weights(model, output / WEIGHTS_NAME, card)

@@ -29,7 +29,7 @@ import numpy as np
 from benchmarks.experiments import emit
 from core import Classifier, load_model, read_scan
 from core.constants import CLASS_NAMES, NEGATIVE_CLASS, OTHER_LESION_CLASS, data_dir, external_dir
-from core.model import answer_cosine
+from core.rules import answer_cosine
 from train.calibrate import COSINE_FLOOR_GRID, choose_negative_floor
 from train.config import TrainConfig
 from train.evaluate import leak_free_mask, load_leak_free
@@ -84,7 +84,7 @@ def _share(hits: np.ndarray) -> float | None:
 
 
 def score(probs: np.ndarray, scans: Scans, low_confidence: float) -> dict[str, Any]:
-    """The issue's figures for one candidate (mean probabilities over its networks)."""
+    """The study's figures for one candidate (mean probabilities over its networks)."""
     val = scans.groups == "validation"
     cosine = answer_cosine(probs)
     floor, _ = choose_negative_floor(probs[val], scans.truths[val], NEG, grid=COSINE_FLOOR_GRID, values=cosine[val])
@@ -142,10 +142,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = get_args_parser().parse_args(argv)
-    models = [load_model(w, device="cpu", precision="float32") for w in args.weights]
+    models = [load_model(w, device="cpu") for w in args.weights]
     configs = [TrainConfig.from_dict(m.card["training"]["config"]) for m in models]
     for weights, other in zip(args.weights[1:], configs[1:]):
-        if (other.split, other.effective_split_seed) != (configs[0].split, configs[0].effective_split_seed):
+        if (other.split, other.seed) != (configs[0].split, configs[0].seed):
             raise SystemExit(f"{str(weights)!r} was validated on another split than {str(args.weights[0])!r}: an "
                              "ensemble's floor needs validation scans that none of its networks trained on")
     config = configs[0].replace(data_dir=args.data_dir or data_dir())

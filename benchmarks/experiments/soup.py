@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for weights, card, config in zip(args.weights[1:], cards[1:], configs[1:]):
         if card["arch"] != cards[0]["arch"]:
             raise SystemExit(f"{str(weights)!r} is a {card['arch']!r}, {str(args.weights[0])!r} a {cards[0]['arch']!r}: a soup needs one architecture")
-        if (config.split, config.effective_split_seed) != (configs[0].split, configs[0].effective_split_seed):
+        if (config.split, config.seed) != (configs[0].split, configs[0].seed):
             raise SystemExit(f"{str(weights)!r} was validated on another split than {str(args.weights[0])!r}: a soup's "
                              "greedy choice and its floor need validation scans that none of its networks trained on")
     config = configs[0].replace(data_dir=args.data_dir or data_dir(), workers=args.workers)

@@ -17,6 +17,7 @@ from core.constants import CLASS_NAMES, data_dir, external_dir
 from train.audit import leak_free_testing
 from train.data import find_extra_samples, find_samples, split_dirs
 from train.external import find_external
+from train.config import TrainConfig
 from train.pretrained import PRETRAINED_PACKAGES
 
 SIZE, QUALITY = 192, 55
@@ -30,15 +31,12 @@ class {cls}:
 """
 
 
-def _shrink(src: Path, zf: zipfile.ZipFile, name: str, mask: bool = False) -> None:
-    """A scan as a small grey JPEG, or a tumour mask (``mask``) as a PNG of the same size."""
+def _shrink(src: Path, zf: zipfile.ZipFile, name: str) -> None:
+    """A scan as a small grey JPEG."""
     image = Image.open(src).convert("L")
-    image.thumbnail((SIZE, SIZE), Image.NEAREST if mask else Image.LANCZOS)
+    image.thumbnail((SIZE, SIZE), Image.LANCZOS)
     buffer = io.BytesIO()
-    if mask:
-        image.save(buffer, "PNG", optimize=True)
-    else:
-        image.save(buffer, "JPEG", quality=QUALITY)
+    image.save(buffer, "JPEG", quality=QUALITY)
     zf.writestr(name, buffer.getvalue())
 
 
@@ -54,9 +52,6 @@ def main(args: argparse.Namespace) -> None:
             zf.write(csv, f"{extra.name}/{csv.name}")
         for s in find_extra_samples(extra):
             _shrink(s.path, zf, f"{extra.name}/{s.path.relative_to(extra).as_posix()}")
-        # tumour masks for --paste-lesion / --paste-sham, shrunk exactly as their scans
-        for mask in sorted((extra / "masks").glob("*.png")):
-            _shrink(mask, zf, f"{extra.name}/masks/{mask.name}", mask=True)
         rows = []
         leak_free = leak_free_testing(Path("assets/audit.json"))
         for s in find_samples(test_dir):
@@ -84,7 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=str(data_dir()))
     parser.add_argument("--extra-data", default="../shared/datasets/extra-train/tcga-lgg")
     parser.add_argument("--external", default=str(external_dir()))
-    parser.add_argument("--arch", default="efficientnet_lite0", choices=sorted(PRETRAINED_PACKAGES))
+    parser.add_argument("--arch", default=TrainConfig().arch, choices=sorted(PRETRAINED_PACKAGES))
     parser.add_argument("--out", default="data/gpu", help="a git-ignored folder named in the call's carry")
     return parser
 
