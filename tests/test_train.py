@@ -338,12 +338,12 @@ def test_evaluation_scores_the_served_probabilities(mini_dataset, tiny_weights):
     model = load_model(tiny_weights, device="cpu")
     temperature = 0.25
     result = evaluate_samples(
-        model.backend, samples, model.image_size, batch_size=8, workers=0, tta=True,
+        model.runtime, samples, model.image_size, batch_size=8, workers=0, tta=True,
         perturb=False, temperature=temperature,
     )
     testing, tta = result["evaluations"]["testing"], result["evaluations"]["testing_tta"]
     logits, mirrored, targets = predict_logits(
-        model.backend, _loader(samples, ClassificationPresetEval(model.image_size), 8, 0),
+        model.runtime, _loader(samples, ClassificationPresetEval(model.image_size), 8, 0),
         progress=False, mirror=True,
     )
     assert testing["temperature"] == temperature
@@ -356,7 +356,8 @@ def test_evaluation_scores_the_served_probabilities(mini_dataset, tiny_weights):
 
     model.temperature, model.tta = temperature, True
     try:
-        served = model.probabilities([read_scan(s.path) for s in samples[:6]]).numpy()
+        predictions = model.predict_batch([read_scan(s.path) for s in samples[:6]])
+        served = np.array([[p.probabilities[c] for c in CLASS_NAMES] for p in predictions])
     finally:
         model.temperature, model.tta = float(model.card.get("temperature", 1.0)), False
     np.testing.assert_allclose(served, served_probs(logits[:6], mirrored[:6], temperature), atol=1e-4)
