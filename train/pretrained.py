@@ -31,7 +31,7 @@ def load_imagenet_weights(net: torch.nn.Module, arch: str) -> int:
     if arch not in PRETRAINED_PACKAGES:
         raise ValueError(
             f"No offline ImageNet weights for {arch!r}; available: {sorted(PRETRAINED_PACKAGES)}. "
-            "Use --no-pretrained to train from scratch."
+            "Train from scratch with TrainConfig(no_pretrained=True)."
         )
     module_name, class_name = PRETRAINED_PACKAGES[arch]
     try:

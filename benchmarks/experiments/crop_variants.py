@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = TrainConfig.from_dict(model.card["training"]["config"]).replace(data_dir=args.data_dir or data_dir())
     scans: Scans = collect(config, args.external or external_dir(), args.audit)
     probs = view_probabilities(model, scans.paths, list(VIEWS))
-    low_confidence = model.low_confidence
+    low_confidence = model.rules.low_confidence
     result: dict[str, Any] = {
         "weights": str(args.weights or default_weights()),
         "low_confidence_below": low_confidence,

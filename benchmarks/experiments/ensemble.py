@@ -152,12 +152,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     first = models[0]
     scans = collect(config, args.external or external_dir(), args.audit)
     probs = serve(models, scans)
-    result: dict[str, Any] = {"weights": [str(w) for w in args.weights], "low_confidence_below": first.low_confidence,
+    result: dict[str, Any] = {"weights": [str(w) for w in args.weights], "low_confidence_below": first.rules.low_confidence,
                               "n_images": {g: int((scans.groups == g).sum()) for g in ("validation", "testing", "external")},
                               "candidates": []}
     for members in candidates(len(probs), args.max_size):
         mean = np.mean([probs[i] for i in members], axis=0)
-        result["candidates"].append({"members": [str(args.weights[i]) for i in members]} | score(mean, scans, first.low_confidence))
+        result["candidates"].append({"members": [str(args.weights[i]) for i in members]} | score(mean, scans, first.rules.low_confidence))
     emit(result, args.output)
     return result
 

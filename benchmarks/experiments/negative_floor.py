@@ -45,7 +45,7 @@ def _served(model, paths: Sequence[Path], batch_size: int) -> tuple[np.ndarray, 
     predictions = model.predict_batch([read_scan(p) for p in paths], batch_size=batch_size)
     probs = np.array([[p.probabilities[c] for c in CLASS_NAMES] for p in predictions])
     other_states = np.array([
-        (not p.is_brain_mri) or p.outside_training or p.confidence < model.low_confidence for p in predictions
+        (not p.is_brain_mri) or p.outside_training or p.confidence < model.rules.low_confidence for p in predictions
     ])
     return probs, other_states
 
@@ -87,7 +87,7 @@ def measure(weights: Path | None, data_dir: Path | None, external: Path | None, 
     served = {name: (*_served(model, paths, batch_size), np.array(truths)) for name, (paths, truths) in groups.items()}
     val_probs, _, val_truths = served["validation"]
     out: dict[str, Any] = {"weights": str(weights or default_weights()), "weights_sha256": model.card["weights_sha256"],
-                           "low_confidence_below": model.low_confidence}
+                           "low_confidence_below": model.rules.low_confidence}
     for rule, (value_of, grid) in FLOORS.items():
         floor, fit = choose_negative_floor(val_probs, val_truths, NEG, grid=grid, values=value_of(val_probs))
         if floor is None:
