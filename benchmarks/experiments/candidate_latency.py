@@ -1,11 +1,11 @@
 """``python -m benchmarks.experiments.candidate_latency --candidate WEIGHTS``: a candidate model's
 ``predict`` and ``explain`` latency against the shipped model's, side by side in one run.
 
-Issue 15 allows a new network at most 1.7x the shipped model's ``predict`` p50 and 2x its
-``explain`` p50, measured in the same run (machines of one kind differ in speed by about 2x).
-Both models are loaded as the app loads them (``load_model``: the int8 graph where the card
-records one that passed its fidelity check, else float32; Grad-CAM in PyTorch) and called in
-turn on the same scans, cycling through 256 Testing scans as ``python -m benchmarks`` does.
+A new network may take at most 1.7x the shipped model's ``predict`` p50 and 2x its ``explain``
+p50, measured in the same run (machines of one kind differ in speed by about 2x). Both models
+are loaded as the app loads them (``load_model``: float32 ONNX Runtime where the card names a
+graph, else PyTorch; Grad-CAM in PyTorch) and called in turn on the same scans, cycling through
+256 Testing scans as ``python -m benchmarks`` does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from benchmarks.inference import BATCHES, BATCH_SIZE, _summary_ms, _time_interle
 from core import load_model, read_scan
 from core.constants import data_dir, default_weights
 
-#: Largest allowed ratio (candidate / shipped p50) per call (issue 15).
+#: Largest allowed ratio (candidate / shipped p50) per call.
 LIMITS = {"predict": 1.7, "explain": 2.0}
 
 
