@@ -424,6 +424,6 @@ def test_review_rules_read_the_card():
     cosine = review_rules({"uncertainty": {"low_confidence_below": 0.65, "notumor_cosine_below": 0.993, "notumor_fit": fit}})
     assert len(cosine) == 2 and "under 65 %" in cosine[0]
     assert "answer cosine is under 0.993" in cosine[1] and "98.8 % of the unflagged ones right" in cosine[1]
-    older = review_rules({"uncertainty": {"low_confidence_below": 0.7, "notumor_confidence_below": 0.94}})
-    assert "under 94 % confidence" in older[1] and "cosine" not in older[1]
+    no_floor = review_rules({"uncertainty": {"low_confidence_below": 0.7}})
+    assert len(no_floor) == 1 and "under 70 %" in no_floor[0]
     assert review_rules({}) == [] and review_rules({"uncertainty": "garbled"}) == []

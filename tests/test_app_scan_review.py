@@ -18,8 +18,9 @@ from streamlit.testing.v1 import AppTest
 import core.model
 from app import review as app_review
 from app_assets import make_assets
-from core import CLASS_LABELS, CLASS_NAMES, load_model, read_scan
+from core import CLASS_LABELS, CLASS_NAMES, Flag, flag_text, load_model, read_scan
 from core.constants import ASSETS_DIR, WEIGHTS_NAME
+from core.rules import NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE
 from app.review import NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv, summary_rows
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -211,9 +212,10 @@ def test_explained_class_can_be_chosen(app, model, scan_paths):
 
 def test_not_a_brain_mri_withholds_the_prediction(app, scan_paths, monkeypatch):
     original = core.model.Classifier.predict
+    flag = Flag(NOT_BRAIN_MRI, 42.0, 20.0, check="gate")
 
     def gated(self, image):
-        return replace(original(self, image), is_brain_mri=False, ood_score=42.0, flags=("outside the training data",))
+        return replace(original(self, image), is_brain_mri=False, ood_score=42.0, flags=(flag,))
 
     monkeypatch.setattr(core.model.Classifier, "predict", gated)
     data = scan_paths["glioma"].read_bytes()
@@ -222,14 +224,14 @@ def test_not_a_brain_mri_withholds_the_prediction(app, scan_paths, monkeypatch):
     assert any("not recognised as a brain MRI" in w.value for w in app.warning)
     assert _metric(app, "Predicted class") is None and not app.get("plotly_chart")
     assert app.dataframe[0].value["Predicted class"][0] == NOT_BRAIN_MRI_TEXT
-    assert app.dataframe[0].value["Flags / message"][0] == "outside the training data"
+    assert app.dataframe[0].value["Flags / message"][0] == flag_text(flag)
 
     app.toggle(key=f"reveal_{app_review.digest_of(data)}").set_value(True)
     app.run()
     assert not app.exception
     assert _metric(app, "Predicted class") in set(CLASS_LABELS.values())
     assert any("Unreliable" in e.value for e in app.error)
-    assert any("Review advised: outside the training data" in w.value for w in app.warning)
+    assert any(f"Review advised: {flag_text(flag)}" in w.value for w in app.warning)
 
 
 @pytest.mark.parametrize("window, transform", [(False, "percentile stretch"), (True, "stored window")])
@@ -284,8 +286,9 @@ def test_analyse_scan_turns_unexpected_errors_into_a_message(model, monkeypatch)
     assert "internal detail" not in analysis.error
 
 
+@pytest.mark.slow
 def test_two_sessions_in_a_row_bad_then_good(assets, monkeypatch, scan_paths):
-    """Issue 8: one session uploads a bad file, the next a good one; both behave, sharing the cached model."""
+    """One session uploads a bad file, the next a good one; both behave, sharing the cached model."""
     monkeypatch.setenv("BTMRI_ASSETS", str(assets))
     first = AppTest.from_file(APP, default_timeout=TIMEOUT)
     first.run()
@@ -312,8 +315,7 @@ def test_outside_training_data_is_a_review_state_on_the_page_and_in_the_csv(app,
 
     def outside(self, image):
         prediction = original(self, image)
-        return replace(prediction, outside_training=True,
-                       flags=("outside the training data: the prediction is unreliable (test)",))
+        return replace(prediction, outside_training=True, flags=(Flag(OUTSIDE_TRAINING, 1.5, 1.0),))
 
     monkeypatch.setattr(core.model.Classifier, "predict", outside)
     data = scan_paths["notumor"].read_bytes()
@@ -327,6 +329,7 @@ def test_outside_training_data_is_a_review_state_on_the_page_and_in_the_csv(app,
     monkeypatch.setattr(core.model.Classifier, "predict", original)
     row = next(csv.DictReader(io.StringIO(results_csv([("t2.jpg", replace(analysis, prediction=outside(model, analysis.image)))]).decode())))
     assert row["status"] == "outside_training" and row["outside_training"] == "true"
+    assert row["flag_kinds"] == OUTSIDE_TRAINING
 
 
 def test_weak_no_tumour_answer_is_flagged_on_the_page_and_in_the_csv(app, model, scan_paths, monkeypatch, request):
@@ -340,10 +343,10 @@ def test_weak_no_tumour_answer_is_flagged_on_the_page_and_in_the_csv(app, model,
 
     def strict(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        self.negative_floor = 1.01
+        self.rules = replace(self.rules, negative_floor=1.01)
 
     monkeypatch.setattr(core.model.Classifier, "__init__", strict)
-    monkeypatch.setattr(model, "negative_floor", 1.01)
+    monkeypatch.setattr(model, "rules", replace(model.rules, negative_floor=1.01))
     # The page caches its model: load the strict one now, and drop it after this test.
     import streamlit as st
 
@@ -356,3 +359,4 @@ def test_weak_no_tumour_answer_is_flagged_on_the_page_and_in_the_csv(app, model,
     assert WEAK_NEGATIVE_FLAG in app.dataframe[0].value["Flags / message"][0]
     row = next(csv.DictReader(io.StringIO(results_csv([("scan.jpg", analyse_scan(model, data))]).decode())))
     assert row["label"] == NEGATIVE_CLASS and WEAK_NEGATIVE_FLAG in row["flags"]
+    assert WEAK_NEGATIVE in row["flag_kinds"].split()

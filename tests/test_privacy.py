@@ -1,4 +1,4 @@
-"""Privacy (issue 8): a DICOM with patient tags leaves no trace on disk, in logs or in outputs.
+"""Privacy: a DICOM with patient tags leaves no trace on disk, in logs or in outputs.
 
 ``read_scan`` + ``predict`` + ``explain`` on an identifiable DICOM must write nothing under
 the temporary folder, log none of the tag values (at DEBUG, from any logger), warn none of
