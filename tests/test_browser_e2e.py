@@ -20,8 +20,6 @@ from app_assets import make_assets
 from core import CLASS_LABELS, load_model, read_scan
 from core.constants import ASSETS_DIR, WEIGHTS_NAME
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +115,8 @@ def _upload_and_wait(page, path: Path, expected: str) -> tuple[float, float]:
     return shown, time.perf_counter() - started
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_upload_a_scan_and_see_the_prediction(server, browser, assets, scan_paths, tmp_path):
     model = load_model(assets / WEIGHTS_NAME, device="cpu")
     warm_path, timed_path = scan_paths["pituitary"], scan_paths["glioma"]
@@ -177,3 +177,13 @@ def test_upload_a_scan_and_see_the_prediction(server, browser, assets, scan_path
     assert not errors, errors
     context.close()
     assert warm[1] < 15.0  # a loose guard against hangs; the measured figures are printed above
+
+
+def test_waiting_for_the_server_stops_when_it_exits():
+    """A server that dies at start-up is reported at once, not after the whole timeout."""
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait(timeout=30)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited early with code 3"):
+        _wait_healthy(f"http://127.0.0.1:{_free_port()}", process, timeout=30)
+    assert time.monotonic() - started < 5
