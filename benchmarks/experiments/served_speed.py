@@ -5,7 +5,9 @@ Each variant runs in a worker process of its own (its checkout's code and assets
 the model, reads the same Testing scans and warms up; then the workers are timed one after
 another, round by round, so that no two measure at once and a drift of the machine touches
 every variant alike. Per round: the median of ``predict`` over single scans, and
-``predict_batch`` over all of them (scans per second). The JSON names the CPU and its flags::
+``predict_batch`` over all of them (scans per second). The JSON names the CPU and its flags.
+Options after a checkout are that checkout's ``load_model`` arguments (commit 18a412a served
+int8 by default and took ``precision``)::
 
     git worktree add /tmp/old 18a412a
     python -m benchmarks.experiments.served_speed --baseline /tmp/old precision=int8 \\
