@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,19 @@ def make_model_dir(folder: Path, image_size: int = TINY_IMAGE_SIZE, seed: int = 
     return path
 
 
+class RecordingRuntime:
+    """A runtime (``core.runtime.Runtime``) that keeps a copy of every batch it is given and runs
+    it in ``inner``: what a Classifier feeds its network, seen from outside."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.channels = inner, inner.name, inner.channels
+        self.batches: list[np.ndarray] = []
+
+    def run(self, batch):
+        self.batches.append(np.array(batch))
+        return self.inner.run(batch)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """Weights of a random efficientnet_lite0 at 64 px (fast; predictions are meaningless)."""
@@ -62,25 +76,14 @@ def tiny_model(tiny_weights):
 
 @pytest.fixture(scope="session")
 def shipped_model():
-    """The committed default model; skipped while assets/ holds none."""
+    """The committed default model as load_model serves it (float32 ONNX Runtime on the CPU);
+    skipped while assets/ holds none."""
     from core.constants import default_weights
     from core import load_model
 
     if not default_weights().is_file():
         pytest.skip("no shipped weights in assets/ yet")
     return load_model(device="cpu")
-
-
-@pytest.fixture(scope="session")
-def shipped_float32_model():
-    """The committed default model served in float32 (the reference the int8 graph is checked
-    against); skipped while assets/ holds none."""
-    from core.constants import default_weights
-    from core import load_model
-
-    if not default_weights().is_file():
-        pytest.skip("no shipped weights in assets/ yet")
-    return load_model(device="cpu", precision="float32")
 
 
 @pytest.fixture(autouse=True)

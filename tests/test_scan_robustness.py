@@ -1,4 +1,4 @@
-"""``read_scan`` on hostile, broken and unusual input (issue 8, "Bad input").
+"""core.scan: ``read_scan`` on every kind of source, and on hostile, broken and unusual input.
 
 Every case ends within one second either as a correct image (legitimate scans, which the model
 then classifies) or as a ``ScanError`` whose message is plain words. All files are generated
@@ -7,6 +7,7 @@ here from real scans; none is committed.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import time
@@ -175,6 +176,22 @@ def warm_imports(scan16):
     """Pay pydicom's and Pillow's one-off import cost before any timing is taken."""
     read_scan(make_dicom(scan16))
     read_scan(encode(Image.new("L", (64, 64)), "TIFF"))
+
+
+# ---------------------------------------------------------------------------- sources
+@pytest.mark.parametrize("kind", ["bytes", "str", "path", "file"])
+def test_read_scan_sources(scan_paths, kind):
+    path = scan_paths["glioma"]
+    source = {"bytes": path.read_bytes(), "str": str(path), "path": path, "file": io.BytesIO(path.read_bytes())}[kind]
+    image = read_scan(source)
+    assert isinstance(image, Image.Image) and image.mode in ("L", "RGB")
+    with Image.open(path) as original:
+        assert image.size == original.size
+        assert np.array_equal(np.asarray(image.convert("L")), np.asarray(original.convert("L")))
+
+
+def test_missing_file(tmp_path):
+    assert_refused(tmp_path / "nope.jpg", "No file")
 
 
 # ---------------------------------------------------------------------------- not images
@@ -563,7 +580,9 @@ def test_jpeg_comment_and_exif_text_are_dropped(scan):
 
 
 # ---------------------------------------------------------------------------- same answer
+@functools.lru_cache(maxsize=None)
 def _variants(path):
+    """The scan at ``path`` in seven other forms (built once per scan: the two tests below share them)."""
     with Image.open(path) as original:
         rgb = original.convert("RGB")
     values = (grey(rgb) * 16).astype(np.uint16)

@@ -1,8 +1,10 @@
 """The scan review page withholds the prediction for a real non-MRI upload (no monkeypatching):
-with the fixture model (image checks) and, when assets/ holds one, the shipped model and gate."""
+with the fixture model (image checks) and, when assets/ holds one, the shipped model and gate;
+and the page's CSV export says why."""
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -16,7 +18,9 @@ from train.non_mri import non_mri_images, photo_files
 from core import CLASS_LABELS
 from core.constants import ASSETS_DIR
 from core.ood import OOD_NAME
-from app.review import NOT_BRAIN_MRI_TEXT
+from app.review import NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv
+from core.results import NOT_BRAIN_MRI_FLAG
+from core.rules import NOT_BRAIN_MRI
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 TIMEOUT = 120
@@ -66,3 +70,13 @@ def test_page_withholds_the_prediction_for_non_mri(assets, monkeypatch):
         assert [m.value for m in at.metric if m.label == "Predicted class"][0] in set(CLASS_LABELS.values())
         assert any("Unreliable" in e.value for e in at.error)
         assert any("Review advised: not recognised as a brain MRI" in w.value for w in at.warning)
+
+
+def test_csv_export_carries_the_gate_and_flags(tiny_model):
+    """A blank upload: the export withholds the label and gives the reason, as a sentence and
+    as its kind."""
+    analysis = analyse_scan(tiny_model, _png(Image.new("L", (128, 128), 0)))
+    rows = list(csv.DictReader(io.StringIO(results_csv([("blank.png", analysis)]).decode())))
+    assert rows[0]["status"] == "not_brain_mri" and rows[0]["is_brain_mri"] == "false"
+    assert rows[0]["label"] == "" and rows[0]["flags"].startswith(NOT_BRAIN_MRI_FLAG) and "blank" in rows[0]["flags"]
+    assert rows[0]["flag_kinds"] == NOT_BRAIN_MRI

@@ -1,0 +1,250 @@
+"""core.model: load_model, the one prediction path (predict_batch) and Grad-CAM, on a random
+model and on real scans."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import FrozenInstanceError
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core
+from core import CLASS_NAMES, WeightsError, load_model, read_scan
+from core.model import Classifier, Prediction, build_network, softmax
+from core.ood import FeatureGate, forward_with_taps
+from core.preprocess import input_array
+from core.results import OUTSIDE_TRAINING_FLAG, flag_text
+from core.rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, Flag, ReviewRules
+from core.runtime import TorchRuntime, with_mirror
+from core.weights import card_path_for
+from conftest import RecordingRuntime
+from synthetic import synthetic_scan
+
+#: Probabilities of one scan alone and within a batch agree to this (float32 network).
+PROB_TOL = 1e-4
+
+
+def _scans(n: int = 4) -> list[Image.Image]:
+    return [synthetic_scan(seed, bright_centre=seed % 2 == 1) for seed in range(n)]
+
+
+def _probabilities(prediction: Prediction) -> np.ndarray:
+    return np.array([prediction.probabilities[name] for name in CLASS_NAMES])
+
+
+# ---------------------------------------------------------------------- the public names
+def test_public_names():
+    assert CLASS_NAMES == ("glioma", "meningioma", "notumor", "pituitary")
+    assert issubclass(core.ScanError, ValueError)
+    expected = {"CLASS_NAMES", "FLAG_KINDS", "Classifier", "Flag", "Prediction", "ScanError", "WeightsError", "flag_text",
+                "load_model", "read_scan"}
+    assert expected <= set(core.__all__) and all(hasattr(core, name) for name in core.__all__)
+
+
+# ---------------------------------------------------------------------- a prediction
+def test_prediction_contract(tiny_model, scan_paths):
+    prediction = tiny_model.predict(read_scan(scan_paths["pituitary"]))
+    assert prediction.label in CLASS_NAMES
+    assert set(prediction.probabilities) == set(CLASS_NAMES)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert prediction.confidence == max(prediction.probabilities.values())
+    assert prediction.label == max(prediction.probabilities, key=prediction.probabilities.get)
+    assert prediction.flag_kinds == tuple(flag.kind for flag in prediction.flags)
+    with pytest.raises(FrozenInstanceError):
+        prediction.label = "glioma"  # type: ignore[misc]
+
+
+def test_predict_batch_equals_predict(tiny_model, scan_paths):
+    images = [read_scan(p) for p in scan_paths.values()] * 2
+    batch = tiny_model.predict_batch(images, batch_size=3)
+    assert len(batch) == len(images)
+    for image, from_batch in zip(images, batch):
+        single = tiny_model.predict(image)
+        assert single.label == from_batch.label and single.flag_kinds == from_batch.flag_kinds
+        assert np.abs(_probabilities(single) - _probabilities(from_batch)).max() < PROB_TOL
+
+
+def test_probabilities_are_the_calibrated_network_outputs(tiny_model):
+    """predict_batch: the prepared input, one pass of the network, softmax at the card's temperature."""
+    images = _scans()
+    card = dict(tiny_model.card, temperature=2.5)
+    model = Classifier(tiny_model.network, card)
+    batch = input_array(images, model.image_size, card["mean"], card["std"], model.crop_head)
+    logits, _ = TorchRuntime(tiny_model.network).run(batch)
+    expected = softmax(logits, 2.5)
+    got = np.stack([_probabilities(p) for p in model.predict_batch(images)])
+    assert np.abs(got - expected).max() < 1e-6
+    assert np.abs(got - softmax(logits, 1.0)).max() > 1e-3  # the temperature was used
+
+
+def test_a_batch_is_one_pass_of_the_scans_alone(tiny_model):
+    runtime = RecordingRuntime(tiny_model.runtime)
+    model = Classifier(tiny_model.network, tiny_model.card, runtime=runtime)
+    predictions = model.predict_batch(_scans(5), batch_size=3)
+    assert [len(b) for b in runtime.batches] == [3, 2] and model.runtime is runtime
+    assert not any(MIRROR_DISAGREES in p.flag_kinds for p in predictions)
+
+
+def test_tta_averages_each_scan_with_its_mirror_image(tiny_model):
+    """With tta one pass holds the scans and their mirror images; the served probabilities are
+    the mean of the two, and a disagreement between them is a flag naming both classes."""
+    images = _scans()
+    runtime = RecordingRuntime(tiny_model.runtime)
+    model = Classifier(tiny_model.network, tiny_model.card, tta=True, runtime=runtime)
+    predictions = model.predict_batch(images)
+    (batch,) = runtime.batches
+    plain = input_array(images, model.image_size, model.card["mean"], model.card["std"], model.crop_head)
+    assert np.array_equal(batch, with_mirror(plain))
+    logits, _ = tiny_model.runtime.run(batch)
+    probs = softmax(logits, model.temperature)
+    n = len(images)
+    for i, prediction in enumerate(predictions):
+        assert np.abs(_probabilities(prediction) - (probs[i] + probs[n + i]) / 2).max() < 1e-6
+        disagrees = probs[i].argmax() != probs[n + i].argmax()
+        assert (MIRROR_DISAGREES in prediction.flag_kinds) == disagrees
+    # The mirror flag itself, forced: the mirror runtime answers another class for every scan.
+    class Mirrored(RecordingRuntime):
+        def run(self, batch):
+            logits, taps = self.inner.run(batch)
+            logits[len(batch) // 2:] = 0.0
+            logits[len(batch) // 2:, 0] = 50.0 if logits[0].argmax() != 0 else -50.0
+            return logits, taps
+
+    forced = Classifier(tiny_model.network, tiny_model.card, tta=True, runtime=Mirrored(tiny_model.runtime))
+    flag = forced.predict(images[0]).flags[-1]
+    assert flag.kind == MIRROR_DISAGREES and flag.classes[0] != flag.classes[1]
+
+
+def test_a_blank_image_is_not_a_brain_mri(tiny_model):
+    blank = tiny_model.predict(Image.new("L", (128, 128), 0))
+    assert not blank.is_brain_mri and blank.flags[0].kind == NOT_BRAIN_MRI and blank.flags[0].check == "blank"
+
+
+def test_the_cards_thresholds_reach_the_rules(tiny_model):
+    """A high temperature flattens every answer under the card's low-confidence threshold."""
+    card = dict(tiny_model.card, temperature=100.0, uncertainty={"low_confidence_below": 0.6, "notumor_cosine_below": 0.9})
+    strict = Classifier(tiny_model.network, card)
+    assert strict.rules == ReviewRules(low_confidence=0.6, negative_floor=0.9)
+    prediction = strict.predict(_scans(1)[0])
+    assert prediction.confidence < 0.6 and prediction.flags == (Flag(LOW_CONFIDENCE, prediction.confidence, 0.6),)
+    assert tiny_model.rules == ReviewRules.from_card(tiny_model.card)
+
+
+def test_predictions_between_the_gate_thresholds_are_outside_the_training_data(tiny_model):
+    """The gate scores the taps of the prediction's own pass: a scan between its two thresholds
+    is outside the training data, beyond the second not a brain MRI; the probabilities stay."""
+    image = synthetic_scan(1)
+    batch = torch.from_numpy(input_array([image], tiny_model.image_size, crop_head=tiny_model.crop_head))
+    with torch.inference_mode():
+        features = forward_with_taps(tiny_model.network, batch.expand(-1, 3, -1, -1), (2, 4))[1].double().numpy()
+    assert tiny_model.gate is None
+    base = tiny_model.predict(image)
+    assert not base.outside_training and base.is_brain_mri and base.ood_score == 0.0
+    dim = features.shape[1]
+    means = torch.zeros(len(CLASS_NAMES), dim, dtype=torch.float64)
+    distance = float(np.sqrt((features[0] ** 2).sum()))
+    for threshold, reject, kind in ((distance * 2, None, None), (distance / 2, distance * 2, OUTSIDE_TRAINING),
+                                    (distance / 4, distance / 2, NOT_BRAIN_MRI)):
+        gate = FeatureGate(means, torch.eye(dim, dtype=torch.float64), threshold, (2, 4), reject)
+        prediction = Classifier(tiny_model.network, tiny_model.card, gate=gate).predict(image)
+        assert prediction.ood_score == pytest.approx(distance / threshold, rel=1e-4)
+        assert (prediction.outside_training, prediction.is_brain_mri) == (kind == OUTSIDE_TRAINING, kind != NOT_BRAIN_MRI)
+        assert [f.kind for f in prediction.flags if f.kind in (OUTSIDE_TRAINING, NOT_BRAIN_MRI)] == ([kind] if kind else [])
+        assert any(flag_text(f).startswith(OUTSIDE_TRAINING_FLAG) for f in prediction.flags) == (kind == OUTSIDE_TRAINING)
+        assert prediction.probabilities == pytest.approx(base.probabilities, abs=1e-5)
+
+
+def test_predict_rejects_non_images(tiny_model):
+    with pytest.raises(TypeError, match="PIL image.*ndarray"):
+        tiny_model.predict(np.zeros((64, 64)))
+    with pytest.raises(TypeError, match="PIL image.*str"):
+        tiny_model.predict_batch([Image.new("L", (64, 64)), "scan.jpg"])
+
+
+# ---------------------------------------------------------------------- Grad-CAM
+@pytest.mark.parametrize("size", [(224, 224), (300, 180)])
+def test_explain_contract(tiny_model, scan_paths, size):
+    image = read_scan(scan_paths["glioma"]).resize(size)
+    before = np.asarray(image).copy()
+    heatmap = tiny_model.explain(image)
+    assert heatmap.dtype == np.float32
+    assert heatmap.shape == (size[1], size[0])
+    assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert np.array_equal(before, np.asarray(image)), "explain must not modify its input"
+    # Hooks are released after each call: no forward or backward hooks remain on the network.
+    for module in tiny_model.cam.net.modules():
+        assert not module._forward_hooks and not module._backward_hooks
+
+
+def test_explain_target_changes_heatmap(tiny_model, scan_paths):
+    image = read_scan(scan_paths["meningioma"])
+    maps = {name: tiny_model.explain(image, target=name) for name in CLASS_NAMES}
+    predicted = tiny_model.predict(image).label
+    assert np.allclose(tiny_model.explain(image), maps[predicted])
+    assert any(not np.allclose(maps[a], maps[b]) for a in CLASS_NAMES for b in CLASS_NAMES if a != b)
+    with pytest.raises(ValueError, match="'tumour'.*glioma"):
+        tiny_model.explain(image, target="tumour")
+
+
+# ---------------------------------------------------------------------- loading
+def test_load_model_missing_and_corrupt(tmp_path, tiny_weights):
+    missing = tmp_path / "absent.safetensors"
+    with pytest.raises(WeightsError, match="absent.safetensors"):
+        load_model(missing)
+    corrupt = tmp_path / "model.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    card = json.loads(card_path_for(tiny_weights).read_text())
+    card_path_for(corrupt).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match=str(corrupt.name)):
+        load_model(corrupt)
+
+
+def test_load_model_default_uses_assets(monkeypatch, tiny_weights):
+    """The weights of $BTMRI_ASSETS, with the options given: tta, and the threads (torch's
+    process-wide count is set to them)."""
+    monkeypatch.setenv("BTMRI_ASSETS", str(tiny_weights.parent))
+    model = load_model(device="cpu", tta=True, threads=1)
+    assert model.card["weights_sha256"] == json.loads(card_path_for(tiny_weights).read_text())["weights_sha256"]
+    assert isinstance(model.runtime, TorchRuntime)  # the tiny card names no ONNX graph
+    assert model.tta and torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        load_model(device="cpu", threads=0)
+
+
+def test_errors_name_the_bad_value(tiny_model):
+    with pytest.raises(ValueError, match="'resnet_nonexistent'"):
+        build_network("resnet_nonexistent")
+    with pytest.raises(WeightsError, match="'tumour'"):
+        Classifier(tiny_model.network, dict(tiny_model.card, class_names=["tumour", *CLASS_NAMES[1:]]))
+    with pytest.raises(ValueError, match="low_confidence must be in \\(0, 1\\), got 1.01"):
+        Classifier(tiny_model.network, dict(tiny_model.card, uncertainty={"low_confidence_below": 1.01}))
+
+
+def test_softmax_over_the_last_axis_at_a_temperature():
+    logits = np.array([[2.0, -1.0, 0.5, -3.0], [1000.0, 0.0, 0.0, 0.0]])
+    probs = softmax(logits)
+    assert probs.dtype == np.float64 and probs.sum(axis=-1) == pytest.approx([1.0, 1.0])
+    assert probs[0] == pytest.approx(np.exp(logits[0]) / np.exp(logits[0]).sum())
+    assert np.isfinite(probs).all()  # large logits do not overflow
+    assert softmax(logits, 2.0)[0] == pytest.approx(softmax(logits[0] / 2.0))
+
+
+# ---------------------------------------------------------------------- the shipped model
+def test_shipped_model_on_real_scans(shipped_model, scan_paths):
+    """The committed model recognises one clear scan of each class."""
+    for name, path in scan_paths.items():
+        assert shipped_model.predict(read_scan(path)).label == name
+
+
+def test_shipped_predict_batch_equals_predict(shipped_model, scan_paths):
+    images = [read_scan(p) for p in scan_paths.values()] + [Image.new("L", (200, 200), 30)]
+    batch = shipped_model.predict_batch(images)
+    for image, together in zip(images, batch):
+        alone = shipped_model.predict(image)
+        assert alone.label == together.label and alone.flag_kinds == together.flag_kinds
+        assert alone.is_brain_mri == together.is_brain_mri
+        assert alone.ood_score == pytest.approx(together.ood_score, abs=1e-4)
+        assert np.abs(_probabilities(alone) - _probabilities(together)).max() < PROB_TOL
