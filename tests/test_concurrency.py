@@ -1,4 +1,4 @@
-"""Concurrency (issue 8): one shared model, many threads, the same answers as one at a time.
+"""Concurrency: one shared model, many threads, the same answers as one at a time.
 
 Streamlit shares the cached model between sessions, so ``predict`` and ``explain`` run on it
 from several threads at once; Grad-CAM's hooks on a shared network are the risk.
@@ -125,3 +125,21 @@ def test_explain_leaves_no_hooks_or_gradients(tiny_model, scans):
             assert not getattr(module, "_backward_pre_hooks", {})
         assert all(param.grad is None for param in net.parameters())
     assert not any(param.requires_grad for param in tiny_model.network.parameters())
+
+
+def test_shipped_runtime_in_threads_matches_sequential(shipped_model, scans):
+    """The served runtime (one ONNX Runtime session for the shipped model) shared by eight
+    threads gives each of them its scan's sequential probabilities."""
+    expected = [np.array([p.probabilities[c] for c in CLASS_NAMES]) for p in shipped_model.predict_batch(scans)]
+    barrier = threading.Barrier(THREADS)
+
+    def session(index):
+        barrier.wait(timeout=60)
+        return [shipped_model.predict(scans[index]) for _ in range(ROUNDS)]
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        outcomes = list(pool.map(session, range(THREADS)))
+    for index, predictions in enumerate(outcomes):
+        for prediction in predictions:
+            got = np.array([prediction.probabilities[c] for c in CLASS_NAMES])
+            np.testing.assert_allclose(got, expected[index], atol=1e-4, rtol=0, err_msg=f"scan {index}")

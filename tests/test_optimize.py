@@ -14,7 +14,8 @@ from core import CLASS_NAMES, read_scan
 from core.model import build_network
 from core.optimize import optimize_for_inference
 from core.cam import paste_heatmap
-from core.preprocess import head_box
+from core.preprocess import head_box, input_array
+from core.runtime import TorchRuntime
 
 
 def _net_with_real_statistics(seed: int = 0) -> torch.nn.Module:
@@ -87,7 +88,7 @@ def model_and_plain(request):
     from core.constants import default_weights
     from core.weights import load_weights
 
-    model = request.getfixturevalue("tiny_model" if request.param == "tiny" else "shipped_float32_model")
+    model = request.getfixturevalue("tiny_model" if request.param == "tiny" else "shipped_model")
     weights = request.getfixturevalue("tiny_weights") if request.param == "tiny" else default_weights()
     state, card = load_weights(weights)
     net = build_network(card["arch"], num_classes=len(CLASS_NAMES))
@@ -100,18 +101,25 @@ def _real_scans(data_root):
     return [read_scan(p) for p in paths]
 
 
+def _input(model, images) -> torch.Tensor:
+    """The three-channel network input of ``images``, as the model's card prepares it."""
+    return torch.from_numpy(input_array(images, model.image_size, model.card["mean"], model.card["std"], model.crop_head))
+
+
 def test_classifier_logits_unchanged_on_real_scans(model_and_plain, data_root):
-    """The served network (folded, or ONNX Runtime) equals the plain network within 1e-4 in
-    probability on real scans."""
+    """What serves predictions (the folded network in PyTorch, or the ONNX graph) equals the
+    plain network within 1e-4 in probability on real scans."""
     model, plain_net = model_and_plain
     assert _batch_norms(model.network) == 0, "the prediction network is optimised"
-    images = _real_scans(data_root)
+    batch = _input(model, _real_scans(data_root))
     with torch.inference_mode():
-        plain = torch.softmax(plain_net(model.preprocess(images)).double(), -1)
-    fast = torch.softmax(model.logits(images).double(), -1)
-    assert (plain - fast).abs().max().item() < 1e-4
+        plain = torch.softmax(plain_net(batch).double(), -1)
+    served = torch.softmax(torch.from_numpy(model.runtime.run(batch.numpy())[0]), -1)
+    folded = torch.softmax(torch.from_numpy(TorchRuntime(model.network).run(batch.numpy())[0]), -1)
+    assert (plain - served).abs().max().item() < 1e-4 and (plain - folded).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_gradcam_on_folded_copy_equals_plain_network(model_and_plain, data_root):
     """Grad-CAM on the folded copy gives the heatmap of the plain network (within 1e-3)."""
     from pytorch_grad_cam import GradCAM
@@ -121,7 +129,7 @@ def test_gradcam_on_folded_copy_equals_plain_network(model_and_plain, data_root)
     assert _batch_norms(model.cam.net) == 0, "the Grad-CAM copy is folded too"
     for image in _real_scans(data_root)[::3]:
         for target in (None, "meningioma"):
-            batch = model.preprocess([image])
+            batch = _input(model, [image])
             if target is None:
                 with torch.inference_mode():
                     index = int(plain_net(batch).argmax())

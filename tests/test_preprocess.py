@@ -1,4 +1,5 @@
-"""core.preprocess: the head crop, and the same numbers on the PyTorch and the NumPy paths."""
+"""core.preprocess: the head crop, and the same numbers from the transform (Grad-CAM, training)
+and from the NumPy input of predictions."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from core import load_model, read_scan
+from conftest import RecordingRuntime
+from core import read_scan
+from core.model import Classifier
 from core.preprocess import HEAD_MARGIN, crop_to_head, eval_transform, head_box, input_array
-
-from conftest import make_model_dir
 
 
 def head_image(size=(400, 300), box=(120, 40, 300, 250), background=0, letters=True) -> Image.Image:
@@ -37,7 +38,6 @@ def test_head_box_frames_the_head_with_a_margin():
     assert box[1] - slack_y <= top <= box[1] and box[3] <= bottom <= box[3] + slack_y
 
 
-
 def test_head_box_margin_widens_the_box_by_its_share_of_the_head():
     image = head_image(box=(120, 40, 300, 250))
     tight, served, wide = (head_box(image, m) for m in (0.0, HEAD_MARGIN, 0.15))
@@ -48,6 +48,7 @@ def test_head_box_margin_widens_the_box_by_its_share_of_the_head():
     assert abs((wide[2] - wide[0]) - 1.3 * head_width) <= 2
     with pytest.raises(ValueError, match="-0.1"):
         head_box(image, -0.1)
+
 
 @pytest.mark.parametrize(
     "image",
@@ -83,19 +84,52 @@ def test_input_array_equals_the_transform_with_the_head_crop(scan_paths):
     assert np.abs(got - expected).max() < 1e-6
 
 
-def test_weights_trained_with_the_head_crop_are_served_with_it(tmp_path, scan_paths):
-    """The model card's crop_head reaches the transform, both back-ends and Grad-CAM: the
-    heatmap covers the head's box, fades out within one Grad-CAM cell beyond it, and keeps the
-    scan's size."""
-    model = load_model(make_model_dir(tmp_path, crop_head=True), device="cpu")
-    (tmp_path / "plain").mkdir()
-    plain = load_model(make_model_dir(tmp_path / "plain"), device="cpu")
-    assert model.crop_head and model.backend.crop_head and not plain.crop_head
+def test_input_array_equals_the_transform(scan_paths):
+    """The NumPy preprocessing that predictions use gives the transform's numbers, for every
+    kind of image read_scan or a caller may hand over; a one-value mean and std give the one
+    grey channel of a grey graph."""
+    scan = read_scan(scan_paths["glioma"])
+    rng = np.random.default_rng(0)
+    images = [
+        scan,
+        scan.convert("RGB"),
+        scan.resize((300, 211)),
+        Image.fromarray(rng.integers(0, 256, (97, 130, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (50, 40, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 65535, (64, 64), dtype=np.uint16).astype(np.int32), "I"),
+    ]
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    got = input_array(images, 64, mean, std)
+    expected = torch.stack([eval_transform(64, mean, std)(image) for image in images]).numpy()
+    assert got.dtype == np.float32 and got.shape == expected.shape == (len(images), 3, 64, 64)
+    assert np.abs(got - expected).max() < 1e-6
+    grey = input_array(images, 64, mean[:1], std[:1])
+    assert grey.shape == (len(images), 1, 64, 64) and np.array_equal(grey[:, 0], got[:, 0])
+
+
+def test_train_and_core_share_the_evaluation_transform(scan_paths):
+    """train's evaluation preset is core's transform; grey and RGB copies give the same input."""
+    from train.presets import ClassificationPresetEval
+
+    image = read_scan(scan_paths["notumor"])
+    transform = eval_transform(64)
+    assert torch.equal(ClassificationPresetEval(64)(image), transform(image))
+    assert torch.equal(transform(image.convert("RGB")), transform(image.convert("L")))
+
+
+def test_weights_trained_with_the_head_crop_are_served_with_it(tiny_model):
+    """The model card's crop_head reaches the prediction's input and Grad-CAM: the heatmap covers
+    the head's box, fades out within one Grad-CAM cell beyond it, and keeps the scan's size."""
+    recording = RecordingRuntime(tiny_model.runtime)
+    model = Classifier(tiny_model.network, dict(tiny_model.card, crop_head=True), runtime=recording)
+    assert model.crop_head and not tiny_model.crop_head
     image = head_image(size=(400, 300), box=(150, 60, 330, 260))
     expected = eval_transform(model.image_size, model.card["mean"], model.card["std"], crop_head=True)(image)
-    assert torch.equal(model.preprocess([image])[0].contiguous(), expected)
-    assert np.abs(model.backend.prepare([image])[0] - expected.numpy()).max() < 1e-6
-    assert not torch.allclose(plain.preprocess([image])[0], expected)
+    assert model.predict(image).label in model.class_names
+    (batch,) = recording.batches
+    assert np.abs(batch[0] - expected.numpy()).max() < 1e-6
+    plain = eval_transform(model.image_size, model.card["mean"], model.card["std"])(image)
+    assert not torch.allclose(plain, expected)
     left, top, right, bottom = head_box(image)
     heatmap = model.explain(image)
     assert heatmap.shape == (image.height, image.width)
@@ -105,6 +139,5 @@ def test_weights_trained_with_the_head_crop_are_served_with_it(tmp_path, scan_pa
     far[max(0, int(top - cell_y)) : int(np.ceil(bottom + cell_y)), max(0, int(left - cell_x)) : int(np.ceil(right + cell_x))] = False
     assert far.any() and heatmap[far].max() == 0.0 and heatmap[top:bottom, left:right].max() > 0.0
     # explain finds the box once and feeds the network exactly what predict feeds it
-    in_box = model.cam(model.preprocess([image]), None, (right - left, bottom - top))
+    in_box = model.cam(expected.unsqueeze(0), None, (right - left, bottom - top))
     assert np.allclose(heatmap[top:bottom, left:right], in_box, atol=1e-6)
-    assert model.predict(image).label in model.class_names

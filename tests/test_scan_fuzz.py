@@ -1,4 +1,4 @@
-"""Property-based fuzzing of ``read_scan`` (issue 8): mutated real scans never crash it.
+"""Property-based fuzzing of ``read_scan`` (core.scan): mutated real scans never crash it.
 
 Real scans are encoded as JPEG, PNG and DICOM, then damaged by bit flips, truncation, byte
 insertions and deletions and header corruption. Whatever comes out, ``read_scan`` either

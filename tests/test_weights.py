@@ -1,4 +1,4 @@
-"""Safe weights (issue 8): safetensors only, sha256 checked against the model card, no pickle.
+"""core.weights: safetensors only, sha256 checked against the model card, no pickle.
 
 Every broken weights file or model card is refused with a ``WeightsError`` that names the file,
 and nothing in the code base unpickles untrusted data.
