@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -32,26 +33,41 @@ __all__ = [
 
 NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
 OUTSIDE_TRAINING_FLAG = "outside the training data: the prediction is unreliable"
+#: Each image check's wording: its value against its limit, "<" for a floor, ">" for a ceiling.
 _IMAGE_CHECKS = {
-    "blank": "blank or near-constant image (grey-level spread {value:.3f} < {limit})",
-    "colour": "coloured image (channel spread {value:.3f} > {limit}); MRI is grey",
-    "aspect": "extreme aspect ratio ({value:.1f} > {limit})",
-    "gate": "far from any brain MRI the model learned from: out-of-distribution score {value:.2f} > {limit:.2f}",
+    "blank": ("blank or near-constant image (grey-level spread {value} < {limit})", 3, -1),
+    "colour": ("coloured image (channel spread {value} > {limit}); MRI is grey", 3, 1),
+    "aspect": ("extreme aspect ratio ({value} > {limit})", 1, 1),
+    "gate": ("far from any brain MRI the model learned from: out-of-distribution score {value} > {limit}", 2, 1),
 }
+
+
+def _shown(value: float, decimals: int, side: int, limit: float, percent: bool = False) -> str:
+    """``value`` with ``decimals`` (of a percentage when ``percent``), rounded as usual unless
+    that would show it at or across the ``limit`` it crossed (``side`` -1: it lies below, 1:
+    above); then rounded away from the limit, so a value just under 65 % never reads "65.0 %"."""
+    scale = 10 ** decimals * (100 if percent else 1)
+    rounded = round(value * scale) / scale
+    if (side < 0 and rounded >= limit) or (side > 0 and rounded <= limit):
+        rounded = (math.floor if side < 0 else math.ceil)(value * scale) / scale
+    return f"{rounded:.{decimals}%}" if percent else f"{rounded:.{decimals}f}"
 
 
 def flag_text(flag: Flag) -> str:
     """The sentence a clinician reads for one review flag."""
     if flag.kind == NOT_BRAIN_MRI:
-        return f"{NOT_BRAIN_MRI_FLAG} ({_IMAGE_CHECKS[flag.check or 'gate'].format(value=flag.value, limit=flag.limit)})"
+        text, decimals, side = _IMAGE_CHECKS[flag.check or "gate"]
+        limit = f"{flag.limit:.{decimals}f}" if flag.check == "gate" or flag.check is None else f"{flag.limit:g}"
+        return f"{NOT_BRAIN_MRI_FLAG} ({text.format(value=_shown(flag.value, decimals, side, flag.limit), limit=limit)})"
     if flag.kind == OUTSIDE_TRAINING:
-        return f"{OUTSIDE_TRAINING_FLAG} (unlike the training scans: out-of-distribution score {flag.value:.2f} > {flag.limit:g})"
+        return (f"{OUTSIDE_TRAINING_FLAG} (unlike the training scans: out-of-distribution score "
+                f"{_shown(flag.value, 2, 1, flag.limit)} > {flag.limit:g})")
     if flag.kind == LOW_CONFIDENCE:
-        return f"low confidence ({flag.value:.1%}, below {flag.limit:.0%})"
+        return f"low confidence ({_shown(flag.value, 1, -1, flag.limit, percent=True)}, below {flag.limit:.0%})"
     if flag.kind == WEAK_NEGATIVE:
         return (
             f"{WEAK_NEGATIVE_FLAG} (no tumour at {flag.confidence:.1%}, but {CLASS_LABELS[flag.classes[0]].lower()} stands "
-            f"out among the alternatives: answer cosine {flag.value:.3f}, needs {flag.limit:.3f})"
+            f"out among the alternatives: answer cosine {_shown(flag.value, 3, -1, flag.limit)}, needs {flag.limit:.3f})"
         )
     if flag.kind == MIRROR_DISAGREES:
         scan, mirror = (CLASS_LABELS[name] for name in flag.classes)

@@ -77,7 +77,7 @@ class OnnxRuntime:
         batch = np.asarray(batch, dtype=np.float32)
         if self.channels == 1 and batch.ndim == 4 and batch.shape[1] == 3:
             # The training loaders' grey scans repeated to three channels (equal by construction).
-            if not np.array_equal(batch[:, :1], batch[:, 1:2]):
+            if not np.array_equal(batch, np.broadcast_to(batch[:, :1], batch.shape)):
                 raise ValueError("The ONNX network takes one grey channel; this batch's three channels differ.")
             batch = batch[:, :1]
         if batch.ndim != 4 or batch.shape[1] != self.channels:

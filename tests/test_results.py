@@ -80,8 +80,6 @@ def test_mirror_disagreement_names_both_classes():
     assert f"({CLASS_LABELS['glioma']} vs {CLASS_LABELS['pituitary']})" in text
 
 
-@pytest.mark.xfail(strict=True, reason="flag_text rounds the confidence to .1% and the limit to .0%: "
-                   "0.6496 under 0.65 reads '65.0%, below 65%'")
 def test_a_confidence_just_below_the_threshold_reads_below_it():
     text = flag_text(Flag(LOW_CONFIDENCE, 0.6496, 0.65))
     shown, limit = text.split("(")[1].rstrip(")").split(", below ")
