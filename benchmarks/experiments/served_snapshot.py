@@ -43,10 +43,18 @@ def snapshot(path: Path, every: int | None = None) -> None:
     )
 
 
-def compare(a: Path, b: Path) -> dict[str, float | bool]:
+def _kinds(answer: str) -> list:
+    """An answer with each flag cut to its words before the numbers (its kind)."""
+    file, label, flags, mri, outside = json.loads(answer)
+    return [file, label, [flag.split(" (", 1)[0] for flag in flags], mri, outside]
+
+
+def compare(a: Path, b: Path) -> dict[str, float | bool | int]:
     x, y = np.load(a), np.load(b)
-    out: dict[str, float | bool] = {k: float(np.abs(x[k] - y[k]).max()) for k in ("probs", "single", "scores", "cams")}
+    out: dict[str, float | bool | int] = {k: float(np.abs(x[k] - y[k]).max()) for k in ("probs", "single", "scores", "cams")}
     out["same_labels_flags_and_states"] = bool(np.array_equal(x["answers"], y["answers"]))
+    out["same_labels_flag_kinds_and_states"] = all(_kinds(p) == _kinds(q) for p, q in zip(x["answers"], y["answers"]))
+    out["flag_wording_differs"] = int(sum(p != q for p, q in zip(x["answers"], y["answers"])))
     out["scans"] = int(len(x["answers"]))
     return out
 
