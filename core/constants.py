@@ -111,3 +111,39 @@ NEGATIVE_CLASS = "notumor"
 #: The wording of a "no tumour" answer under that floor.
 WEAK_NEGATIVE_FLAG = "not confident enough to rule out a tumour"
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
+
+#: Whole series (``core.read_series``). The external development series (``SOURCE/CLASS/CASE``:
+#: NIfTI volumes and DICOM folders), for validation only; ``BTMRI_SERIES`` overrides it.
+DEFAULT_SERIES_DIR = PROJECT_ROOT.parent / "shared" / "datasets" / "external-dev-series"
+
+
+def series_dir() -> Path:
+    """The external development series: ``$BTMRI_SERIES`` or the shared copy."""
+    return Path(os.environ.get("BTMRI_SERIES", DEFAULT_SERIES_DIR))
+
+
+#: The planes a series is cut in; the first is the default for a near-isotropic NIfTI volume.
+SERIES_PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+#: Slices (all series of one read together) above which ``read_series`` refuses the input.
+MAX_SERIES_SLICES = 1000
+#: Pixels (all slices of one read together) above which ``read_series`` refuses the input, checked
+#: on the headers before any decoding: a 300-slice 512 x 512 series (79 million) fits, and the
+#: decoded data stays under about 300 MB (2 bytes a pixel while decoding, 1 byte once in 8 bits).
+MAX_SERIES_VOXELS = 100_000_000
+#: Files (folder contents and zip members together) above which ``read_series`` refuses the input.
+MAX_SERIES_FILES = 5000
+#: Bytes read into memory from one input: a zip's members in all (their declared sizes are
+#: checked before extracting), one file, or one decompressed ``.nii.gz``.
+MAX_SERIES_BYTES = 512 * 2**20
+#: One grey window per series: these percentiles of the head voxels of the whole volume ...
+SERIES_WINDOW_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+#: ... where the head is the voxels above this fraction of the volume's 99th percentile (both
+#: measured from the volume's minimum), so that the air around the head does not set the window.
+SERIES_HEAD_FRACTION = 0.05
+#: A step between neighbouring slices over this multiple of the median step is a gap (slices
+#: missing), named in the series' notes.
+SERIES_GAP_FACTOR = 1.5
+#: Sequence names a series can be given (``core.sequence.SequenceInfo.name``).
+SEQUENCE_NAMES: tuple[str, ...] = ("T1", "T1C", "T2", "FLAIR", "other", "unknown")
+#: Where a sequence name came from: the DICOM tags, the file name (NIfTI), the image, the user.
+SEQUENCE_SOURCES: tuple[str, ...] = ("tags", "name", "image", "user", "unknown")

@@ -1,4 +1,5 @@
-"""DICOM reading with pydicom: one 2D slice to an 8-bit grey image.
+"""DICOM reading with pydicom: one 2D slice to an 8-bit grey image, and the decoding steps that
+whole-series reading (:mod:`core.series`) shares with it.
 
 Only pixel data and the few display tags are used; no patient tag is read, logged or kept,
 and no error message quotes a tag value.
@@ -9,13 +10,25 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
 
 from .pixels import WARNINGS_LOCK, ScanError, check_dimensions, stretch_to_uint8
 
-__all__ = ["read_dicom", "STORED_WINDOW", "PERCENTILE_STRETCH"]
+__all__ = [
+    "read_dicom",
+    "STORED_WINDOW",
+    "PERCENTILE_STRETCH",
+    "decode_pixels",
+    "grey_pixels",
+    "has_pixel_data",
+    "tag_float",
+    "photometric",
+    "quiet_pydicom",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +53,7 @@ def read_dicom(data: bytes) -> Image.Image:
     import pydicom
 
     try:
-        with WARNINGS_LOCK, warnings.catch_warnings():
-            # pydicom warns about odd values and quotes them (a malformed birth date, say):
-            # keep them out of the logs.
-            warnings.simplefilter("ignore")
+        with quiet_pydicom():
             dataset = pydicom.dcmread(io.BytesIO(data))
             return _to_image(dataset)
     except ScanError:
@@ -52,12 +62,51 @@ def read_dicom(data: bytes) -> Image.Image:
         raise ScanError(_DAMAGED) from exc
 
 
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence warnings while pydicom reads or decodes.
+
+    pydicom warns about odd values and quotes them (a malformed birth date, say): keep them out
+    of the logs. The filter is process-wide, so reads take turns (``WARNINGS_LOCK``).
+    """
+    with WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def tag_float(value) -> float | None:
+    """A number tag's (first) value as a finite float; None when absent or unusable."""
+    from collections.abc import Sequence
+
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        value = value[0] if len(value) else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def has_pixel_data(dataset) -> bool:
+    return any(k in dataset for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def photometric(dataset) -> str:
+    """The PhotometricInterpretation, upper case, ``""`` when absent."""
+    return str(dataset.get("PhotometricInterpretation", "")).strip().upper()
+
+
+def grey_pixels(pixels: np.ndarray, photometric_name: str) -> np.ndarray:
+    """Colour pixel data (RGB or YBR, channels last) averaged to grey; grey data unchanged."""
+    if pixels.ndim >= 3 and pixels.shape[-1] in (3, 4) and photometric_name.startswith(("RGB", "YBR")):
+        return pixels[..., :3].mean(axis=-1)
+    return pixels
+
+
 def _to_image(dataset) -> Image.Image:
     from pydicom.pixels import apply_modality_lut
 
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset and (
-        "DoubleFloatPixelData" not in dataset
-    ):
+    if not has_pixel_data(dataset):
         raise ScanError("The DICOM file holds no image (it has no pixel data).")
     frames = _int_tag(dataset, "NumberOfFrames", default=1)
     if frames > 1:
@@ -67,11 +116,10 @@ def _to_image(dataset) -> Image.Image:
         )
     rows, cols = _int_tag(dataset, "Rows"), _int_tag(dataset, "Columns")
     check_dimensions(cols, rows, "DICOM image")
-    pixels = _pixel_array(dataset)
+    pixels = decode_pixels(dataset)
 
-    photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4) and photometric.startswith(("RGB", "YBR")):
-        pixels = pixels[..., :3].mean(axis=-1)
+    interpretation = photometric(dataset)
+    pixels = grey_pixels(pixels, interpretation)
     if pixels.ndim != 2:
         raise ScanError("The DICOM file does not hold a single 2D slice.")
     check_dimensions(pixels.shape[1], pixels.shape[0], "DICOM image")
@@ -84,7 +132,7 @@ def _to_image(dataset) -> Image.Image:
     else:
         grey = stretch_to_uint8(values)
         transform = PERCENTILE_STRETCH
-    if photometric == "MONOCHROME1":  # stored so that high values are dark
+    if interpretation == "MONOCHROME1":  # stored so that high values are dark
         grey = 255 - grey
     image = Image.fromarray(grey, mode="L")
     image.info["display_transform"] = transform
@@ -101,8 +149,12 @@ def _int_tag(dataset, keyword: str, default: int = 0) -> int:
         raise ScanError(_DAMAGED) from exc
 
 
-def _pixel_array(dataset) -> np.ndarray:
-    """Decode the pixel data; a compression without a decoder gets its own message."""
+def decode_pixels(dataset) -> np.ndarray:
+    """Decode the pixel data (all frames); a compression without a decoder gets its own message.
+
+    Raises:
+        ScanError: no installed decoder handles the compression, or the data is damaged.
+    """
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and getattr(syntax, "is_compressed", False) and not _can_decode(syntax):
         raise ScanError(
@@ -146,7 +198,8 @@ def _would_hang(dataset, syntax) -> bool:
     if "ExtendedOffsetTable" in dataset and "ExtendedOffsetTableLengths" in dataset:
         offsets = (dataset.ExtendedOffsetTable, dataset.ExtendedOffsetTableLengths)
     chunks = [*generate_fragments(pixel_data)]
-    chunks += generate_frames(pixel_data, number_of_frames=1, extended_offsets=offsets)
+    frames = max(1, _int_tag(dataset, "NumberOfFrames", default=1))
+    chunks += generate_frames(pixel_data, number_of_frames=frames, extended_offsets=offsets)
     return any(not _jp2_box_walk_ends(chunk) for chunk in chunks)
 
 

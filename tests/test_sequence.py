@@ -1,0 +1,131 @@
+"""``core.sequence``: the sequence of a series from vendors' descriptions, from TR/TE/TI when the
+words do not say, and from a file name."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import SequenceInfo
+from core.sequence import sequence_from_dataset, sequence_from_name, sequence_from_tags
+
+
+@pytest.mark.parametrize("description, expected", [
+    ("t2_tse_tra", "T2"),                      # Siemens
+    ("AX FLAIR", "FLAIR"),                     # GE
+    ("T1 MPRAGE +C", "T1C"),
+    ("SE T1 post Gd", "T1C"),
+    ("Ax T2 FSE", "T2"),
+    ("sag t1 se", "T1"),
+    ("T1W_3D_TFE", "T1"),                      # Philips
+    ("COR T1 POST", "T1C"),
+    ("AX T1 C+", "T1C"),
+    ("t1_mpr_tra_gk_v4", "T1"),
+    ("tirm_tra_dark-fluid", "FLAIR"),
+    ("T2W_FLAIR", "FLAIR"),
+    ("AX T1 FLAIR", "T1"),                     # GE's T1 FLAIR is T1-weighted
+    ("Ax T1 pre", "T1"),
+    ("T1 pre", "T1"),
+    ("ep2d_diff_3scan_trace", "other"),
+    ("AX T2* GRE", "other"),
+    ("3-plane localizer", "other"),
+    ("Neuronavigatore T1 MPRAGE TRA MDC", "T1C"),  # Italian: mezzo di contrasto
+    ("series 5", "unknown"),
+])
+def test_vendor_descriptions(description, expected):
+    info = sequence_from_tags(series_description=description)
+    assert info.name == expected
+    assert info.source == ("unknown" if expected == "unknown" else "tags")
+    assert info.series_description == description
+
+
+def test_protocol_name_counts_too():
+    assert sequence_from_tags(series_description="Series 3", protocol_name="t2_tse_tra_p2").name == "T2"
+
+
+def test_contrast_agent_makes_t1_t1c_but_not_a_pre_contrast_series():
+    assert sequence_from_tags("sag t1 se", contrast_bolus_agent="Gadovist").name == "T1C"
+    assert sequence_from_tags("sag t1 se", contrast_bolus_agent="  ").name == "T1"
+    assert sequence_from_tags("T1 pre", contrast_bolus_agent="Gadovist").name == "T1"
+    assert sequence_from_tags("t2_tse_tra", contrast_bolus_agent="Gadovist").name == "T2"
+
+
+@pytest.mark.parametrize("tr, te, ti, expected", [
+    (9000, 120, 2500, "FLAIR"),
+    (4500, 100, None, "T2"),
+    (500, 12, None, "T1"),
+    (2000, 3.4, 1100, "T1"),   # MPRAGE: an inversion-prepared gradient echo
+    (3000, 15, None, "unknown"),  # proton density: no rule says it
+    (None, None, None, "unknown"),
+])
+def test_timings_decide_when_the_words_do_not(tr, te, ti, expected):
+    info = sequence_from_tags("MR series", repetition_time=tr, echo_time=te, inversion_time=ti)
+    assert info.name == expected
+    assert (info.repetition_time, info.echo_time, info.inversion_time) == (tr, te, ti)
+
+
+def test_tse_is_t2_only_with_a_long_echo():
+    assert sequence_from_tags("AX TSE", repetition_time=4000, echo_time=95).name == "T2"
+    assert sequence_from_tags("AX TSE", repetition_time=600, echo_time=12).name == "T1"
+    assert sequence_from_tags("AX TSE").name == "unknown"
+
+
+def test_timings_with_contrast():
+    info = sequence_from_tags("Series 9", repetition_time=450, echo_time=10, contrast_bolus_agent="Dotarem")
+    assert info.name == "T1C" and info.contrast_bolus_agent == "Dotarem"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("niivue_t2w.nii.gz", "T2"),
+    ("niivue_mr_gd.nii.gz", "T1C"),
+    ("niivue_chris_t1.nii.gz", "T1"),
+    ("sub-01_FLAIR.nii", "FLAIR"),
+    ("BraTS_t1ce.nii.gz", "T1C"),
+    ("tiantan_1.nii.gz", "unknown"),
+])
+def test_names(name, expected):
+    info = sequence_from_name(name)
+    assert info.name == expected
+    assert info.source == ("unknown" if expected == "unknown" else "name")
+    assert info.series_description is None  # a name is not a tag
+
+
+def test_dataset_tags_including_enhanced_functional_groups():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.SeriesDescription = "Ax 3D"
+    ds.ScanningSequence, ds.SequenceVariant = ["SE", "IR"], ["SK", "SP"]
+    timing, echo, shared = Dataset(), Dataset(), Dataset()
+    timing.RepetitionTime, echo.EffectiveEchoTime = 9000.0, 125.0
+    modifier = Dataset()
+    modifier.InversionTimes = [2500.0]
+    shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+    shared.MREchoSequence = Sequence([echo])
+    shared.MRModifierSequence = Sequence([modifier])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    info = sequence_from_dataset(ds)
+    assert info.name == "FLAIR" and info.source == "tags"
+    assert (info.repetition_time, info.echo_time, info.inversion_time) == (9000.0, 125.0, 2500.0)
+    assert info.scanning_sequence == "SE\\IR" and info.sequence_variant == "SK\\SP"
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"name": "T1+C"}, "'T1+C'"),
+    ({"source": "guess"}, "'guess'"),
+    ({"name": "unknown", "source": "tags"}, "'tags'"),
+    ({"echo_time": -1.0}, "-1.0"),
+    ({"echo_time": "12"}, "'12'"),
+    ({"series_description": 5}, "5"),
+])
+def test_sequence_info_validates(fields, words):
+    with pytest.raises(ValueError) as info:
+        SequenceInfo(**{"name": "T1", "source": "tags", **fields})
+    assert words in str(info.value)
+
+
+def test_sequence_info_defaults_to_unknown_and_is_frozen():
+    info = SequenceInfo()
+    assert (info.name, info.source) == ("unknown", "unknown")
+    with pytest.raises(AttributeError):
+        info.name = "T1"
