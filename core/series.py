@@ -4,8 +4,9 @@ compressed, multi-frame) and NIfTI volumes, into ordered 8-bit slices.
 :func:`read_series` is the one place where DICOM files are grouped into series (by
 SeriesInstanceUID, then orientation and size) and ordered along the slice normal. Each series
 gets one grey window, from percentiles of its head voxels, so its slices keep their relation to
-each other. Only MR series are read: another modality (CT, a secondary capture) is refused and
-named among the problems. No patient tag is read into a field, a message or a log: a series is
+each other (a stored WindowCenter/Width is not used: it can change from slice to slice, and a
+NIfTI volume has none, so one rule serves both). Only MR series are read: another modality (CT,
+a secondary capture) is refused and named among the problems. No patient tag is read into a field, a message or a log: a series is
 named by its number and description, a NIfTI volume by its file name.
 """
 
@@ -503,6 +504,8 @@ def _dicom_groups(found: _Found, plane: str) -> list[_Group]:
     for index, item in enumerate(found.dicoms):
         try:
             frames += _read_header(item, index)
+        except _LimitError:
+            raise
         except ScanError as exc:
             found.problems.append((item.name, str(exc)))
     by_key: dict[tuple, list[_Frame]] = {}
@@ -553,6 +556,10 @@ def _frames_of(ds, index: int) -> list[_Frame]:
         raise ScanError("The DICOM file holds no image.")
     check_dimensions(cols, rows, "DICOM image")
     count = max(1, _int(ds.get("NumberOfFrames")) or 1)
+    if count > MAX_SERIES_SLICES:
+        raise _LimitError(
+            f"A file holds {count} frames; up to {MAX_SERIES_SLICES} slices are read at once."
+        )
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or []
     common = dict(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import random
 import time
@@ -75,8 +76,6 @@ def test_a_folder_bytes_and_file_objects_read_alike(tmp_path):
     write_files(tmp_path / "a" / "b", blobs)
     from_folder = read_series([tmp_path])
     from_bytes = read_series(list(reversed(blobs)))
-    import io
-
     from_files = read_series([io.BytesIO(b) for b in blobs])
     from_pairs = read_series([(f"x{k}.dcm", b) for k, b in enumerate(blobs)])
     expected = grey(from_folder[0])
@@ -348,6 +347,17 @@ def test_limits_refuse_before_decoding(monkeypatch):
         read_series([zip_bytes({f"{k}.dcm": b for k, b in enumerate(blobs)})])
 
 
+def test_a_file_declaring_a_billion_frames_fails_fast():
+    from pydicom import dcmread
+
+    ds = dcmread(io.BytesIO(multiframe_bytes(phantom(2))))
+    ds.NumberOfFrames = 10**9
+    start = time.perf_counter()
+    with pytest.raises(ScanError, match="1000000000 frames"):
+        read_series([dicom_bytes(ds)])
+    assert time.perf_counter() - start < 0.5
+
+
 def test_gzip_bomb_as_nifti_fails_fast(monkeypatch):
     import gzip
 
@@ -509,3 +519,9 @@ def test_every_real_series_reads_with_its_plane():
         assert series.format == row["format"]
         middle = np.asarray(series.slices[len(series) // 2])
         assert 10 < middle.mean() < 200 and middle.std() > 20, row["path"]
+
+
+def test_slices_feed_predict_batch(tiny_model):
+    [series] = read_series(series_bytes(phantom(5)))
+    predictions = tiny_model.predict_batch(series.slices)
+    assert len(predictions) == 5
