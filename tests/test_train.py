@@ -313,6 +313,7 @@ def test_freeze_stages_keeps_the_stem_and_first_stages(mini_dataset, tmp_path):
         main(config)
 
 
+@pytest.mark.slow
 def test_evaluate_cli(mini_dataset, tiny_weights):
     cmd = [
         sys.executable, "-m", "train.evaluate", "--data-dir", str(mini_dataset / "Testing"),
