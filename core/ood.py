@@ -130,8 +130,8 @@ class FeatureGate:
     threshold: float
     #: Indices of the network blocks whose outputs are tapped (see :func:`forward_with_taps`).
     stages: tuple[int, ...] = (2, 4)
-    #: Distance above which an input is not a brain MRI at all (photos, documents, noise); None:
-    #: the same as ``threshold`` (gates fitted before the two were told apart).
+    #: Distance above which an input is not a brain MRI at all (photos, documents, noise); None
+    #: until ``train.ood.fit_reject_threshold`` sets it (then the same as ``threshold``).
     reject_threshold: float | None = None
 
     def __post_init__(self) -> None:

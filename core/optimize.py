@@ -4,10 +4,8 @@ made from the rewritten network; its target layer keeps its place).
 :func:`optimize_for_inference` folds each batch norm into the convolution before it: the
 network then runs one convolution where it ran a convolution and a normalisation. The rewrite
 is checked on a random input against the original network, and dropped (with a warning) when
-the outputs differ, so a model that it does not understand is served as it is.
-
-Measured on EfficientNet-Lite0, the model shipped when it was written (192 px, 2-core CPU;
-``python -m benchmarks``): see ``docs/performance.md``, with the options measured and not kept.
+the outputs differ, so a model that it does not understand is served as it is. Its speed and
+the options measured and not kept: ``docs/performance.md``.
 """
 
 from __future__ import annotations
