@@ -8,7 +8,7 @@ out-of-distribution gate -> review rules (``core.rules``) -> :class:`Prediction`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +27,11 @@ from .optimize import optimize_for_inference
 from .preprocess import eval_transform, head_box, input_array, to_grayscale
 from .rules import Flag, ImageProblem, ReviewRules
 from .runtime import Runtime, TorchRuntime, open_runtime, with_mirror
+from .series import Series
+from .series_rule import SeriesPrediction, SeriesRule, series_prediction
 from .weights import WeightsError, load_weights
 
-__all__ = ["Classifier", "Prediction", "build_network", "load_model", "softmax"]
+__all__ = ["Classifier", "Prediction", "SeriesPrediction", "build_network", "load_model", "softmax"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class Classifier:
         self.gate = gate
         self.image_limits = ImageLimits()
         self.rules = ReviewRules.from_card(card, gate.reject_score if gate is not None else float("inf"))
+        #: How slice answers become a series answer (``core.series_rule``).
+        self.series_rule = SeriesRule.from_card(card)
         network = net.to(self.device).eval().to(memory_format=torch.channels_last)
         for param in network.parameters():
             param.requires_grad_(False)
@@ -142,6 +146,18 @@ class Classifier:
             flags = self.rules.flags(served, scores, problems, plain, mirror)
             results += [self._prediction(p, s, f) for p, s, f in zip(served, scores, flags)]
         return results
+
+    def predict_series(
+        self, series: Series, batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+    ) -> SeriesPrediction:
+        """One answer for a whole series (``core.read_series``), every slice scored through
+        :meth:`predict_batch`; ``progress(done, total)`` is called after each batch."""
+        predictions: list[Prediction] = []
+        for start in range(0, len(series.slices), batch_size):
+            predictions += self.predict_batch(series.slices[start : start + batch_size], batch_size)
+            if progress is not None:
+                progress(len(predictions), len(series.slices))
+        return series_prediction(self.series_rule, series, predictions)
 
     def _prepare(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[ImageProblem | None]]:
         """The network input and the image checks' findings, spread over the threads (Pillow and

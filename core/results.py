@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .constants import CLASS_LABELS, CLASS_NAMES, WEAK_NEGATIVE_FLAG
 from .rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE, Flag
+from .series_rule import DISAGREEMENT, FEW_ASSESSED, ISOLATED_TUMOUR_SLICES, SeriesFlag
 
 if TYPE_CHECKING:  # the CLI imports this module before the model (and torch) is loaded
     from .model import Prediction
 
 __all__ = [
     "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "csv_row", "flag_text", "result_record",
-    "results_csv", "spreadsheet_safe", "status_of", "write_csv",
+    "results_csv", "series_flag_text", "spreadsheet_safe", "status_of", "write_csv",
 ]
 
 NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
@@ -73,6 +74,26 @@ def flag_text(flag: Flag) -> str:
         scan, mirror = (CLASS_LABELS[name] for name in flag.classes)
         return f"the mirror image of the scan is classified differently ({scan} vs {mirror})"
     raise ValueError(f"No wording for flag kind {flag.kind!r}.")
+
+
+def _classes(names: tuple[str, ...]) -> str:
+    return " and ".join(CLASS_LABELS[name].lower() for name in names)
+
+
+def series_flag_text(flag: SeriesFlag) -> str:
+    """The sentence a clinician reads for one review flag of a whole series."""
+    if flag.kind == OUTSIDE_TRAINING:
+        return f"{OUTSIDE_TRAINING_FLAG} ({flag.value:.0%} of the assessed slices are unlike the training scans)"
+    if flag.kind == DISAGREEMENT:
+        return (f"two tumour classes are each supported by enough slices ({_classes(flag.classes)}; "
+                f"{flag.value:.0f} slices where {flag.limit:.0f} are needed)")
+    if flag.kind == ISOLATED_TUMOUR_SLICES:
+        count = f"{flag.value:.0f} slice" + ("s suggest" if flag.value != 1 else " suggests")
+        return (f"no tumour class has enough slices behind it, but {count} {_classes(flag.classes)} "
+                f"({flag.limit:.0f} are needed to call it): review the key slices")
+    if flag.kind == FEW_ASSESSED:
+        return f"too few slices could be assessed ({flag.value:.0f}; {flag.limit:.0f} are needed to call a tumour)"
+    raise ValueError(f"No wording for series flag kind {flag.kind!r}.")
 
 #: Decimals of confidences, probabilities and scores in every output.
 DECIMALS = 6
