@@ -10,26 +10,35 @@ outputs are written: no DICOM tag.
 
 :func:`flag_text` is where a review flag (``core.rules.Flag``) becomes the sentence a clinician
 reads, in the app, the CSV and the CLI alike.
+
+A whole series (``core.series_rule.SeriesPrediction``) has its own record, :func:`series_record`,
+and one per slice, :func:`slice_records` (:func:`result_record`'s fields for the slice, under the
+series' name). :func:`series_csv` writes both in one table, :data:`SERIES_CSV_COLUMNS`: a
+``series`` row, then (with ``slices``) one ``slice`` row per slice, the cells that do not apply
+left empty. A series is named by its number and description (``Series.name``) and the source
+the user gave: no other DICOM tag, never a patient tag.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .constants import CLASS_LABELS, CLASS_NAMES, WEAK_NEGATIVE_FLAG
 from .rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE, Flag
-from .series_rule import DISAGREEMENT, FEW_ASSESSED, ISOLATED_TUMOUR_SLICES, SeriesFlag
+from .series_rule import DISAGREEMENT, FEW_ASSESSED, ISOLATED_TUMOUR_SLICES, SeriesFlag, SeriesPrediction
 
 if TYPE_CHECKING:  # the CLI imports this module before the model (and torch) is loaded
     from .model import Prediction
 
 __all__ = [
-    "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "csv_row", "flag_text", "result_record",
-    "results_csv", "series_flag_text", "spreadsheet_safe", "status_of", "write_csv",
+    "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "SERIES_CSV_COLUMNS", "csv_row",
+    "flag_text", "result_record", "results_csv", "series_csv", "series_csv_row", "series_flag_text", "series_record",
+    "series_records", "slice_records", "spreadsheet_safe", "status_of", "write_csv", "write_series_csv",
 ]
 
 NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
@@ -175,4 +184,112 @@ def results_csv(records: Iterable[dict[str, Any]]) -> bytes:
     """Records as one UTF-8 CSV document."""
     buffer = io.StringIO()
     write_csv(records, buffer)
+    return buffer.getvalue().encode("utf-8")
+
+
+# ---------------------------------------------------------------------- series
+SERIES_CSV_COLUMNS: tuple[str, ...] = (
+    "row", "series", "source", "slice", "position_mm", "n_slices", "assessed", "plane", "sequence", "sequence_source",
+    "label", "confidence", "flags", "flag_kinds", "outside_training", "key_slices",
+    *(f"p_{name}" for name in CLASS_NAMES), "error",
+)
+
+
+def _mm(value: float | None) -> float | None:
+    return None if value is None else round(float(value), DECIMALS)
+
+
+def series_record(prediction: SeriesPrediction | None, source: str, error: str | None = None) -> dict[str, Any]:
+    """The JSON-ready record of one series: its answer, or the ``error`` that stopped the read.
+
+    ``source`` is the input as the user gave it (a path, an upload's name). ``assessed`` counts
+    the slices that decided the answer; ``support`` the slices behind each tumour class;
+    ``key_slices`` the slices that drove the answer (index in the series, position in mm, label,
+    probability).
+    """
+    if (prediction is None) == (error is None):
+        raise ValueError("Give either a prediction or an error, not both or neither.")
+    if prediction is None:
+        return {
+            "series": None, "source": source, "n_slices": None, "assessed": None, "plane": None, "sequence": None,
+            "sequence_source": None, "label": None, "confidence": None, "flags": [], "flag_kinds": [],
+            "outside_training": None, "key_slices": [], "support": None, "error": error,
+        }
+    return {
+        "series": prediction.name,
+        "source": source,
+        "n_slices": prediction.n_slices,
+        "assessed": prediction.assessed,
+        "plane": prediction.plane,
+        "sequence": prediction.sequence.name,
+        "sequence_source": prediction.sequence.source,
+        "label": prediction.label,
+        "confidence": round(prediction.confidence, DECIMALS),
+        "flags": [series_flag_text(flag) for flag in prediction.flags],
+        "flag_kinds": list(prediction.flag_kinds),
+        "outside_training": prediction.outside_training,
+        "key_slices": [
+            {"index": key.index, "position_mm": _mm(key.position_mm), "label": key.label,
+             "probability": round(key.probability, DECIMALS)}
+            for key in prediction.key_slices
+        ],
+        "support": {name: int(count) for name, count in prediction.support.items()},
+        "error": None,
+    }
+
+
+def slice_records(prediction: SeriesPrediction, source: str) -> list[dict[str, Any]]:
+    """One JSON-ready record per slice of the series, in series order: the series' name and
+    ``source``, the slice's index and position, whether it counted towards the answer, then
+    :func:`result_record`'s fields for the slice (without ``file`` and ``error``: a slice is
+    read with its series)."""
+    records = []
+    rows = zip(prediction.slices, prediction.assessed_mask, prediction.positions_mm)
+    for index, (slice_prediction, assessed, position) in enumerate(rows):
+        fields = result_record("", slice_prediction)
+        del fields["file"], fields["error"]
+        records.append({"series": prediction.name, "source": source, "slice": index, "position_mm": _mm(position),
+                        "assessed": bool(assessed), **fields})
+    return records
+
+
+def _key_slices_text(keys: Iterable[dict[str, Any]]) -> str:
+    """Key slices as ``12@34.0mm; 13@35.0mm`` (the index alone where the position is unknown)."""
+    return "; ".join(
+        str(key["index"]) if key.get("position_mm") is None else f"{key['index']}@{key['position_mm']:.1f}mm"
+        for key in keys
+    )
+
+
+def series_csv_row(record: dict[str, Any]) -> list[str]:
+    """One record (:func:`series_record` or one of :func:`slice_records`) as CSV cells, in
+    :data:`SERIES_CSV_COLUMNS` order; a slice record is told by its ``slice`` field. The columns
+    the slice schema has too are its cells (:func:`csv_row`)."""
+    shared = dict(zip(CSV_COLUMNS, csv_row(record)))
+    own = {**record, "row": "slice" if "slice" in record else "series",
+           "key_slices": _key_slices_text(record.get("key_slices") or ()) or None}
+    return [shared[column] if column in shared else _cell(own.get(column)) for column in SERIES_CSV_COLUMNS]
+
+
+def write_series_csv(records: Iterable[dict[str, Any]], stream: TextIO, header: bool = True) -> None:
+    rows = (series_csv_row(record) for record in records)
+    csv.writer(stream, lineterminator="\n").writerows(itertools.chain([SERIES_CSV_COLUMNS] if header else [], rows))
+
+
+def series_records(
+    items: Iterable[tuple[SeriesPrediction | None, str, str | None]], slices: bool = False
+) -> Iterable[dict[str, Any]]:
+    """Each ``(prediction, source, error)`` as its series record, followed, with ``slices``, by
+    its slice records."""
+    for prediction, source, error in items:
+        yield series_record(prediction, source, error)
+        if slices and prediction is not None:
+            yield from slice_records(prediction, source)
+
+
+def series_csv(items: Iterable[tuple[SeriesPrediction | None, str, str | None]], slices: bool = False) -> bytes:
+    """``(prediction, source, error)`` items as one UTF-8 CSV document: a ``series`` row each and,
+    with ``slices``, its ``slice`` rows after it."""
+    buffer = io.StringIO()
+    write_series_csv(series_records(items, slices), buffer)
     return buffer.getvalue().encode("utf-8")
