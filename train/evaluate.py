@@ -199,13 +199,32 @@ def get_args_parser() -> argparse.ArgumentParser:
         "flagged and unflagged accuracy per source, class and sequence; CLASS 'other' for lesion types "
         "the model never learned",
     )
+    parser.add_argument(
+        "--series", type=Path, default=None, metavar="DIR",
+        help="instead, evaluate whole series laid out like ../shared/datasets/external-dev-series (manifest.csv): "
+        "series accuracy, flagged share and unflagged accuracy per source, class and sequence, seconds per series",
+    )
     parser.add_argument("--max-per-class", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _write(result: dict[str, Any], output: Path | None) -> None:
+    text = json.dumps(result, indent=1)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+    print(text)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.external is not None:
         return _main_external(args)
+    if args.series is not None:
+        from .series import evaluate_series
+
+        classifier = load_model(args.weights, device=args.device)
+        result = evaluate_series(classifier, args.series) | {"weights_sha256": classifier.card["weights_sha256"]}
+        _write(result, args.output)
+        return result
     folder = args.data_dir
     if (folder / "Testing").is_dir():
         folder = folder / "Testing"
@@ -221,10 +240,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     result["weights_sha256"] = classifier.card["weights_sha256"]
     if args.merge_into is not None:
         _merge(args.merge_into, args.name, result, classifier.card)
-    text = json.dumps(result, indent=1)
-    if args.output:
-        args.output.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    _write(result, args.output)
     return result
 
 
@@ -245,10 +261,7 @@ def _main_external(args: argparse.Namespace) -> dict[str, Any]:
     )
     result["weights_sha256"] = classifier.card["weights_sha256"]
     result["extra_data"] = [s["name"] for s in classifier.card.get("data", {}).get("sources", []) if s["name"] != "kaggle"]
-    text = json.dumps(result, indent=1)
-    if args.output:
-        args.output.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    _write(result, args.output)
     return result
 
 
