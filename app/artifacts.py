@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.constants import AUDIT_NAME, COMPARISON_NAME, EVALUATION_NAME, EXTERNAL_NAME, HISTORY_NAME, MODEL_CARD_NAME, assets_dir
+from core.constants import (
+    AUDIT_NAME,
+    COMPARISON_NAME,
+    EVALUATION_NAME,
+    EXTERNAL_NAME,
+    HISTORY_NAME,
+    MODEL_CARD_NAME,
+    SERIES_NAME,
+    assets_dir,
+)
 
 __all__ = [
     "EMPTY_CELL",
@@ -27,6 +36,7 @@ __all__ = [
     "external_rows",
     "percent_cells",
     "sequence_rows",
+    "series_rows",
     "load_artifacts",
     "per_class_rows",
     "perturbed_rows",
@@ -57,6 +67,8 @@ class Artifacts:
     external: dict[str, Any] | None = None
     #: The architecture comparison (``python -m train.compare``).
     comparison: dict[str, Any] | None = None
+    #: Whole series from other sources (``python -m train.evaluate --series``).
+    series: dict[str, Any] | None = None
     #: File name -> plain message, for each required file that is missing or malformed.
     problems: dict[str, str] = field(default_factory=dict)
 
@@ -149,7 +161,7 @@ _CHECKS = {
     COMPARISON_NAME: _check_comparison,
 }
 #: Files the page shows when present; their absence is not a problem.
-_OPTIONAL = (AUDIT_NAME, EXTERNAL_NAME, COMPARISON_NAME)
+_OPTIONAL = (AUDIT_NAME, EXTERNAL_NAME, COMPARISON_NAME, SERIES_NAME)
 _ALL = (MODEL_CARD_NAME, HISTORY_NAME, EVALUATION_NAME, *_OPTIONAL)
 
 
@@ -196,6 +208,7 @@ def load_artifacts(folder: Path | None = None) -> Artifacts:
         audit=found[AUDIT_NAME],
         external=found[EXTERNAL_NAME],
         comparison=found[COMPARISON_NAME],
+        series=found[SERIES_NAME],
         problems=problems,
     )
 
@@ -314,6 +327,9 @@ SOURCE_TITLES = {
     "tiantan": "Pituitary series, second hospital",
     "pmram": "PMRAM (Bangladesh)",
     "oasis": "OASIS (healthy, skull-stripped)",
+    "genoa": "3-D contrast T1, scanner DICOM (Genoa)",
+    "vsseg": "Contrast-T1 DICOM (VS-SEG, TCIA)",
+    "niivue": "Healthy volumes, T1, T1C and T2 (niivue)",
 }
 
 
@@ -351,6 +367,24 @@ def external_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
         for name, class_report in classes.items():
             label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
             rows.append(_external_row(SOURCE_TITLES.get(source, source), label, class_report))
+    return rows
+
+
+def series_rows(series: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (source, class) of the stored series report, then each series (percentages)."""
+    from core.constants import CLASS_LABELS
+
+    rows = []
+    for key, report in (series.get("classes") or {}).items():
+        source, _, name = key.partition("/")
+        label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
+        rows.append({
+            "Series from": SOURCE_TITLES.get(source, source), "Class": label, "N": int(report.get("series", 0)),
+            "Accuracy (%)": _pct(report.get("accuracy")), "Any flag (%)": _pct(report.get("flagged")),
+            "Accuracy without flag (%)": _pct(report.get("unflagged_accuracy")),
+            "'No tumour', no flag (%)": _pct(report.get("other_notumor_unflagged")),
+            "Seconds per series": round(float(report["seconds_per_series"]), 2) if report.get("seconds_per_series") else None,
+        })
     return rows
 
 

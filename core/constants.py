@@ -45,6 +45,8 @@ AUDIT_NAME = "audit.json"
 EXTERNAL_NAME = "external.json"
 #: ``python -m train.compare``: the architecture comparison.
 COMPARISON_NAME = "comparison.json"
+#: ``python -m train.evaluate --series``: whole series from other sources.
+SERIES_NAME = "series.json"
 
 
 def assets_dir() -> Path:

@@ -23,6 +23,7 @@ from app.artifacts import (
     comparison_rows,
     evaluation_title,
     external_rows,
+    series_rows,
     load_artifacts,
     per_class_rows,
     percent_cells,
@@ -179,6 +180,25 @@ def _external_ui(artifacts: Artifacts) -> None:
                  key="external_table", column_config={"Scans": st.column_config.TextColumn(width="medium"),
                                                       "N": st.column_config.NumberColumn(width="small")}
                  | {c: st.column_config.TextColumn(width="small", help=c) for c in _PCT_COLUMNS})
+
+
+_SERIES_PCT = ("Accuracy (%)", "Any flag (%)", "Accuracy without flag (%)", "'No tumour', no flag (%)")
+
+
+def _series_ui(artifacts: Artifacts) -> None:
+    """Whole series from other sources: one answer per series, as the review page gives it."""
+    if artifacts.series is None:
+        return
+    st.subheader("Whole series from other sources")
+    rule = (artifacts.model_card or {}).get("series") or {}
+    st.caption(
+        "One answer per series, from its slices' answers: a tumour class needs at least "
+        f"{rule.get('min_slices', '?')} slices at {100 * float(rule.get('min_probability', 0)):.0f} % or more behind it, "
+        "else the answer is \"no tumour\" (the rule is fitted on validation series only). Few series: "
+        "read each row as single cases, not as a rate."
+    )
+    st.dataframe(percent_cells(series_rows(artifacts.series), _SERIES_PCT), hide_index=True, width="stretch",
+                 key="series_table")
 
 
 def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:
@@ -470,6 +490,7 @@ def main() -> None:
 
     _headline_ui(artifacts)
     _external_ui(artifacts)
+    _series_ui(artifacts)
     key = _comparison_ui(artifacts) if artifacts.evaluation is not None else None
     report = artifacts.evaluations.get(key) if key else None
 

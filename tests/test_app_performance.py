@@ -427,3 +427,15 @@ def test_review_rules_read_the_card():
     no_floor = review_rules({"uncertainty": {"low_confidence_below": 0.7}})
     assert len(no_floor) == 1 and "under 70 %" in no_floor[0]
     assert review_rules({}) == [] and review_rules({"uncertainty": "garbled"}) == []
+
+
+def test_series_rows_give_one_row_per_source_and_class():
+    from app.artifacts import series_rows
+
+    report = {"classes": {"tiantan/pituitary": {"series": 12, "accuracy": 0.5, "flagged": 0.25, "unflagged_accuracy": 0.6,
+                                                "seconds_per_series": 0.24},
+                          "vsseg/other": {"series": 1, "flagged": 1.0, "other_notumor_unflagged": 0.0}}}
+    rows = series_rows(report)
+    assert [r["Class"] for r in rows] == ["Pituitary tumour", "other lesion types"]
+    assert rows[0]["N"] == 12 and rows[0]["Accuracy (%)"] == pytest.approx(50.0) and rows[0]["Seconds per series"] == 0.24
+    assert rows[1]["Accuracy (%)"] is None and rows[1]["'No tumour', no flag (%)"] == 0.0
