@@ -7,52 +7,105 @@ result equals that of :meth:`core.Classifier.predict` on the same scan. A file t
 read gets a record with its error message, and the run goes on; the exit status is 1 when any
 scan failed, 0 otherwise.
 
+With ``--series`` each path (DICOM files, a folder, a ``.zip``, a ``.nii``/``.nii.gz``) is read
+on its own with :func:`core.read_series` and answered once per series with
+:meth:`core.Classifier.predict_series`: one :func:`core.results.series_record` per series (a
+folder holding several series gives several), with ``--slices`` followed by its
+:func:`core.results.slice_records`. The next path is read in a thread while one is predicted. A
+path that cannot be read gets an error record, the run goes on, and the exit status is 1.
+
 Examples::
 
     python -m core scan.jpg other.dcm                   # JSON lines on stdout
     python -m core /data/scans --format csv --output results.csv --workers 4
+    python -m core --series dicom_folder/ volume.nii.gz --slices --format csv --output series.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .constants import SUPPORTED_EXTENSIONS
-from .results import result_record, write_csv
+from .constants import SERIES_PLANES, SUPPORTED_EXTENSIONS
+from .results import result_record, series_record, series_records, write_csv, write_series_csv
 from .scan import ScanError, read_scan
 
+if TYPE_CHECKING:
+    from .model import Classifier
+    from .series import Series
+
 FORMATS = ("jsonl", "csv")
+DEFAULT_PLANE = "axial"
+
+logger = logging.getLogger("core.cli")
+
+
+def _lines(*paragraphs: str, width: int = 88) -> str:
+    """Paragraphs wrapped for the help text (which keeps the examples' lines as written)."""
+    return "\n".join(textwrap.fill(p, width) if not p.startswith("  ") else p for p in paragraphs)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core",
-        description="Classify brain MRI slices: files, or folders searched recursively for "
-        f"scans ({', '.join(SUPPORTED_EXTENSIONS)}). Prints one JSON object per scan per line "
-        "(or CSV); unreadable files get an error record. Exit status 1 when any scan failed.",
+        description=_lines(
+            "Classify brain MRI slices: files, or folders searched recursively for scans "
+            f"({', '.join(SUPPORTED_EXTENSIONS)}). Prints one JSON object per scan per line (or CSV); "
+            "unreadable files get an error record. Exit status 1 when any scan failed.",
+            "With --series, classify whole series instead (DICOM series, NIfTI volumes): one record per series.",
+        ),
+        epilog=_lines(
+            "examples:",
+            "  python -m core scan.jpg /data/scans --format csv --output results.csv",
+            "  python -m core --series dicom_folder/ study.zip volume.nii.gz --slices --output series.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("scans", nargs="+", metavar="SCAN", help="image or DICOM files, or folders of them")
+    parser.add_argument(
+        "scans", nargs="+", metavar="PATH",
+        help="image or DICOM files, or folders of them; with --series: DICOM files, folders, .zip, .nii or .nii.gz",
+    )
     parser.add_argument("--weights", default=None, help="safetensors weights (default: the shipped model)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--format", default="jsonl", help=f"output format, one of {FORMATS} (default: jsonl)")
     parser.add_argument("--output", type=Path, default=None, help="write the results to this file (default: stdout)")
-    parser.add_argument("--batch-size", type=int, default=32, help="scans per forward pass (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=32, help="scans (or slices) per forward pass (default: 32)")
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1),
-        help="data-loader processes reading scans (default: min(4, CPUs); 0 reads in this process)",
+        help="data-loader processes reading scans (default: min(4, CPUs); 0 reads in this process; not used by --series)",
     )
     parser.add_argument(
         "--tta", action="store_true",
         help="average each prediction with the mirrored scan's, and flag scans whose mirror image gets another class",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    series = parser.add_argument_group(
+        "whole series",
+        _lines(
+            "Each PATH is read on its own; a folder or zip holding several series gives one record per series: "
+            "series, source, n_slices, assessed, plane, sequence, label, confidence, flags, key_slices, support, "
+            "error. CSV: a 'series' row, then its 'slice' rows.",
+        ),
+    )
+    series.add_argument("--series", action="store_true",
+                        help="answer once per series (DICOM series or NIfTI volume) instead of once per scan")
+    series.add_argument("--slices", action="store_true",
+                        help="with --series: also one record per slice, after its series' record")
+    series.add_argument(
+        "--plane", default=None,
+        help=f"with --series: the plane a near-isotropic NIfTI volume is cut in, one of {SERIES_PLANES} "
+        f"(default: {DEFAULT_PLANE}); other volumes are cut across their thickest voxels, DICOM as acquired",
+    )
     return parser
 
 
@@ -63,6 +116,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers < 0:
         raise SystemExit(f"--workers must be 0 or more, got {args.workers}.")
+    if args.plane is not None and args.plane not in SERIES_PLANES:
+        raise SystemExit(f"--plane {args.plane!r} is not one of {SERIES_PLANES}.")
+    if not args.series and (args.slices or args.plane is not None):
+        option = "--slices" if args.slices else "--plane"
+        raise SystemExit(f"{option} applies to whole series only: add --series.")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -133,28 +191,98 @@ def _batches(files: Sequence[str], batch_size: int, workers: int) -> Iterator[li
     return iter(loader)  # workers start now, and read while the model loads
 
 
+# ---------------------------------------------------------------------- series inputs
+def _read_one(path: str, plane: str) -> tuple[list[Series] | None, str | None]:
+    """The series in one path, or the message that says why it could not be read."""
+    from .series import read_series
+
+    try:
+        return read_series([path], plane=plane), None
+    except ScanError as exc:  # SeriesError too
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a reader bug must not stop the run
+        logger.warning("unexpected %s reading a series input", type(exc).__name__)
+        return None, f"Unexpected error reading the series ({type(exc).__name__})."
+
+
+class _ReadAhead:
+    """Each path read with :func:`core.read_series` on its own, in a thread, one path ahead of
+    the caller: the first while the model loads, the next while one is predicted (so at most two
+    inputs are held at once). Iterating gives ``(path, series or None, error or None)``."""
+
+    def __init__(self, paths: Sequence[str], plane: str):
+        self.paths, self.plane = list(paths), plane
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="read-series")
+        self._next = self._submit(0)
+
+    def _submit(self, index: int) -> Future | None:
+        if index >= len(self.paths):
+            return None
+        return self._pool.submit(_read_one, self.paths[index], self.plane)
+
+    def __iter__(self) -> Iterator[tuple[str, list[Series] | None, str | None]]:
+        for index, path in enumerate(self.paths):
+            found, error = self._next.result()
+            self._next = self._submit(index + 1)
+            yield path, found, error
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _log_reading(index: int, found: list[Series]) -> None:
+    """What the reader set aside, by counts and plain notes: no file name, no patient tag."""
+    unusable = {problem for series in found for problem in series.problems}
+    if unusable:
+        logger.warning("input %d: %d file(s) could not be used (not MR, not DICOM or NIfTI, or damaged)",
+                       index + 1, len(unusable))
+    for series in found:
+        logger.info("input %d: %d slices, %s, %s; %s", index + 1, len(series), series.plane, series.sequence.name,
+                    " ".join(series.notes) or "no notes")
+
+
 # ---------------------------------------------------------------------- outputs
 class _Writer:
-    """Records (``core.results.result_record``) as JSON lines or CSV, one per scan."""
+    """Records as JSON lines or CSV (``write_table``: :func:`core.results.write_csv` for scans,
+    :func:`core.results.write_series_csv` for series)."""
 
-    def __init__(self, stream: TextIO, fmt: str):
-        self.stream, self.fmt = stream, fmt
+    def __init__(self, stream: TextIO, fmt: str, write_table: Callable[..., None] = write_csv):
+        self.stream, self.fmt, self.write_table = stream, fmt, write_table
         if fmt == "csv":
-            write_csv([], stream)
+            write_table([], stream)
 
     def write(self, record: dict[str, Any]) -> None:
+        self.write_all([record])
+
+    def write_all(self, records: Iterable[dict[str, Any]]) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record) + "\n")
+            self.stream.writelines(json.dumps(record) + "\n" for record in records)
         else:
-            write_csv([record], self.stream, header=False)
+            self.write_table(records, self.stream, header=False)
 
     def flush(self) -> None:
         self.stream.flush()
 
 
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    with io.open(path, "w", encoding="utf-8", newline="") as stream:
+        yield stream
+
+
 # ---------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> int:
     _check_args(args)
+    return _classify_series(args) if args.series else _classify_scans(args)
+
+
+def _classify_scans(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .model import load_model
@@ -167,10 +295,9 @@ def main(args: argparse.Namespace) -> int:
     batches = _batches(files, args.batch_size, workers)
     model = load_model(args.weights, device=args.device, tta=args.tta)
 
-    stream: TextIO = sys.stdout if args.output is None else io.open(args.output, "w", encoding="utf-8", newline="")
-    writer = _Writer(stream, args.format)
     failed = 0
-    try:
+    with _output(args.output) as stream:
+        writer = _Writer(stream, args.format)
         with tqdm(total=len(files), unit="scan", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True) as bar:
             for batch in batches:
                 readable = [(path, image) for path, image, error in batch if error is None]
@@ -186,12 +313,48 @@ def main(args: argparse.Namespace) -> int:
                 bar.update(len(batch))
                 if failed:
                     bar.set_postfix(failed=failed)
-    finally:
-        if args.output is not None:
-            stream.close()
     if failed and not args.no_progress:
         print(f"{failed} of {len(files)} scans could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _classify_series(args: argparse.Namespace) -> int:
+    """One record per series of each path (each read on its own), with ``--slices`` its slice
+    records after it; exit status 1 when any path could not be read."""
+    from .model import load_model
+
+    paths = list(args.scans)
+    with _ReadAhead(paths, args.plane or DEFAULT_PLANE) as inputs:
+        model = load_model(args.weights, device=args.device, tta=args.tta)
+        with _output(args.output) as stream:
+            failed = _write_series(model, inputs, _Writer(stream, args.format, write_series_csv), args)
+    if failed and not args.no_progress:
+        print(f"{failed} of {len(paths)} inputs could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_series(model: Classifier, inputs: _ReadAhead, writer: _Writer, args: argparse.Namespace) -> int:
+    """Predict and write each input's series as it is read; returns how many inputs failed."""
+    from tqdm import tqdm
+
+    failed = 0
+    # The total grows as each input is read: its slices are known only then.
+    with tqdm(total=0, unit="slice", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for index, (path, found, error) in enumerate(inputs):
+            if error is not None:
+                failed += 1
+                writer.write(series_record(None, path, error))
+            else:
+                _log_reading(index, found)
+                for series in found:
+                    bar.total += len(series)
+                    start = bar.n
+                    prediction = model.predict_series(
+                        series, args.batch_size, progress=lambda done, total: bar.update(start + done - bar.n))
+                    writer.write_all(series_records([(prediction, path, None)], slices=args.slices))
+            writer.flush()
+            bar.set_postfix(inputs=f"{index + 1}/{len(inputs.paths)}", **({"failed": failed} if failed else {}))
+    return failed
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
