@@ -113,3 +113,27 @@ def test_scan_files_take_turns_between_classes(data_root):
 def test_bad_options(argv, words):
     with pytest.raises(SystemExit, match=words):
         cli(argv)
+
+
+def test_generated_series_reads_back_in_order(tmp_path):
+    from benchmarks.series import write_series
+    from core import read_series
+
+    paths = write_series(tmp_path, slices=6, size=64)
+    series = read_series([tmp_path])
+    assert len(paths) == 6 and len(series) == 1
+    assert len(series[0].slices) == 6 and series[0].plane == "axial" and series[0].sequence.name == "T1C"
+    assert list(series[0].positions_mm) == sorted(series[0].positions_mm)
+
+
+@pytest.mark.slow
+def test_series_benchmark_writes_its_figures(tmp_path):
+    from benchmarks.series import main
+    from core.constants import default_weights
+
+    if not default_weights().is_file():
+        pytest.skip("no shipped weights")
+    out = tmp_path / "series.json"
+    result = main(["--slices", "6", "--size", "96", "--memory-slices", "6", "--rounds", "1", "--output", str(out)])
+    assert out.is_file() and result["series"]["slices"] == 6
+    assert result["predict_series_s"] > 0 and result["single_predicts_s"] > 0 and "left_after_drop_mb" in result["memory"]
