@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from core.constants import CLASS_LABELS, CLASS_NAMES
 from core.model import Prediction
+from core.series_rule import SeriesPrediction
 
 __all__ = [
     "ACCENT",
@@ -22,6 +23,7 @@ __all__ = [
     "history_figure",
     "normalise_rows",
     "probability_figure",
+    "series_figure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,92 @@ def probability_figure(prediction: Prediction) -> go.Figure:
     )
     fig.update_xaxes(range=[0, 112], title_text="Probability (%)", ticksuffix="")
     return _layout(fig, 220, title_text="Class probabilities", showlegend=False)
+
+
+#: Grey of the slices that did not count towards a series answer.
+NOT_ASSESSED_COLOUR = "#8a98a3"
+FLAG_COLOUR = "#d55e00"
+
+
+def series_figure(prediction: SeriesPrediction, current: int | None = None) -> go.Figure:
+    """Each class's probability along the slices of a series (x: slice number, from 1; the
+    position in mm in the hover), with the key slices (stars on the answer's line), the slices
+    with a review flag (crosses above the lines) and the slices that were not assessed (grey
+    bands and squares below) marked; ``current``: the index of the slice shown (a dashed line)."""
+    numbers = list(range(1, prediction.n_slices + 1))
+    positions = list(prediction.positions_mm)
+    fig = go.Figure()
+    for name in CLASS_NAMES:
+        fig.add_trace(
+            go.Scatter(
+                x=numbers,
+                y=[100.0 * s.probabilities.get(name, 0.0) for s in prediction.slices],
+                mode="lines+markers" if prediction.n_slices <= 60 else "lines",
+                name=_label(name),
+                line=dict(color=CLASS_COLOURS.get(name), width=3 if name == prediction.label else 1.5),
+                marker=dict(size=4),
+                customdata=positions,
+                hovertemplate=f"slice %{{x}} (%{{customdata:.1f}} mm): {_label(name)} %{{y:.1f}} %<extra></extra>",
+            )
+        )
+    keys = prediction.key_slices
+    if keys:
+        fig.add_trace(
+            go.Scatter(
+                x=[k.index + 1 for k in keys],
+                y=[100.0 * prediction.slices[k.index].probabilities.get(prediction.label, 0.0) for k in keys],
+                mode="markers",
+                name="Key slice",
+                marker=dict(symbol="star", size=14, color=CLASS_COLOURS.get(prediction.label, ACCENT),
+                            line=dict(color="#1c2b36", width=1)),
+                customdata=[[_label(k.label), 100.0 * k.probability] for k in keys],
+                hovertemplate="key slice %{x}: %{customdata[0]}, %{customdata[1]:.1f} %<extra></extra>",
+            )
+        )
+    flagged = [i for i, s in enumerate(prediction.slices) if s.flags]
+    if flagged:
+        fig.add_trace(
+            go.Scatter(
+                x=[i + 1 for i in flagged],
+                y=[106.0] * len(flagged),
+                mode="markers",
+                name="Flagged slice",
+                marker=dict(symbol="x", size=8, color=FLAG_COLOUR),
+                customdata=[", ".join(f.kind.replace("_", " ") for f in prediction.slices[i].flags) for i in flagged],
+                hovertemplate="slice %{x}: %{customdata}<extra></extra>",
+            )
+        )
+    skipped = [i for i, counted in enumerate(prediction.assessed_mask) if not counted]
+    if skipped:
+        fig.add_trace(
+            go.Scatter(
+                x=[i + 1 for i in skipped],
+                y=[-6.0] * len(skipped),
+                mode="markers",
+                name="Not assessed",
+                marker=dict(symbol="square", size=7, color=NOT_ASSESSED_COLOUR),
+                hovertemplate="slice %{x}: not assessed<extra></extra>",
+            )
+        )
+        for start, end in _runs(skipped):
+            fig.add_vrect(x0=start + 0.5, x1=end + 1.5, fillcolor=NOT_ASSESSED_COLOUR, opacity=0.12,
+                          line_width=0, layer="below")
+    if current is not None:
+        fig.add_vline(x=current + 1, line=dict(color="#1c2b36", dash="dash", width=1))
+    fig.update_xaxes(title_text="Slice number", range=[0.5, prediction.n_slices + 0.5])
+    fig.update_yaxes(title_text="Probability (%)", range=[-10, 110], tickvals=[0, 25, 50, 75, 100])
+    return _layout(fig, 340, title_text="Class probabilities along the slices", legend=dict(orientation="h", y=-0.25))
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of sorted ``indices`` as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 def history_figure(epochs: Sequence[Mapping[str, Any]], metric: str, title: str) -> go.Figure:

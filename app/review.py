@@ -25,6 +25,7 @@ __all__ = [
     "OUTSIDE_TRAINING_TEXT",
     "UNEXPECTED_ERROR_TEXT",
     "ScanAnalysis",
+    "analyse_image",
     "analyse_scan",
     "digest_of",
     "results_csv",
@@ -97,6 +98,11 @@ def analyse_scan(model: Classifier, data: bytes) -> ScanAnalysis:
     except Exception:  # a reader bug must not stop the batch
         logger.exception("unexpected error reading an upload (sha256 %s)", digest[:12])
         return ScanAnalysis(digest=digest, error=UNEXPECTED_ERROR_TEXT)
+    return analyse_image(model, image, digest)
+
+
+def analyse_image(model: Classifier, image: Image.Image, digest: str) -> ScanAnalysis:
+    """Classify one image already read (a scan, or the one slice of a series); never raises."""
     try:
         prediction = model.predict(image)
     except Exception:

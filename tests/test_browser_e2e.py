@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from app_assets import make_assets
-from core import CLASS_LABELS, load_model, read_scan
-from core.constants import ASSETS_DIR, WEIGHTS_NAME
+from core import CLASS_LABELS, load_model, read_scan, read_series
+from core.constants import ASSETS_DIR, WEIGHTS_NAME, series_dir
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-b
                  "--disable-component-update", "--disable-sync"]
 STARTUP_TIMEOUT_S = 60
 BANNER = "Research demonstration — not for diagnostic use"
+#: A real DICOM series (40 files, 512 x 512, RLE) among the development series.
+VSSEG = Path("vsseg") / "other" / "vsseg_001_schwannoma"
+SCREENSHOT = Path("/tmp/series_review.png")
 
 
 def _free_port() -> int:
@@ -177,6 +180,49 @@ def test_upload_a_scan_and_see_the_prediction(server, browser, assets, scan_path
     assert not errors, errors
     context.close()
     assert warm[1] < 15.0  # a loose guard against hangs; the measured figures are printed above
+
+
+_SERIES_RENDERED = """() => {
+    const stale = document.querySelectorAll('[data-stale="true"]').length;
+    const images = [...document.querySelectorAll('[data-testid="stImage"] img')];
+    const charts = document.querySelectorAll('.js-plotly-plot .main-svg').length;
+    return stale === 0 && images.length >= 2 && images.every(i => i.complete && i.naturalWidth > 0) && charts > 0;
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_upload_a_real_series_and_see_its_answer(server, browser, assets):
+    """The 40 files of a real DICOM series dropped at once: one series row, its answer, the chart,
+    the slider and the key slices; a screenshot of the whole page goes to /tmp."""
+    folder = series_dir() / VSSEG
+    if not folder.is_dir():
+        pytest.skip(f"development series not found at {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix == ".dcm")
+    model = load_model(assets / WEIGHTS_NAME, device="cpu")
+    [series] = read_series(paths)
+    expected = model.predict_series(series)
+    context = browser.new_context(viewport={"width": 1440, "height": 3000})  # the whole page in one screenshot
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server, wait_until="domcontentloaded")
+    page.wait_for_selector("input[type=file]", state="attached", timeout=30_000)
+    started = time.perf_counter()
+    page.set_input_files("input[type=file]", [str(p) for p in paths])
+    page.get_by_role("heading", name=f"Series: {series.name}").wait_for(timeout=120_000)
+    page.get_by_test_id("stMetricValue").filter(has_text=CLASS_LABELS[expected.label]).first.wait_for(timeout=60_000)
+    shown = time.perf_counter() - started
+    page.wait_for_function(_SERIES_RENDERED, timeout=60_000, polling=50)
+    rendered = time.perf_counter() - started
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert page.get_by_test_id("stDataFrame").count() == 1  # the series table (its row is drawn on a canvas)
+    assert page.get_by_test_id("stSlider").count() >= 2  # the slice slider and the heatmap opacity
+    assert page.get_by_role("button", name="Show", exact=True).count() == len(expected.key_slices)
+    assert page.get_by_text("Traceback").count() == 0
+    print(f"\n40-file series, drop -> answer shown {shown:.2f} s, page rendered {rendered:.2f} s")
+    assert not errors, errors
+    context.close()
 
 
 def test_waiting_for_the_server_stops_when_it_exits():

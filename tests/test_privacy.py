@@ -2,8 +2,10 @@
 
 ``read_scan`` + ``predict`` + ``explain`` on an identifiable DICOM must write nothing under
 the temporary folder, log none of the tag values (at DEBUG, from any logger), warn none of
-them, and return an image whose ``info`` holds none of them. (The CSV export is tested with
-the app.)
+them, and return an image whose ``info`` holds none of them. A whole series carrying the tags,
+uploaded to the app, leaves none of them on the page, in the series CSV, in the PDF report or in
+the logs, and files named after the patient are named in neither export nor log. (The scan
+CSV export is tested with the app.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 
 from core import ScanError, read_scan
 from dicom_factory import dicom_bytes, mr_dataset
+from test_app_series import downloads, fetched  # noqa: F401 (downloads: the buttons' recorder, a fixture)
 
 PATIENT_TAGS = {
     "PatientName": "Quillfeather^Marguerite",
@@ -190,3 +193,105 @@ def test_refusals_do_not_quote_patient_tags(watched, pixels, case):
     with pytest.raises(ScanError) as info:
         read_scan(data)
     assert not _leaks(str(info.value))
+
+
+# ---------------------------------------------------------------------- a whole series in the app
+def _series_with_tags(slices: int = 8) -> list[bytes]:
+    """A generated MR series whose every file carries the patient tags above (PatientName,
+    PatientID, PatientBirthDate, AccessionNumber among them)."""
+    from series_factory import phantom, series_bytes
+
+    blobs = series_bytes(phantom(slices, 96, 96), **PATIENT_TAGS)
+    assert all(PATIENT_TAGS["PatientName"].encode() in blob and PATIENT_TAGS["AccessionNumber"].encode() in blob
+               for blob in blobs)
+    return blobs
+
+
+def _page_text(at) -> str:
+    """Every element of the page as its serialised message: labels, values, captions, table
+    cells, chart data."""
+    parts: list[bytes] = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None and hasattr(proto, "SerializeToString"):
+            parts.append(proto.SerializeToString())
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return b"\n".join(parts).decode("latin-1")
+
+
+def pdf_text(data: bytes) -> str:
+    """The PDF's bytes with every compressed stream (page contents, images) unpacked: the core
+    fonts' text is there as written."""
+    import re
+    import zlib
+
+    parts = [data]
+    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.DOTALL):
+        try:
+            parts.append(zlib.decompress(match.group(1)))
+        except zlib.error:
+            continue
+    return b"\n".join(parts).decode("latin-1")
+
+
+@pytest.fixture(scope="module")
+def series_assets(tmp_path_factory) -> Path:
+    from app_assets import make_assets
+
+    return make_assets(tmp_path_factory.mktemp("privacy_assets"))
+
+
+def _series_app(series_assets, monkeypatch, downloads, files: list[tuple[str, bytes]]):
+    """The app with ``files`` uploaded, and the bytes its download buttons give (by key)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BTMRI_ASSETS", str(series_assets))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=180)
+    at.run()
+    at.file_uploader(key="uploads").set_value([(name, data, "application/dicom") for name, data in files])
+    at.run()
+    assert not at.exception
+    return at, {key: fetched(downloads, key) for key in downloads}
+
+
+def test_a_series_with_patient_tags_leaves_none_on_the_page_in_the_exports_or_the_logs(
+    series_assets, monkeypatch, caplog, downloads
+):
+    for name in LOGGERS + ("app", "pages", "streamlit"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    files = [(f"IM{k:04d}.dcm", blob) for k, blob in enumerate(_series_with_tags())]
+    at, downloads = _series_app(series_assets, monkeypatch, downloads, files)
+    page = _page_text(at)
+    assert "t1_mprage_tra_Gd" in page  # the check reads the page: the series' own name is there
+    assert not _leaks(page), f"patient data on the page: {_leaks(page)}"
+
+    table = downloads["download_series_csv"].decode("utf-8")
+    assert table.count("\n") == 1 + 1 + 8  # header, the series, its slices
+    assert not _leaks(table), f"patient data in the CSV: {_leaks(table)}"
+    pdf = downloads["download_series_pdf"]
+    assert pdf.startswith(b"%PDF")
+    text = pdf_text(pdf)
+    assert "Research demonstration, not for diagnostic use" in text and "t1_mprage_tra_Gd" in text
+    assert not _leaks(text), f"patient data in the PDF: {_leaks(text)}"
+
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert not _leaks(logged), f"patient data logged: {_leaks(logged)}"
+
+
+def test_identifying_file_names_stay_out_of_the_exports_and_the_logs(series_assets, monkeypatch, caplog, downloads):
+    """Files named after the patient: the page may list a file it could not use, but the CSV, the
+    PDF and the logs name no file."""
+    for name in LOGGERS + ("app", "pages", "streamlit"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    files = [(f"Quillfeather_Marguerite_{k}.dcm", blob) for k, blob in enumerate(_series_with_tags(4))]
+    files.append(("Quillfeather_notes.dcm", b"not a scan at all, just notes"))
+    at, downloads = _series_app(series_assets, monkeypatch, downloads, files)
+    assert "Quillfeather_notes.dcm" in _page_text(at)  # the file that could not be used is listed
+    for label, text in (("CSV", downloads["download_series_csv"].decode("utf-8")),
+                        ("PDF", pdf_text(downloads["download_series_pdf"])),
+                        ("log", "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records))):
+        assert "Quillfeather" not in text and "Marguerite" not in text, f"a file name in the {label}"
