@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import fpdf.encryption
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 from PIL import Image
@@ -46,6 +47,22 @@ _EXTERNAL_COLUMNS = (
     ("Accuracy", "Accuracy (%)", 23.0),
     ("Unflagged acc.", "Accuracy without flag (%)", 23.0),
 )
+
+
+def _release_import_frames() -> None:
+    """fpdf2 keeps the ImportError of its optional ``cryptography`` import
+    (``fpdf.encryption.import_error``, quoted only if AES encryption is asked for, which this
+    report never does). Its traceback holds the frames that first imported fpdf: in the app, the
+    script run of the first session that opened the review page, and with it that session's whole
+    state (uploads' analyses, series slices) for the life of the server. The message is kept; the
+    frames are let go."""
+    error = getattr(fpdf.encryption, "import_error", None)
+    if isinstance(error, BaseException):
+        error.__traceback__ = None
+        error.__context__ = None
+
+
+_release_import_frames()
 
 
 def _text(value: Any) -> str:

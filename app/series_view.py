@@ -8,6 +8,8 @@ first 12 hex digits of its digest only: neither file names nor DICOM tags are lo
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import io
 import logging
@@ -25,8 +27,8 @@ from app.review import OUTSIDE_TRAINING_TEXT, UNEXPECTED_ERROR_TEXT, ScanAnalysi
 from core import results as core_results
 from core.constants import CLASS_LABELS, CLASS_NAMES, NEGATIVE_CLASS, SUPPORTED_EXTENSIONS
 from core.model import Classifier
-from core.results import series_flag_text
 from core.pixels import ScanError
+from core.results import series_flag_text
 from core.series import Series, SeriesError, read_series
 from core.series_rule import KeySlice, SeriesPrediction
 
@@ -42,6 +44,7 @@ __all__ = [
     "answer_text",
     "is_series_file",
     "key_slice_text",
+    "release_freed_memory",
     "review_text",
     "sequence_text",
     "series_inputs",
@@ -77,12 +80,12 @@ def is_series_file(name: str) -> bool:
     return name.lower().endswith(SERIES_SUFFIXES)
 
 
-def upload_info(name: str, data: bytes) -> tuple[str, bool]:
+def upload_info(name: str, data: bytes | memoryview) -> tuple[str, bool]:
     """An upload's sha256 and whether it is (or, a zip, holds) a NIfTI volume: whether the cut
-    plane applies to it."""
+    plane applies to it. ``data`` may be a view of the upload (nothing is copied to hash it)."""
     lower = name.lower()
-    nifti = lower.endswith(_NIFTI_SUFFIXES) or (lower.endswith(".zip") and zip_holds_nifti(data))
-    return digest_of(data), nifti
+    nifti = lower.endswith(_NIFTI_SUFFIXES) or (lower.endswith(".zip") and zip_holds_nifti(bytes(data)))
+    return hashlib.sha256(data).hexdigest(), nifti
 
 
 def zip_holds_nifti(data: bytes) -> bool:
@@ -338,3 +341,30 @@ def series_results_csv(reads: Sequence[SeriesRead]) -> bytes:
             items.append((None, read.source, read.error))
         items += [(analysis.prediction, read.source, None) for analysis in read.series]
     return core_results.series_csv(items, slices=True)
+
+
+# ---------------------------------------------------------------------- memory
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``; None with another C library (macOS, Windows, musl)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Collect the garbage of ended sessions and give the memory freed back to the system (the
+    second step where the C library is glibc). Called once after new series were read (0.3 s).
+
+    A session's analyses sit in reference cycles (Streamlit's session objects) once it ends, and
+    the server's full collections are rare (``runner.postScriptGC`` is off); and a read goes
+    through hundreds of half-megabyte buffers that glibc keeps in its heaps once they are freed.
+    Measured in the served app with 300-slice 512 x 512 series, one session after another:
+    without this the server's RSS grew by 230 to 450 MB with each series, without bound; with
+    it, RSS comes back to the same level after each."""
+    gc.collect()
+    if _TRIM is not None:
+        _TRIM(0)

@@ -28,6 +28,7 @@ from app.series_view import (
     answer_text,
     is_series_file,
     key_slice_text,
+    release_freed_memory,
     series_inputs,
     series_results_csv,
     series_rows,
@@ -94,7 +95,8 @@ def _file_info(uploads: list) -> list[tuple[str, bool]]:
     for upload in uploads:
         file_id = getattr(upload, "file_id", None) or f"{upload.name}:{upload.size}"
         if file_id not in known:
-            known[file_id] = upload_info(upload.name, upload.getvalue())
+            with upload.getbuffer() as view:  # hashed in place, not copied
+                known[file_id] = upload_info(upload.name, view)
         infos.append(known[file_id])
     ids = {getattr(u, "file_id", None) or f"{u.name}:{u.size}" for u in uploads}
     for stale in set(known) - ids:
@@ -327,8 +329,9 @@ def _external_figures(folder: str) -> list[dict]:
 
 
 def _series_analyse_ui(model: Classifier, uploads: list, digests: list[str], inputs: list[SeriesInput],
-                       plane: str) -> list[SeriesRead]:
-    """Each series input read and scored once (reruns and other reads reuse it), with a progress bar."""
+                       plane: str) -> tuple[list[SeriesRead], bool]:
+    """Each series input read and scored once (reruns and other reads reuse it), with a progress
+    bar; also whether any was read in this run."""
     cache: dict[str, SeriesRead] = st.session_state.setdefault(SERIES_READS_KEY, {})
     keys = [item.key(digests, plane) for item in inputs]
     todo = [(item, key) for item, key in zip(inputs, keys) if key not in cache]
@@ -343,7 +346,7 @@ def _series_analyse_ui(model: Classifier, uploads: list, digests: list[str], inp
                                         key=key, label=item.label, source=item.source)
     for stale in set(cache) - set(keys):  # uploads removed, or another plane chosen
         del cache[stale]
-    return [cache[key] for key in keys]
+    return [cache[key] for key in keys], bool(todo)
 
 
 def _read_errors_ui(reads: list[SeriesRead]) -> None:
@@ -519,7 +522,7 @@ def main() -> None:
         logger.error("model not loaded: %s", exc)
         st.error(f"The model could not be loaded, so scans cannot be analysed. {exc}", icon=":material/error:")
         st.stop()
-    reads = _series_analyse_ui(model, uploads, digests, inputs, plane) if inputs else []
+    reads, read_now = _series_analyse_ui(model, uploads, digests, inputs, plane) if inputs else ([], False)
     scans = [i for i, upload in enumerate(uploads) if not is_series_file(upload.name)]
     single = [item for read in reads for item in read.scans]
     if reads:
@@ -531,6 +534,8 @@ def main() -> None:
         _prepare_review(model, items)
         index = _summary_ui(items)
         _review_ui(model, *items[index])
+    if read_now:  # after drawing: the page is on screen while memory is handed back
+        release_freed_memory()
 
 
 ensure_frame()

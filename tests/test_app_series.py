@@ -254,3 +254,52 @@ def test_unexpected_reader_error_is_a_message(app, monkeypatch):
     assert not app.exception
     assert any(series_view.UNEXPECTED_ERROR_TEXT in e.value for e in app.error)
     assert "internal detail" not in texts(app)
+
+
+# ---------------------------------------------------------------------- helpers
+def test_heatmaps_are_kept_for_the_latest_slices_only(model, monkeypatch):
+    [series] = read_series(series_files(6))
+    analysis = series_view.SeriesAnalysis("k", series, model.predict_series(series))
+    calls: list[int] = []
+    original = model.explain
+
+    def counting(image, target=None):
+        calls.append(series.slices.index(image))
+        return original(image, target)
+
+    monkeypatch.setattr(model, "explain", counting)
+    monkeypatch.setattr(series_view, "HEATMAPS_PER_SERIES", 3)
+    first = analysis.heatmap(model, 0, "glioma")
+    assert first.shape == (96, 96) and first.dtype == np.float32 and 0.0 <= first.min() <= first.max() <= 1.0
+    assert np.allclose(first, original(series.slices[0], "glioma"), atol=1 / 255)  # kept at 8 bits
+    for index in (1, 2, 0, 3):  # slice 0 used again: slice 1 is the oldest when slice 3 comes
+        analysis.heatmap(model, index, "glioma")
+    assert calls == [0, 1, 2, 3]
+    analysis.heatmap(model, 1, "glioma")
+    assert calls == [0, 1, 2, 3, 1]
+    with pytest.raises(ValueError, match="outside this series of 6 slices"):
+        analysis.heatmap(model, 6, "glioma")
+
+
+def test_the_report_of_a_series_with_no_key_slice_and_no_figures(model):
+    from app.report import series_report_pdf
+
+    [series] = read_series(series_files(4))
+    prediction = model.predict_series(series)
+    pdf = series_report_pdf(prediction, {}, {"weights_sha256": "ab" * 32}, [])
+    assert pdf.startswith(b"%PDF") and b"/Count 1" in pdf
+
+
+def test_the_pdf_library_keeps_no_frames_of_the_code_that_imported_it():
+    """fpdf2 keeps its optional import's error; its traceback would keep the first session that
+    imported the report alive for the life of the server (with the whole session state)."""
+    import fpdf.encryption
+
+    import app.report  # noqa: F401
+
+    error = fpdf.encryption.import_error
+    assert error is None or (error.__traceback__ is None and error.__context__ is None)
+
+
+def test_memory_is_handed_back_without_error():
+    series_view.release_freed_memory()
