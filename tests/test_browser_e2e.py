@@ -221,6 +221,14 @@ def test_upload_a_real_series_and_see_its_answer(server, browser, assets):
     assert page.get_by_role("button", name="Show", exact=True).count() == len(expected.key_slices)
     assert page.get_by_text("Traceback").count() == 0
     print(f"\n40-file series, drop -> answer shown {shown:.2f} s, page rendered {rendered:.2f} s")
+
+    # a NIfTI volume added to the same drop: its own series, and the plane choice appears
+    volume = series_dir() / "tiantan" / "pituitary" / "tiantan_1.nii.gz"
+    if volume.is_file():
+        page.set_input_files("input[type=file]", str(volume))
+        page.get_by_text("Cut NIfTI volumes in the").wait_for(timeout=60_000)
+        page.get_by_text("Series under review").wait_for(timeout=60_000)
+        assert page.get_by_text("Traceback").count() == 0
     assert not errors, errors
     context.close()
 
