@@ -85,7 +85,7 @@ def upload_info(name: str, data: bytes | memoryview) -> tuple[str, bool]:
     plane applies to it. ``data`` may be a view of the upload (nothing is copied to hash it)."""
     lower = name.lower()
     nifti = lower.endswith(_NIFTI_SUFFIXES) or (lower.endswith(".zip") and zip_holds_nifti(bytes(data)))
-    return hashlib.sha256(data).hexdigest(), nifti
+    return digest_of(data), nifti
 
 
 def zip_holds_nifti(data: bytes) -> bool:

@@ -25,7 +25,7 @@ from .constants import CLASS_NAMES, default_weights
 from .ood import FeatureGate, ImageLimits, image_problem, load_gate
 from .optimize import optimize_for_inference
 from .preprocess import eval_transform, head_box, input_array, to_grayscale
-from .rules import Flag, ImageProblem, ReviewRules
+from .rules import NOT_BRAIN_MRI, OUTSIDE_TRAINING, Flag, ImageProblem, ReviewRules
 from .runtime import Runtime, TorchRuntime, open_runtime, with_mirror
 from .series import Series
 from .series_rule import SeriesPrediction, SeriesRule, series_prediction
@@ -181,10 +181,10 @@ class Classifier:
             label=label,
             confidence=probabilities[label],
             probabilities=probabilities,
-            is_brain_mri="not_brain_mri" not in kinds,
+            is_brain_mri=NOT_BRAIN_MRI not in kinds,
             ood_score=float(score),
             flags=flags,
-            outside_training="outside_training" in kinds,
+            outside_training=OUTSIDE_TRAINING in kinds,
         )
 
     # ------------------------------------------------------------------ explanation

@@ -29,6 +29,7 @@ import numpy as np
 
 from core.constants import PROJECT_ROOT, data_dir, external_dir
 
+from ..inference import environment
 from .quantize import cpu_flags
 
 __all__ = ["main", "parse_variant"]
@@ -117,11 +118,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         for name, rows in rounds.items()
     }
+    machine = environment()
     result = {
-        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else None,
+        "cpu": machine["cpu_model"],
         "cpu_flags": cpu_flags(),
-        "cores": os.cpu_count(),
+        "cores": machine["cpu_count"],
         "scans": len(files),
         "calls": args.calls,
         "variants": summary,
