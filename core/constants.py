@@ -146,6 +146,11 @@ SERIES_HEAD_FRACTION = 0.05
 #: missing), named in the series' notes.
 SERIES_GAP_FACTOR = 1.5
 #: Sequence names a series can be given (``core.sequence.SequenceInfo.name``).
-SEQUENCE_NAMES: tuple[str, ...] = ("T1", "T1C", "T2", "FLAIR", "other", "unknown")
+#: "T1w": T1-weighted, with or without contrast (the image recogniser's answer when it cannot tell).
+SEQUENCE_NAMES: tuple[str, ...] = ("T1", "T1C", "T1w", "T2", "FLAIR", "other", "unknown")
+#: The sequences the image recogniser tells apart (its outputs, in order).
+RECOGNISED_SEQUENCES: tuple[str, ...] = ("T1", "T1C", "T2", "FLAIR")
+#: Side in px of the recogniser's input (the head's box, resized).
+SEQUENCE_IMAGE_SIZE = 128
 #: Where a sequence name came from: the DICOM tags, the file name (NIfTI), the image, the user.
 SEQUENCE_SOURCES: tuple[str, ...] = ("tags", "name", "image", "user", "unknown")

@@ -1,9 +1,14 @@
-"""Which MR sequence a series is (T1, T1 with contrast, T2, FLAIR), from its DICOM tags or a name.
+"""Which MR sequence a scan or series is (T1, T1 with contrast, T2, FLAIR): tags, name or image.
 
 Keywords in SeriesDescription and ProtocolName decide first (vendors' usual words: ``t2_tse_tra``,
 ``AX FLAIR``, ``T1 MPRAGE +C``, ``T1W_3D_TFE``); the timings (TR, TE, TI) decide when the words
 do not. Contrast (``+C``, ``Gd``, ``post``, a ContrastBolusAgent) turns T1 into T1C. A guess from
 a file name says ``source="name"``: a name is weaker evidence than the scanner's own tags.
+
+Without tags or a name, :class:`SequenceRecogniser` (trained by ``train.sequence``, served through
+ONNX Runtime beside the classifier) reads it from the image (``source="image"``). Where T1 with
+and without contrast cannot be told apart it says ``"T1w"``; below its confidence floor it says
+``"unknown"``. The user's choice (``source="user"``) overrides all of these.
 """
 
 from __future__ import annotations
@@ -13,10 +18,34 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from .constants import SEQUENCE_NAMES, SEQUENCE_SOURCES
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .constants import INPUT_MEAN, INPUT_STD, RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SEQUENCE_NAMES, SEQUENCE_SOURCES
 from .dicom import tag_float
 
-__all__ = ["SequenceInfo", "sequence_from_dataset", "sequence_from_name", "sequence_from_tags"]
+__all__ = [
+    "SEQUENCE_ONNX_NAME",
+    "SequenceInfo",
+    "SequenceRecogniser",
+    "load_recogniser",
+    "save_recogniser",
+    "sequence_from_dataset",
+    "sequence_from_name",
+    "sequence_from_tags",
+    "user_sequence",
+]
+
+logger = logging.getLogger(__name__)
+
+SEQUENCE_ONNX_NAME = "sequence.onnx"
+#: The recogniser names a sequence only when its probability (T1 and T1C together for "T1w")
+#: reaches this; below it the sequence is "unknown" and the user is asked.
+MIN_SEQUENCE_CONFIDENCE = 0.6
 
 # Words, lower case, as tokens of the description (split on anything but letters and digits).
 _FLAIR = {"flair", "t2flair", "flairt2", "darkfluid"}
@@ -70,6 +99,14 @@ class SequenceInfo:
     echo_time: float | None = None
     inversion_time: float | None = None
     contrast_bolus_agent: str | None = None
+    #: For ``source="image"``: the recogniser's probability of ``name`` (of T1 and T1C together
+    #: for "T1w").
+    confidence: float | None = None
+
+    @property
+    def known(self) -> bool:
+        """True when the sequence is one of T1, T1C, T1w, T2 or FLAIR."""
+        return self.name not in ("other", "unknown")
 
     def __post_init__(self) -> None:
         if self.name not in SEQUENCE_NAMES:
@@ -80,7 +117,11 @@ class SequenceInfo:
             )
         if self.name == "unknown" and self.source not in ("unknown", "user"):
             raise ValueError(f"SequenceInfo: an unknown sequence cannot have source {self.source!r}")
-        for field in fields(self)[2:]:
+        if self.confidence is not None:
+            if not 0.0 <= float(self.confidence) <= 1.0:
+                raise ValueError(f"SequenceInfo.confidence must be in [0, 1], not {self.confidence!r}")
+            object.__setattr__(self, "confidence", float(self.confidence))
+        for field in fields(self)[2:-1]:
             value = getattr(self, field.name)
             if value is None:
                 continue
@@ -134,6 +175,101 @@ def sequence_from_name(name: str) -> SequenceInfo:
     stem = re.sub(r"(\.nii(\.gz)?|\.gz|\.zip|\.dcm)$", "", str(name).strip(), flags=re.IGNORECASE)
     guess = _classify(stem, None, None, None, agent=False)
     return SequenceInfo(name=guess, source="unknown" if guess == "unknown" else "name")
+
+
+def user_sequence(name: str) -> SequenceInfo:
+    """The sequence a user chose (``source="user"``); ``name`` one of ``SEQUENCE_NAMES``
+    (case-insensitive: "t2", "flair", "t1c")."""
+    lookup = {n.lower(): n for n in SEQUENCE_NAMES}
+    key = str(name).strip().lower()
+    if key not in lookup:
+        raise ValueError(f"Unknown sequence {name!r}; choose one of {list(SEQUENCE_NAMES)}.")
+    return SequenceInfo(name=lookup[key], source="user")
+
+
+class SequenceRecogniser:
+    """The sequence from the image: a small network (``train.sequence``) on the head's box.
+
+    ``session``: an ONNX Runtime session of ``sequence.onnx`` (None: :meth:`name_of` only).
+    ``contrast_threshold``: the share of the T1-weighted probability that T1C (or T1) must hold
+    to be named; below it the answer is "T1w". Fitted on validation (``train.sequence``).
+    """
+
+    def __init__(self, session: Any, contrast_threshold: float, image_size: int = SEQUENCE_IMAGE_SIZE,
+                 min_confidence: float = MIN_SEQUENCE_CONFIDENCE):
+        if not 0.5 <= contrast_threshold <= 1.0:
+            raise ValueError(f"contrast_threshold must be in [0.5, 1], got {contrast_threshold!r}.")
+        self.session = session
+        self.contrast_threshold = float(contrast_threshold)
+        self.image_size = int(image_size)
+        self.min_confidence = float(min_confidence)
+
+    def probabilities(self, images) -> np.ndarray:
+        """(N, 4) probabilities of ``RECOGNISED_SEQUENCES`` for N PIL images."""
+        from .preprocess import input_array
+
+        if self.session is None:
+            raise RuntimeError("This SequenceRecogniser has no network (session=None).")
+        if not len(images):
+            return np.zeros((0, len(RECOGNISED_SEQUENCES)))
+        batch = input_array(images, self.image_size, INPUT_MEAN, INPUT_STD, crop_head=True)
+        return np.asarray(self.session.run(None, {"input": batch})[0], dtype=np.float64)
+
+    def name_of(self, probs) -> str:
+        """The sequence named by one row of probabilities (see the class docstring)."""
+        return self.info_of(probs).name
+
+    def info_of(self, probs) -> SequenceInfo:
+        p = dict(zip(RECOGNISED_SEQUENCES, (float(v) for v in probs)))
+        t1w = p["T1"] + p["T1C"]
+        best = max(("T2", p["T2"]), ("FLAIR", p["FLAIR"]), ("T1w", t1w), key=lambda kv: kv[1])
+        name, confidence = best
+        if confidence < self.min_confidence:
+            return SequenceInfo()
+        if name == "T1w" and t1w > 0:
+            share = p["T1C"] / t1w
+            if share >= self.contrast_threshold:
+                name = "T1C"
+            elif share <= 1 - self.contrast_threshold:
+                name = "T1"
+        return SequenceInfo(name=name, source="image", confidence=min(1.0, confidence))
+
+    def recognise(self, images) -> list[SequenceInfo]:
+        """The sequence of each of N PIL images, from the image."""
+        return [self.info_of(p) for p in self.probabilities(images)]
+
+
+def save_recogniser(onnx_path: Path, folder: Path, contrast_threshold: float, image_size: int,
+                    details: dict[str, Any]) -> dict[str, Any]:
+    """Record the recogniser at ``onnx_path`` in the model card in ``folder`` (``card["sequence"]``)."""
+    from .weights import sha256_file
+
+    card_path = Path(folder) / "model_card.json"
+    card = json.loads(card_path.read_text())
+    entry = {"file": Path(onnx_path).name, "sha256": sha256_file(onnx_path), "image_size": int(image_size),
+             "classes": list(RECOGNISED_SEQUENCES), "contrast_threshold": float(contrast_threshold),
+             "min_confidence": MIN_SEQUENCE_CONFIDENCE, **details}
+    card["sequence"] = entry
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return entry
+
+
+def load_recogniser(folder: str | Path, card: dict[str, Any], threads: int = 1) -> SequenceRecogniser | None:
+    """The recogniser named in ``card["sequence"]`` (its sha256 checked), or None without one."""
+    info = card.get("sequence")
+    if not info or "file" not in info:
+        return None
+    import onnxruntime as ort
+
+    from .weights import checked_companion
+
+    path = checked_companion(folder, info, SEQUENCE_ONNX_NAME, "sequence recogniser")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return SequenceRecogniser(session, float(info["contrast_threshold"]), int(info["image_size"]),
+                              float(info.get("min_confidence", MIN_SEQUENCE_CONFIDENCE)))
 
 
 def sequence_from_dataset(dataset) -> SequenceInfo:
