@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ __all__ = [
     "SequenceInfo",
     "SequenceRecogniser",
     "load_recogniser",
-    "save_recogniser",
     "sequence_from_dataset",
     "sequence_from_name",
     "sequence_from_tags",
@@ -239,35 +237,15 @@ class SequenceRecogniser:
         return [self.info_of(p) for p in self.probabilities(images)]
 
 
-def save_recogniser(onnx_path: Path, folder: Path, contrast_threshold: float, image_size: int,
-                    details: dict[str, Any]) -> dict[str, Any]:
-    """Record the recogniser at ``onnx_path`` in the model card in ``folder`` (``card["sequence"]``)."""
-    from .weights import sha256_file
-
-    card_path = Path(folder) / "model_card.json"
-    card = json.loads(card_path.read_text())
-    entry = {"file": Path(onnx_path).name, "sha256": sha256_file(onnx_path), "image_size": int(image_size),
-             "classes": list(RECOGNISED_SEQUENCES), "contrast_threshold": float(contrast_threshold),
-             "min_confidence": MIN_SEQUENCE_CONFIDENCE, **details}
-    card["sequence"] = entry
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    return entry
-
-
 def load_recogniser(folder: str | Path, card: dict[str, Any], threads: int = 1) -> SequenceRecogniser | None:
     """The recogniser named in ``card["sequence"]`` (its sha256 checked), or None without one."""
     info = card.get("sequence")
     if not info or "file" not in info:
         return None
-    import onnxruntime as ort
-
+    from .runtime import open_session
     from .weights import checked_companion
 
-    path = checked_companion(folder, info, SEQUENCE_ONNX_NAME, "sequence recogniser")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(checked_companion(folder, info, SEQUENCE_ONNX_NAME, "sequence recogniser"), max(1, int(threads)))
     return SequenceRecogniser(session, float(info["contrast_threshold"]), int(info["image_size"]),
                               float(info.get("min_confidence", MIN_SEQUENCE_CONFIDENCE)))
 

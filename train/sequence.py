@@ -47,10 +47,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from core.constants import CLASS_NAMES, INPUT_MEAN, INPUT_STD, NEGATIVE_CLASS, data_dir, extra_dir
+from core.constants import CLASS_NAMES, INPUT_MEAN, INPUT_STD, NEGATIVE_CLASS, WEIGHTS_NAME, data_dir, extra_dir
 from core.preprocess import crop_to_head, eval_transform, to_grayscale, to_model_tensor
 from core.scan import read_scan
-from core.sequence import RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SequenceRecogniser, save_recogniser
+from core.sequence import MIN_SEQUENCE_CONFIDENCE, RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SequenceRecogniser
+from core.weights import read_model_card, sha256_file, write_model_card
 
 from .data import Sample, find_extra_samples, find_samples, patient_split
 from .presets import RandomGamma, SyntheticT2
@@ -327,6 +328,18 @@ def export_recogniser(net: torch.nn.Module, path: Path, size: int, atol: float =
         path.unlink(missing_ok=True)
         raise RuntimeError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {atol}); {path} removed.")
     return worst
+
+
+def save_recogniser(onnx_path: Path, folder: Path, contrast_threshold: float, image_size: int,
+                    details: dict[str, Any]) -> dict[str, Any]:
+    """Record the recogniser at ``onnx_path`` in the model card in ``folder`` (``card["sequence"]``)."""
+    weights = Path(folder) / WEIGHTS_NAME
+    card = read_model_card(weights)
+    card["sequence"] = {"file": Path(onnx_path).name, "sha256": sha256_file(onnx_path), "image_size": int(image_size),
+                        "classes": list(RECOGNISED_SEQUENCES), "contrast_threshold": float(contrast_threshold),
+                        "min_confidence": MIN_SEQUENCE_CONFIDENCE, **details}
+    write_model_card(weights, card)
+    return card["sequence"]
 
 
 # ---------------------------------------------------------------------------------- CLI
