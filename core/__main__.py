@@ -36,9 +36,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .constants import SERIES_PLANES, SUPPORTED_EXTENSIONS
+from .constants import SERIES_PLANES, SUPPORTED_EXTENSIONS, USER_SEQUENCES
 from .results import result_record, series_record, series_records, write_csv, write_series_csv
 from .scan import ScanError, read_scan
+from .sequence import user_sequence
 
 if TYPE_CHECKING:
     from .model import Classifier
@@ -88,6 +89,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--tta", action="store_true",
         help="average each prediction with the mirrored scan's, and flag scans whose mirror image gets another class",
     )
+    parser.add_argument(
+        "--sequence", default=None, metavar="NAME",
+        help=f"the sequence of every scan (or series), one of {', '.join(USER_SEQUENCES)}: overrides the DICOM tags "
+        "and the image recogniser (default: tags, else the image)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     series = parser.add_argument_group(
         "whole series",
@@ -116,6 +122,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers < 0:
         raise SystemExit(f"--workers must be 0 or more, got {args.workers}.")
+    if args.sequence is not None:
+        try:
+            user_sequence(args.sequence)
+        except ValueError as exc:
+            raise SystemExit(f"--sequence: {exc}") from None
     if args.plane is not None and args.plane not in SERIES_PLANES:
         raise SystemExit(f"--plane {args.plane!r} is not one of {SERIES_PLANES}.")
     if not args.series and (args.slices or args.plane is not None):
@@ -302,7 +313,8 @@ def _classify_scans(args: argparse.Namespace) -> int:
             for batch in batches:
                 readable = [(path, image) for path, image, error in batch if error is None]
                 images = [image for _, image in readable]
-                predictions = iter(model.predict_batch(images, batch_size=args.batch_size) if images else [])
+                given = [user_sequence(args.sequence)] * len(images) if args.sequence is not None else None
+                predictions = iter(model.predict_batch(images, batch_size=args.batch_size, sequences=given) if images else [])
                 for path, image, error in batch:
                     if error is None:
                         writer.write(result_record(path, next(predictions)))
@@ -350,7 +362,8 @@ def _write_series(model: Classifier, inputs: _ReadAhead, writer: _Writer, args: 
                     bar.total += len(series)
                     start = bar.n
                     prediction = model.predict_series(
-                        series, args.batch_size, progress=lambda done, total: bar.update(start + done - bar.n))
+                        series, args.batch_size, progress=lambda done, total: bar.update(start + done - bar.n),
+                        sequence=user_sequence(args.sequence) if args.sequence is not None else None)
                     writer.write_all(series_records([(prediction, path, None)], slices=args.slices))
             writer.flush()
             bar.set_postfix(inputs=f"{index + 1}/{len(inputs.paths)}", **({"failed": failed} if failed else {}))

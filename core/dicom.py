@@ -25,7 +25,6 @@ __all__ = [
     "decode_pixels",
     "grey_pixels",
     "has_pixel_data",
-    "tag_float",
     "photometric",
     "quiet_pydicom",
 ]
@@ -44,7 +43,8 @@ def read_dicom(data: bytes) -> Image.Image:
 
     Rescale slope and intercept are applied, then the stored window (centre and width) if
     the file has one, else a 0.5-99.5 percentile stretch; MONOCHROME1 is inverted. The
-    choice is recorded in ``image.info["display_transform"]`` so the app can announce it.
+    choice is recorded in ``image.info["display_transform"]`` so the app can announce it; the
+    sequence its tags give (``core.sequence.sequence_from_dataset``) in ``image.info["sequence"]``.
 
     Raises:
         ScanError: the file is damaged, holds no image or several frames, or its pixel data
@@ -55,11 +55,22 @@ def read_dicom(data: bytes) -> Image.Image:
     try:
         with quiet_pydicom():
             dataset = pydicom.dcmread(io.BytesIO(data))
-            return _to_image(dataset)
+            image = _to_image(dataset)
+            image.info["sequence"] = _sequence(dataset)
+            return image
     except ScanError:
         raise
     except Exception as exc:  # pydicom raises many types on hostile files
         raise ScanError(_DAMAGED) from exc
+
+
+def _sequence(dataset):
+    from .sequence import SequenceInfo, sequence_from_dataset
+
+    try:
+        return sequence_from_dataset(dataset)
+    except (ValueError, TypeError):  # odd tag values: the image decides instead
+        return SequenceInfo()
 
 
 @contextmanager
@@ -72,19 +83,6 @@ def quiet_pydicom() -> Iterator[None]:
     with WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def tag_float(value) -> float | None:
-    """A number tag's (first) value as a finite float; None when absent or unusable."""
-    from collections.abc import Sequence
-
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        value = value[0] if len(value) else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
 
 
 def has_pixel_data(dataset) -> bool:

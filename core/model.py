@@ -2,7 +2,8 @@
 
 A prediction happens in :meth:`Classifier.predict_batch`, down one page: image checks and
 preprocessing -> the network (``core.runtime``) -> calibration (the card's temperature) ->
-out-of-distribution gate -> review rules (``core.rules``) -> :class:`Prediction`.
+out-of-distribution gate -> the scan's sequence (given, from the DICOM tags, or from the image
+through ``core.sequence.SequenceRecogniser``) -> review rules (``core.rules``) -> :class:`Prediction`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from .optimize import optimize_for_inference
 from .preprocess import eval_transform, head_box, input_array, to_grayscale
 from .rules import NOT_BRAIN_MRI, OUTSIDE_TRAINING, Flag, ImageProblem, ReviewRules
 from .runtime import Runtime, TorchRuntime, open_runtime, with_mirror
+from .sequence import SequenceInfo, SequenceRecogniser, load_recogniser
 from .series import Series
-from .series_rule import SeriesPrediction, SeriesRule, series_prediction
+from .series_rule import SeriesPrediction, SeriesRule, head_areas, series_prediction, MIN_HEAD_SHARE
 from .weights import WeightsError, load_weights
 
-__all__ = ["Classifier", "Prediction", "SeriesPrediction", "build_network", "load_model", "softmax"]
+__all__ = ["Classifier", "Prediction", "SeriesPrediction", "build_network", "decided", "load_model", "softmax"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,20 @@ class Prediction:
     #: True for a brain MRI unlike the scans the model learned from (another sequence,
     #: preparation or orientation): the prediction is unreliable.
     outside_training: bool = False
+    #: The scan's sequence and where it came from: the caller (``source="user"``), the DICOM
+    #: tags or a file name, the image (``core.sequence.SequenceRecogniser``), or unknown.
+    sequence: SequenceInfo = field(default_factory=SequenceInfo)
 
     @property
     def flag_kinds(self) -> tuple[str, ...]:
         return tuple(flag.kind for flag in self.flags)
+
+
+def decided(sequence: SequenceInfo | None) -> bool:
+    """True when ``sequence`` settles the question: the user's choice (even "unknown"), or a
+    sequence the tags or a name give. Otherwise the image is asked."""
+    return sequence is not None and (sequence.source == "user" or (sequence.known or sequence.name == "other")
+                                     and sequence.source in ("tags", "name"))
 
 
 def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
@@ -89,9 +101,11 @@ class Classifier:
         tta: bool = False,
         threads: int = 1,
         runtime: Runtime | None = None,
+        recogniser: SequenceRecogniser | None = None,
     ):
         """``folder``: where the card's files lie (its ONNX graph is served when it names one);
-        ``runtime``: what runs the network instead (default: :func:`core.runtime.open_runtime`)."""
+        ``runtime``: what runs the network instead (default: :func:`core.runtime.open_runtime`);
+        ``recogniser``: reads the sequence from the image where nothing else gives it."""
         self.card = card
         self.class_names: tuple[str, ...] = tuple(card["class_names"])
         if self.class_names != CLASS_NAMES:
@@ -122,6 +136,7 @@ class Classifier:
         self.cam = GradCamExplainer(self.network)
         self._box_transform = eval_transform(self.image_size, card["mean"], card["std"], crop_head=False)
         self._mean, self._std = list(card["mean"])[: self.runtime.channels], list(card["std"])[: self.runtime.channels]
+        self.recogniser = recogniser
         self._threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="prepare") if self._threads > 1 else None
 
@@ -130,9 +145,24 @@ class Classifier:
         """Classify one scan (a PIL image, as returned by :func:`core.read_scan`)."""
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: Sequence[Image.Image], batch_size: int = 32) -> list[Prediction]:
-        """Classify many scans, ``batch_size`` per forward pass; equal to :meth:`predict` on each."""
+    def predict_batch(
+        self,
+        images: Sequence[Image.Image],
+        batch_size: int = 32,
+        sequences: Sequence[SequenceInfo | None] | None = None,
+    ) -> list[Prediction]:
+        """Classify many scans, ``batch_size`` per forward pass; equal to :meth:`predict` on each.
+
+        ``sequences``: each scan's sequence where the caller knows it (a user's choice,
+        ``core.sequence.user_sequence``, or a series' tags); None entries, and scans without one,
+        take the DICOM tags kept in ``image.info["sequence"]`` by :func:`core.read_scan`, else
+        the recogniser's answer from the image.
+        """
         images = [_check_image(image) for image in images]
+        if sequences is not None and len(sequences) != len(images):
+            raise ValueError(f"{len(sequences)} sequences for {len(images)} images; give one per image (None: unknown).")
+        given = list(sequences) if sequences is not None else [None] * len(images)
+        given = [q if q is not None else image.info.get("sequence") for q, image in zip(given, images)]
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -143,21 +173,49 @@ class Classifier:
             plain, mirror = probs[:n], (probs[n:] if self.tta else None)
             served = (plain + mirror) / 2 if mirror is not None else plain
             scores = self.gate.score(taps[:n]).numpy() if self.gate is not None and taps is not None else np.zeros(n)
-            flags = self.rules.flags(served, scores, problems, plain, mirror)
-            results += [self._prediction(p, s, f) for p, s, f in zip(served, scores, flags)]
+            known = self._sequences(chunk, given[start : start + batch_size])
+            flags = self.rules.flags(served, scores, problems, plain, mirror, [q.name for q in known])
+            results += [self._prediction(p, s, f, q) for p, s, f, q in zip(served, scores, flags, known)]
         return results
 
+    def _sequences(self, images: Sequence[Image.Image], given: Sequence[SequenceInfo | None]) -> list[SequenceInfo]:
+        """Each scan's sequence: what was given when it decides (:func:`decided`), else the
+        recogniser's reading of the image (one pass over the scans that need it), else unknown."""
+        out = [q if decided(q) else SequenceInfo() for q in given]
+        ask = [i for i, q in enumerate(given) if not decided(q)]
+        if ask and self.recogniser is not None:
+            for i, info in zip(ask, self.recogniser.recognise([images[i] for i in ask])):
+                out[i] = info
+        return out
+
+    def sequence_of(self, series: Series, batch_size: int = 64) -> SequenceInfo:
+        """A series' sequence: its tags' or name's when they decide, else the recogniser's
+        reading of the mean probabilities over the slices with enough head in them (the
+        assessed slices' rule, ``core.series_rule.MIN_HEAD_SHARE``); unknown without one."""
+        if decided(series.sequence) or self.recogniser is None or not series.slices:
+            return series.sequence
+        areas = head_areas(series.slices)
+        chosen = [image for image, area in zip(series.slices, areas) if area >= MIN_HEAD_SHARE * areas.max()] if areas.max() > 0 else []
+        if not chosen:
+            return series.sequence
+        probs = np.concatenate([self.recogniser.probabilities(chosen[i : i + batch_size]) for i in range(0, len(chosen), batch_size)])
+        return self.recogniser.info_of(probs.mean(axis=0))
+
     def predict_series(
-        self, series: Series, batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+        self, series: Series, batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
+        sequence: SequenceInfo | None = None,
     ) -> SeriesPrediction:
         """One answer for a whole series (``core.read_series``), every slice scored through
-        :meth:`predict_batch`; ``progress(done, total)`` is called after each batch."""
+        :meth:`predict_batch` under the series' sequence (``sequence``: the user's choice, else
+        :meth:`sequence_of`); ``progress(done, total)`` is called after each batch."""
+        sequence = sequence if sequence is not None else self.sequence_of(series)
         predictions: list[Prediction] = []
         for start in range(0, len(series.slices), batch_size):
-            predictions += self.predict_batch(series.slices[start : start + batch_size], batch_size)
+            chunk = series.slices[start : start + batch_size]
+            predictions += self.predict_batch(chunk, batch_size, [sequence] * len(chunk))
             if progress is not None:
                 progress(len(predictions), len(series.slices))
-        return series_prediction(self.series_rule, series, predictions)
+        return series_prediction(self.series_rule, series, predictions, sequence, self.rules.coverage)
 
     def _prepare(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[ImageProblem | None]]:
         """The network input and the image checks' findings, spread over the threads (Pillow and
@@ -173,7 +231,7 @@ class Classifier:
         parts = list(self._pool.map(prepare, [images[a:b] for a, b in zip(bounds[:-1], bounds[1:])]))
         return np.concatenate([p[0] for p in parts]), [problem for p in parts for problem in p[1]]
 
-    def _prediction(self, probs: np.ndarray, score: float, flags: tuple[Flag, ...]) -> Prediction:
+    def _prediction(self, probs: np.ndarray, score: float, flags: tuple[Flag, ...], sequence: SequenceInfo) -> Prediction:
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs)}
         label = self.class_names[int(np.argmax(probs))]
         kinds = {flag.kind for flag in flags}
@@ -185,6 +243,7 @@ class Classifier:
             ood_score=float(score),
             flags=flags,
             outside_training=OUTSIDE_TRAINING in kinds,
+            sequence=sequence,
         )
 
     # ------------------------------------------------------------------ explanation
@@ -221,7 +280,8 @@ def load_model(
     """Load a classifier: the shipped weights (``assets/``, or ``$BTMRI_ASSETS``), or ``weights``.
 
     The model card beside the weights gives the architecture, input size, normalisation,
-    temperature, review thresholds, the out-of-distribution gate and the ONNX graph; the sha256
+    temperature, review thresholds, the out-of-distribution gate, the ONNX graph and the sequence
+    recogniser with the class x sequence table behind ``sequence_not_learned``; the sha256
     of each file must match it. On the CPU predictions run through ONNX Runtime in float32.
     ``tta=True`` averages each prediction with the mirrored scan's and flags a disagreement
     (twice the compute). ``threads``: CPU threads one call may use (default: torch's thread
@@ -241,6 +301,8 @@ def load_model(
         raise WeightsError(f"Weights file {str(path)!r} does not fit the architecture {card['arch']!r}: {exc}") from exc
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     gate = load_gate(path.parent, card)
-    classifier = Classifier(net, card, path.parent, gate, device, tta=tta, threads=threads)
-    logger.info("loaded %s (%s) on %s; gate: %s; runtime: %s", path, card["arch"], device, gate is not None, classifier.runtime.name)
+    recogniser = load_recogniser(path.parent, card, threads)
+    classifier = Classifier(net, card, path.parent, gate, device, tta=tta, threads=threads, recogniser=recogniser)
+    logger.info("loaded %s (%s) on %s; gate: %s; sequence recogniser: %s; runtime: %s", path, card["arch"], device,
+                gate is not None, recogniser is not None, classifier.runtime.name)
     return classifier

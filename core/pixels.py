@@ -10,7 +10,7 @@ import numpy as np
 
 from .constants import MAX_PIXELS, MIN_SIDE, READ_MAX_ASPECT
 
-__all__ = ["WARNINGS_LOCK", "ScanError", "check_dimensions", "stretch_to_uint8"]
+__all__ = ["WARNINGS_LOCK", "ScanError", "check_dimensions", "stretch_to_uint8", "tag_float"]
 
 #: ``warnings.catch_warnings`` swaps process-wide state; reads that use it take turns, so two
 #: threads cannot leave each other's filter behind.
@@ -69,3 +69,16 @@ def stretch_to_uint8(array: np.ndarray, low_pct: float = 0.5, high_pct: float = 
     np.clip(scaled, 0.0, 255.0, out=scaled)
     scaled += 0.5
     return scaled.astype(np.uint8)
+
+
+def tag_float(value) -> float | None:
+    """A number tag's (first) value as a finite float; None when absent or unusable."""
+    from collections.abc import Sequence
+
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        value = value[0] if len(value) else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None

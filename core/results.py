@@ -4,7 +4,8 @@ JSON lines all write :func:`result_record`, with the same field names and precis
 Fields, in order: ``file``, ``status`` (``ok``, ``outside_training``, ``not_brain_mri`` or
 ``error``), ``label`` (empty when the scan is not a brain MRI or could not be read),
 ``confidence``, ``is_brain_mri``, ``outside_training``, ``ood_score``, ``flags`` (sentences),
-``flag_kinds`` (``core.rules.FLAG_KINDS``), one ``p_CLASS`` per class (JSON: a
+``flag_kinds`` (``core.rules.FLAG_KINDS``), ``sequence`` and ``sequence_source`` (where it came
+from: tags, name, image, user or unknown), one ``p_CLASS`` per class (JSON: a
 ``probabilities`` object), ``error``. Only the name the user gave the file and the model's
 outputs are written: no DICOM tag.
 
@@ -29,19 +30,20 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .constants import CLASS_LABELS, CLASS_NAMES, WEAK_NEGATIVE_FLAG
-from .rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE, Flag
+from .rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, SEQUENCE_NOT_LEARNED, WEAK_NEGATIVE, Flag
 from .series_rule import DISAGREEMENT, FEW_ASSESSED, ISOLATED_TUMOUR_SLICES, SeriesFlag, SeriesPrediction
 
 if TYPE_CHECKING:  # the CLI imports this module before the model (and torch) is loaded
     from .model import Prediction
 
 __all__ = [
-    "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "SERIES_CSV_COLUMNS", "csv_row",
+    "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "SEQUENCE_NOT_LEARNED_FLAG", "SERIES_CSV_COLUMNS", "csv_row",
     "flag_text", "result_record", "results_csv", "series_csv", "series_csv_row", "series_flag_text", "series_record",
     "series_records", "slice_records", "spreadsheet_safe", "status_of", "write_csv", "write_series_csv",
 ]
 
 NOT_BRAIN_MRI_FLAG = "not recognised as a brain MRI"
+SEQUENCE_NOT_LEARNED_FLAG = "sequence not learned for this answer"
 OUTSIDE_TRAINING_FLAG = "outside the training data: the prediction is unreliable"
 #: Each image check's wording: its value against its limit, "<" for a floor, ">" for a ceiling.
 _IMAGE_CHECKS = {
@@ -79,10 +81,36 @@ def flag_text(flag: Flag) -> str:
             f"{WEAK_NEGATIVE_FLAG} (no tumour at {flag.confidence:.1%}, but {CLASS_LABELS[flag.classes[0]].lower()} stands "
             f"out among the alternatives: answer cosine {_shown(flag.value, 3, -1, flag.limit)}, needs {flag.limit:.3f})"
         )
+    if flag.kind == SEQUENCE_NOT_LEARNED:
+        return _not_learned_text(flag)
     if flag.kind == MIRROR_DISAGREES:
         scan, mirror = (CLASS_LABELS[name] for name in flag.classes)
         return f"the mirror image of the scan is classified differently ({scan} vs {mirror})"
     raise ValueError(f"No wording for flag kind {flag.kind!r}.")
+
+
+def _plural(name: str) -> str:
+    """"gliomas", "meningiomas", "pituitary tumours", "scans without a tumour"."""
+    return {"notumor": "scans without a tumour"}.get(name, CLASS_LABELS[name].lower() + "s")
+
+
+def _either(words: list[str]) -> str:
+    """"a", "a or b", "a, b or c"."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _not_learned_text(flag: Flag) -> str:
+    """``sequence_not_learned``: which classes training barely covers on the scan's sequence."""
+    label, uncovered = flag.classes[0], flag.classes[1:]
+    sequence = flag.sequence or "this sequence"
+    where = f"on {sequence}" if sequence != "other" else "on sequences other than T1, T2 and FLAIR"
+    names = _either([_plural(name) for name in uncovered])
+    share = f"{_shown(flag.value, 1, -1, flag.limit, percent=True)} of their training scans, under {flag.limit:.0%}"
+    text = f"{SEQUENCE_NOT_LEARNED_FLAG}: the model learned almost no {names} {where} ({share})"
+    others = [name for name in uncovered if name != label]
+    if others:
+        text += f", so there it cannot tell {CLASS_LABELS[label].lower()} from {_either([CLASS_LABELS[n].lower() for n in others])}"
+    return text
 
 
 def _classes(names: tuple[str, ...]) -> str:
@@ -93,6 +121,8 @@ def series_flag_text(flag: SeriesFlag) -> str:
     """The sentence a clinician reads for one review flag of a whole series."""
     if flag.kind == OUTSIDE_TRAINING:
         return f"{OUTSIDE_TRAINING_FLAG} ({flag.value:.0%} of the assessed slices are unlike the training scans)"
+    if flag.kind == SEQUENCE_NOT_LEARNED:
+        return _not_learned_text(Flag(SEQUENCE_NOT_LEARNED, flag.value, flag.limit, classes=flag.classes, sequence=flag.sequence))
     if flag.kind == DISAGREEMENT:
         return (f"two tumour classes are each supported by enough slices ({_classes(flag.classes)}; "
                 f"{flag.value:.0f} slices where {flag.limit:.0f} are needed)")
@@ -108,7 +138,7 @@ def series_flag_text(flag: SeriesFlag) -> str:
 DECIMALS = 6
 CSV_COLUMNS: tuple[str, ...] = (
     "file", "status", "label", "confidence", "is_brain_mri", "outside_training", "ood_score", "flags", "flag_kinds",
-    *(f"p_{name}" for name in CLASS_NAMES), "error",
+    "sequence", "sequence_source", *(f"p_{name}" for name in CLASS_NAMES), "error",
 )
 
 
@@ -128,7 +158,8 @@ def result_record(file: str, prediction: Prediction | None = None, error: str | 
     if prediction is None:
         return {
             "file": file, "status": "error", "label": None, "confidence": None, "is_brain_mri": None,
-            "outside_training": None, "ood_score": None, "flags": [], "flag_kinds": [], "probabilities": None, "error": error,
+            "outside_training": None, "ood_score": None, "flags": [], "flag_kinds": [], "sequence": None,
+            "sequence_source": None, "probabilities": None, "error": error,
         }
     shown = prediction.is_brain_mri
     return {
@@ -141,6 +172,8 @@ def result_record(file: str, prediction: Prediction | None = None, error: str | 
         "ood_score": round(prediction.ood_score, DECIMALS),
         "flags": [flag_text(flag) for flag in prediction.flags],
         "flag_kinds": [flag.kind for flag in prediction.flags],
+        "sequence": prediction.sequence.name,
+        "sequence_source": prediction.sequence.source,
         "probabilities": {name: round(prediction.probabilities[name], DECIMALS) for name in CLASS_NAMES},
         "error": None,
     }

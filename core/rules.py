@@ -22,10 +22,13 @@ __all__ = [
     "MIRROR_DISAGREES",
     "NOT_BRAIN_MRI",
     "OUTSIDE_TRAINING",
+    "SEQUENCE_NOT_LEARNED",
+    "TABLE_SEQUENCES",
     "WEAK_NEGATIVE",
     "Flag",
     "ImageProblem",
     "ReviewRules",
+    "SequenceCoverage",
     "answer_cosine",
 ]
 
@@ -34,8 +37,14 @@ OUTSIDE_TRAINING = "outside_training"
 LOW_CONFIDENCE = "low_confidence"
 WEAK_NEGATIVE = "weak_negative"
 MIRROR_DISAGREES = "mirror_disagrees"
+SEQUENCE_NOT_LEARNED = "sequence_not_learned"
 #: Every kind of flag, in the order a prediction lists them.
-FLAG_KINDS = (NOT_BRAIN_MRI, OUTSIDE_TRAINING, LOW_CONFIDENCE, WEAK_NEGATIVE, MIRROR_DISAGREES)
+FLAG_KINDS = (NOT_BRAIN_MRI, OUTSIDE_TRAINING, SEQUENCE_NOT_LEARNED, LOW_CONFIDENCE, WEAK_NEGATIVE, MIRROR_DISAGREES)
+#: The columns of the training data's class x sequence table (``SequenceCoverage``): the
+#: recogniser's "T1w" is kept apart, never counted as T1 or as T1C.
+TABLE_SEQUENCES = ("T1", "T1C", "T1w", "T2", "FLAIR")
+#: The table's columns that count as training on each sequence a scan may have.
+_COVERING = {"T1": ("T1",), "T1C": ("T1C",), "T1w": ("T1", "T1C", "T1w"), "T2": ("T2",), "FLAIR": ("FLAIR",), "other": ()}
 
 
 @dataclass(frozen=True)
@@ -62,10 +71,14 @@ class Flag:
     #: For ``not_brain_mri``: "gate", or the image check that failed ("blank", "colour", "aspect").
     check: str | None = None
     #: For ``weak_negative``: the class that stands out among the alternatives; for
-    #: ``mirror_disagrees``: the scan's class and its mirror image's.
+    #: ``mirror_disagrees``: the scan's class and its mirror image's; for
+    #: ``sequence_not_learned``: the answer, then the classes training barely covers on the
+    #: sequence (the answer among them when it is one).
     classes: tuple[str, ...] = ()
     #: For ``weak_negative``: the "no tumour" probability.
     confidence: float | None = None
+    #: For ``sequence_not_learned``: the scan's sequence (``core.constants.SEQUENCE_NAMES``).
+    sequence: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FLAG_KINDS:
@@ -93,6 +106,66 @@ def answer_cosine(probs: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class SequenceCoverage:
+    """Which answers training barely covers on which sequence, from the class x sequence table.
+
+    ``counts[class][sequence]``: training scans per class and :data:`TABLE_SEQUENCES` column
+    (from names where the source gives them, from the recogniser elsewhere; synthetic images
+    are not counted). A class is *barely covered* on a sequence when less than ``min_share`` of
+    its training scans lie there (for "T1w": on T1, T1C and T1w together). An answer is flagged
+    ``sequence_not_learned`` when, on the scan's sequence, its own class is barely covered, or,
+    for a tumour answer, another tumour class is: the model cannot have learned to tell them
+    apart there. Scans of an unknown sequence are not flagged by this rule; "other" sequences
+    (diffusion, SWI, ...) cover no class. Built by ``python -m train.sequence table``
+    (``card["sequence_table"]``); ``min_share`` is chosen there on validation.
+    """
+
+    counts: Mapping[str, Mapping[str, int]]
+    min_share: float
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_share < 1:
+            raise ValueError(f"min_share must be in (0, 1), got {self.min_share!r}.")
+        missing = [c for c in self.class_names if c not in self.counts]
+        if missing:
+            raise ValueError(f"The class x sequence table lacks the classes {missing}; it has {sorted(self.counts)}.")
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> SequenceCoverage | None:
+        """The coverage of ``card["sequence_table"]``, or None when the card has no table."""
+        table = card.get("sequence_table")
+        if not table:
+            return None
+        return cls(table["counts"], float(table["min_share"]), tuple(card.get("class_names", CLASS_NAMES)))
+
+    def share(self, name: str, sequence: str) -> float | None:
+        """The share of ``name``'s training scans that cover ``sequence`` (None: unknown sequence)."""
+        if sequence not in _COVERING:
+            return None
+        row = self.counts[name]
+        total = sum(int(v) for v in row.values())
+        return sum(int(row.get(column, 0)) for column in _COVERING[sequence]) / total if total else 0.0
+
+    def uncovered(self, sequence: str) -> tuple[str, ...]:
+        """The classes training barely covers on ``sequence``, in class order (() when unknown)."""
+        shares = {name: self.share(name, sequence) for name in self.class_names}
+        return tuple(name for name, share in shares.items() if share is not None and share < self.min_share)
+
+    def flag(self, label: str, sequence: str) -> Flag | None:
+        """The ``sequence_not_learned`` flag of answer ``label`` on ``sequence``, or None."""
+        uncovered = self.uncovered(sequence)
+        if label == NEGATIVE_CLASS:
+            named = tuple(c for c in uncovered if c == label)
+        else:
+            named = tuple(c for c in uncovered if c != NEGATIVE_CLASS)
+        if not named:
+            return None
+        value = min(self.share(c, sequence) or 0.0 for c in named)
+        return Flag(SEQUENCE_NOT_LEARNED, value, self.min_share, classes=(label, *named), sequence=sequence)
+
+
+@dataclass(frozen=True)
 class ReviewRules:
     """The thresholds of the review rules, read from a model card (:meth:`from_card`)."""
 
@@ -105,6 +178,8 @@ class ReviewRules:
     #: Score above which an input is not a brain MRI at all (inf: no gate).
     reject_score: float = float("inf")
     class_names: tuple[str, ...] = CLASS_NAMES
+    #: The class x sequence coverage behind ``sequence_not_learned`` (None: no such flag).
+    coverage: SequenceCoverage | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.low_confidence < 1:
@@ -123,6 +198,7 @@ class ReviewRules:
             negative_floor=None if floor is None else float(floor),
             reject_score=float(reject_score),
             class_names=tuple(card.get("class_names", CLASS_NAMES)),
+            coverage=SequenceCoverage.from_card(card),
         )
 
     def masks(
@@ -132,13 +208,15 @@ class ReviewRules:
         problems: Sequence[ImageProblem | None] | None = None,
         plain: np.ndarray | None = None,
         mirror: np.ndarray | None = None,
+        sequences: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Which of N scans each rule flags: a boolean (N,) array per kind of :data:`FLAG_KINDS`.
 
         ``probs``: the served calibrated probabilities (N, classes); ``scores``: the
         out-of-distribution scores (default: 0); ``problems``: the image checks' findings;
         ``plain`` and ``mirror``: the probabilities of the scans and of their mirror images,
-        when the mirror image was run (the mirror flag needs both).
+        when the mirror image was run (the mirror flag needs both); ``sequences``: each scan's
+        sequence name (``core.constants.SEQUENCE_NAMES``; default: all unknown).
         """
         probs = np.asarray(probs, dtype=np.float64)
         n = len(probs)
@@ -153,9 +231,15 @@ class ReviewRules:
         disagrees = np.zeros(n, dtype=bool)
         if plain is not None and mirror is not None:
             disagrees = np.asarray(plain).argmax(axis=1) != np.asarray(mirror).argmax(axis=1)
+        not_learned = np.zeros(n, dtype=bool)
+        if self.coverage is not None and sequences is not None:
+            labels = probs.argmax(axis=1)
+            not_learned = ~not_mri & np.array(
+                [self.coverage.flag(self.class_names[int(k)], str(q)) is not None for k, q in zip(labels, sequences)], dtype=bool)
         return {
             NOT_BRAIN_MRI: not_mri,
             OUTSIDE_TRAINING: ~not_mri & (scores > self.outside_score),
+            SEQUENCE_NOT_LEARNED: not_learned,
             LOW_CONFIDENCE: low,
             WEAK_NEGATIVE: weak,
             MIRROR_DISAGREES: disagrees,
@@ -168,12 +252,13 @@ class ReviewRules:
         problems: Sequence[ImageProblem | None] | None = None,
         plain: np.ndarray | None = None,
         mirror: np.ndarray | None = None,
+        sequences: Sequence[str] | None = None,
     ) -> list[tuple[Flag, ...]]:
         """The flags of each of N scans, with the numbers behind them (arguments as :meth:`masks`)."""
         probs = np.asarray(probs, dtype=np.float64)
         n = len(probs)
         scores = np.zeros(n) if scores is None else np.asarray(scores, dtype=np.float64)
-        masks = self.masks(probs, scores, problems, plain, mirror)
+        masks = self.masks(probs, scores, problems, plain, mirror, sequences)
         cosine = answer_cosine(probs)
         names = self.class_names
         out = []
@@ -187,6 +272,8 @@ class ReviewRules:
                     flags.append(Flag(NOT_BRAIN_MRI, float(scores[i]), self.reject_score, check="gate"))
             elif masks[OUTSIDE_TRAINING][i]:
                 flags.append(Flag(OUTSIDE_TRAINING, float(scores[i]), self.outside_score))
+            if masks[SEQUENCE_NOT_LEARNED][i]:
+                flags.append(self.coverage.flag(names[int(np.argmax(probs[i]))], str(sequences[i])))
             confidence = float(probs[i].max())
             if masks[LOW_CONFIDENCE][i]:
                 flags.append(Flag(LOW_CONFIDENCE, confidence, self.low_confidence))

@@ -30,7 +30,7 @@ ScanSource = Union[bytes, bytearray, memoryview, str, Path, BinaryIO]
 _PIL_OPEN_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 _PIL_FORMATS = {*_PIL_OPEN_FORMATS, "MPO"}
 _FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP or DICOM"
-_KEPT_INFO = ("display_transform",)
+_KEPT_INFO = ("display_transform", "sequence")
 
 # Pillow refuses (rather than warns about) anything above twice its limit; between the two,
 # read_scan makes its own decision (a large JPEG is decoded at reduced scale).
@@ -44,8 +44,8 @@ def read_scan(source: ScanSource) -> Image.Image:
     object. JPEG, PNG, BMP, TIFF and WebP are read with Pillow (EXIF orientation honoured,
     16-bit data stretched to 8 bits, transparency flattened onto black); DICOM with pydicom
     (see :func:`core.dicom.read_dicom`). For DICOM the returned image's ``info`` holds
-    ``"display_transform"``: how the stored values were mapped to grey levels; no other
-    metadata is kept. Images larger than ``MAX_SIDE`` are downscaled.
+    ``"display_transform"``: how the stored values were mapped to grey levels, and
+    ``"sequence"``: the ``core.sequence.SequenceInfo`` of its tags; no other metadata is kept. Images larger than ``MAX_SIDE`` are downscaled.
 
     Raises:
         ScanError: the data is empty, damaged, too large, too small, not an image, a

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .constants import INPUT_MEAN, INPUT_STD, RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SEQUENCE_NAMES, SEQUENCE_SOURCES
-from .dicom import tag_float
+from .constants import (
+    INPUT_MEAN, INPUT_STD, RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SEQUENCE_NAMES, SEQUENCE_SOURCES, USER_SEQUENCES,
+)
+from .pixels import tag_float
 
 __all__ = [
     "SEQUENCE_ONNX_NAME",
@@ -176,12 +178,12 @@ def sequence_from_name(name: str) -> SequenceInfo:
 
 
 def user_sequence(name: str) -> SequenceInfo:
-    """The sequence a user chose (``source="user"``); ``name`` one of ``SEQUENCE_NAMES``
+    """The sequence a user chose (``source="user"``); ``name`` one of ``USER_SEQUENCES``
     (case-insensitive: "t2", "flair", "t1c")."""
-    lookup = {n.lower(): n for n in SEQUENCE_NAMES}
+    lookup = {n.lower(): n for n in USER_SEQUENCES}
     key = str(name).strip().lower()
     if key not in lookup:
-        raise ValueError(f"Unknown sequence {name!r}; choose one of {list(SEQUENCE_NAMES)}.")
+        raise ValueError(f"Unknown sequence {name!r}; choose one of {list(USER_SEQUENCES)}.")
     return SequenceInfo(name=lookup[key], source="user")
 
 

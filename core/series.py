@@ -40,7 +40,8 @@ from .constants import (
     SERIES_PLANES,
     SERIES_WINDOW_PERCENTILES,
 )
-from .dicom import decode_pixels, grey_pixels, has_pixel_data, photometric, quiet_pydicom, tag_float
+from .dicom import decode_pixels, grey_pixels, has_pixel_data, photometric, quiet_pydicom
+from .pixels import tag_float
 from .pixels import ScanError, check_dimensions
 from .sequence import SequenceInfo, sequence_from_dataset, sequence_from_name
 

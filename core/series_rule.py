@@ -22,6 +22,7 @@ from .constants import CLASS_NAMES, NEGATIVE_CLASS
 
 if TYPE_CHECKING:
     from .model import Prediction
+    from .rules import SequenceCoverage
     from .sequence import SequenceInfo
     from .series import Series
 
@@ -30,6 +31,7 @@ __all__ = [
     "FEW_ASSESSED",
     "ISOLATED_TUMOUR_SLICES",
     "OUTSIDE_TRAINING",
+    "SEQUENCE_NOT_LEARNED",
     "SERIES_FLAG_KINDS",
     "SERIES_RULES",
     "KeySlice",
@@ -50,7 +52,9 @@ DISAGREEMENT = "disagreement"
 ISOLATED_TUMOUR_SLICES = "isolated_tumour_slices"
 #: Fewer assessed slices than the rule needs to call a tumour.
 FEW_ASSESSED = "few_assessed"
-SERIES_FLAG_KINDS = (OUTSIDE_TRAINING, DISAGREEMENT, ISOLATED_TUMOUR_SLICES, FEW_ASSESSED)
+#: Training barely covers the answer on the series' sequence (``core.rules.SequenceCoverage``).
+SEQUENCE_NOT_LEARNED = "sequence_not_learned"
+SERIES_FLAG_KINDS = (OUTSIDE_TRAINING, SEQUENCE_NOT_LEARNED, DISAGREEMENT, ISOLATED_TUMOUR_SLICES, FEW_ASSESSED)
 #: The rules compared on validation: the served one and two plain alternatives.
 SERIES_RULES = ("support", "majority", "maximum")
 #: Slices whose head covers less than this share of the series' largest head are not assessed
@@ -68,8 +72,11 @@ class SeriesFlag:
     #: The count or share the rule read, and the limit it crossed.
     value: float | None = None
     limit: float | None = None
-    #: The tumour classes concerned.
+    #: The tumour classes concerned (``sequence_not_learned``: the answer, then the classes
+    #: training barely covers on the sequence, as ``core.rules.Flag``).
     classes: tuple[str, ...] = ()
+    #: For ``sequence_not_learned``: the series' sequence.
+    sequence: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SERIES_FLAG_KINDS:
@@ -195,15 +202,31 @@ def assessed_slices(images: Sequence[Image.Image], predictions: Sequence[Predict
     return enough & np.array([p.is_brain_mri for p in predictions], dtype=bool)
 
 
-def series_prediction(rule: SeriesRule, series: Series, predictions: Sequence[Prediction]) -> SeriesPrediction:
-    """The answer for ``series`` from its slices' ``predictions`` (in series order)."""
+def series_prediction(
+    rule: SeriesRule,
+    series: Series,
+    predictions: Sequence[Prediction],
+    sequence: SequenceInfo | None = None,
+    coverage: SequenceCoverage | None = None,
+) -> SeriesPrediction:
+    """The answer for ``series`` from its slices' ``predictions`` (in series order).
+
+    ``sequence``: the series' sequence as decided (default: ``series.sequence``); with
+    ``coverage`` the answer is flagged ``sequence_not_learned`` where training barely covers it
+    on that sequence."""
     if len(predictions) != len(series.slices):
         raise ValueError(f"{len(predictions)} predictions for a series of {len(series.slices)} slices.")
+    sequence = sequence if sequence is not None else series.sequence
     assessed = assessed_slices(series.slices, predictions)
     decision = decide(rule, predictions, assessed, series.positions_mm)
+    flags = decision.flags
+    found = coverage.flag(decision.label, sequence.name) if coverage is not None and decision.key_slices else None
+    if found is not None:
+        at = 1 if flags and flags[0].kind == OUTSIDE_TRAINING else 0
+        flags = (*flags[:at], SeriesFlag(SEQUENCE_NOT_LEARNED, found.value, found.limit, found.classes, found.sequence), *flags[at:])
     return SeriesPrediction(
-        name=series.name, source=series.source, plane=series.plane, sequence=series.sequence,
-        label=decision.label, confidence=decision.confidence, flags=decision.flags,
+        name=series.name, source=series.source, plane=series.plane, sequence=sequence,
+        label=decision.label, confidence=decision.confidence, flags=flags,
         outside_training=decision.outside_training, key_slices=decision.key_slices, support=decision.support,
         slices=tuple(predictions), assessed_mask=tuple(bool(a) for a in assessed), positions_mm=tuple(series.positions_mm),
     )

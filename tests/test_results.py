@@ -19,6 +19,7 @@ from core.results import (
     DECIMALS,
     NOT_BRAIN_MRI_FLAG,
     OUTSIDE_TRAINING_FLAG,
+    SEQUENCE_NOT_LEARNED_FLAG,
     SERIES_CSV_COLUMNS,
     flag_text,
     result_record,
@@ -29,7 +30,9 @@ from core.results import (
     spreadsheet_safe,
     write_series_csv,
 )
-from core.rules import FLAG_KINDS, LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE, Flag
+from core.rules import (
+    FLAG_KINDS, LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, SEQUENCE_NOT_LEARNED, WEAK_NEGATIVE, Flag,
+)
 from core.sequence import SequenceInfo
 from core.series_rule import ISOLATED_TUMOUR_SLICES, SeriesPrediction, SeriesRule, decide
 
@@ -39,12 +42,14 @@ OUTSIDE = Flag(OUTSIDE_TRAINING, 1.234, 1.0)
 GATE = Flag(NOT_BRAIN_MRI, 3.456, 2.5, check="gate")
 WEAK = Flag(WEAK_NEGATIVE, 0.98765, 0.993, classes=("meningioma",), confidence=0.9712)
 MIRROR = Flag(MIRROR_DISAGREES, classes=("glioma", "pituitary"))
+#: A glioma answer on T2, where training holds almost no meningiomas or pituitary tumours.
+NOT_LEARNED = Flag(SEQUENCE_NOT_LEARNED, 0.0, 0.02, classes=("glioma", "meningioma", "pituitary"), sequence="T2")
 #: One flag of each kind, and of each image check.
 EXAMPLES = {
     "blank": Flag(NOT_BRAIN_MRI, 0.0123, 0.04, check="blank"),
     "colour": Flag(NOT_BRAIN_MRI, 0.2, 0.04, check="colour"),
     "aspect": Flag(NOT_BRAIN_MRI, 3.14, 2.5, check="aspect"),
-    "gate": GATE, "outside": OUTSIDE, "low": LOW, "weak": WEAK, "mirror": MIRROR,
+    "gate": GATE, "outside": OUTSIDE, "low": LOW, "weak": WEAK, "mirror": MIRROR, "not_learned": NOT_LEARNED,
 }
 
 
@@ -72,6 +77,19 @@ def test_outside_training_gives_the_score_and_the_threshold():
 
 def test_low_confidence_gives_the_confidence_and_the_threshold():
     assert flag_text(LOW) == f"low confidence ({LOW.value:.1%}, below {LOW.limit:.0%})"
+
+
+def test_sequence_not_learned_names_the_sequence_and_the_classes_it_lacks():
+    assert flag_text(NOT_LEARNED) == (
+        f"{SEQUENCE_NOT_LEARNED_FLAG}: the model learned almost no meningiomas or pituitary tumours on T2 "
+        "(0.0% of their training scans, under 2%), so there it cannot tell glioma from meningioma or pituitary tumour"
+    )
+    # The answer's own class barely covered, alone: no "cannot tell" clause.
+    alone = flag_text(Flag(SEQUENCE_NOT_LEARNED, 0.0048, 0.02, classes=("notumor", "notumor"), sequence="FLAIR"))
+    assert alone == f"{SEQUENCE_NOT_LEARNED_FLAG}: the model learned almost no scans without a tumour on FLAIR " \
+                    "(0.5% of their training scans, under 2%)"
+    # A share just under the limit is never shown at it.
+    assert "(1.9% of" in flag_text(Flag(SEQUENCE_NOT_LEARNED, 0.01999, 0.02, classes=("glioma", "glioma"), sequence="T1"))
 
 
 def test_weak_negative_names_the_runner_up_and_the_cosine():

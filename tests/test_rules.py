@@ -15,10 +15,13 @@ from core.rules import (
     MIRROR_DISAGREES,
     NOT_BRAIN_MRI,
     OUTSIDE_TRAINING,
+    SEQUENCE_NOT_LEARNED,
+    TABLE_SEQUENCES,
     WEAK_NEGATIVE,
     Flag,
     ImageProblem,
     ReviewRules,
+    SequenceCoverage,
     answer_cosine,
 )
 
@@ -26,7 +29,17 @@ NEG = CLASS_NAMES.index(NEGATIVE_CLASS)
 GLIOMA = CLASS_NAMES.index("glioma")
 #: Rules with every threshold set: low confidence under 0.7, a cosine floor of 0.99 for "no
 #: tumour" answers, outside the training data above a score of 1, not a brain MRI above 3.
-RULES = ReviewRules(low_confidence=0.7, negative_floor=0.99, outside_score=1.0, reject_score=3.0)
+#: A class x sequence table shaped like the Kaggle set's: meningiomas and pituitary tumours on
+#: contrast T1 only (a few pituitary scans the recogniser could not call T1 or T1C), gliomas on
+#: contrast T1, FLAIR, T1 and T2, "no tumour" everywhere but a sliver of FLAIR.
+TABLE = {
+    "glioma": {"T1": 300, "T1C": 1000, "T1w": 20, "T2": 100, "FLAIR": 400},
+    "meningioma": {"T1C": 1300, "T1w": 30},
+    "notumor": {"T1": 600, "T1C": 300, "T1w": 50, "T2": 700, "FLAIR": 8},
+    "pituitary": {"T1C": 1400, "T1w": 10, "unknown": 40},
+}
+COVERAGE = SequenceCoverage(TABLE, min_share=0.02)
+RULES = ReviewRules(low_confidence=0.7, negative_floor=0.99, outside_score=1.0, reject_score=3.0, coverage=COVERAGE)
 
 
 def answer(top: int, p_top: float, runner_up: int | None = None, p_runner_up: float | None = None) -> np.ndarray:
@@ -141,8 +154,9 @@ def test_flags_follow_the_masks_in_the_order_of_the_kinds():
     served = (plain + mirror) / 2
     scores = rng.uniform(0, 4, n)
     problems = [ImageProblem("colour", 0.1, 0.04) if rng.random() < 0.1 else None for _ in range(n)]
-    masks = RULES.masks(served, scores, problems, plain, mirror)
-    flags = RULES.flags(served, scores, problems, plain, mirror)
+    sequences = rng.choice([*TABLE_SEQUENCES, "other", "unknown"], n).tolist()
+    masks = RULES.masks(served, scores, problems, plain, mirror, sequences)
+    flags = RULES.flags(served, scores, problems, plain, mirror, sequences)
     assert set(masks) == set(FLAG_KINDS) and all(mask.shape == (n,) and mask.dtype == bool for mask in masks.values())
     assert all(masks[kind].any() for kind in FLAG_KINDS)
     for i, scan in enumerate(flags):
@@ -150,6 +164,7 @@ def test_flags_follow_the_masks_in_the_order_of_the_kinds():
     # One of "not a brain MRI" and "outside the training data"; one of "low" and "weak".
     assert not (masks[NOT_BRAIN_MRI] & masks[OUTSIDE_TRAINING]).any()
     assert not (masks[LOW_CONFIDENCE] & masks[WEAK_NEGATIVE]).any()
+    assert not (masks[NOT_BRAIN_MRI] & masks[SEQUENCE_NOT_LEARNED]).any()
 
 
 def test_a_scan_flagged_every_way_lists_its_flags_in_order():
@@ -226,3 +241,66 @@ def test_answer_cosine_properties():
 def test_answer_cosine_needs_two_classes():
     with pytest.raises(ValueError, match=r"two classes.*\(1,\)"):
         answer_cosine(np.array([1.0]))
+
+
+# ---------------------------------------------------------------------- sequence coverage
+@pytest.mark.parametrize(
+    ("label", "sequence", "named"),
+    [
+        # contrast T1: every class learned, nothing flagged
+        ("glioma", "T1C", None), ("meningioma", "T1C", None), ("pituitary", "T1C", None), ("notumor", "T1C", None),
+        # "T1w" (contrast unknown) counts T1, T1C and T1w cells: covered like contrast T1
+        ("meningioma", "T1w", None), ("glioma", "T1w", None),
+        # T2: no meningioma or pituitary scan, so no tumour answer can be trusted; "no tumour" was learned
+        ("glioma", "T2", ("glioma", "meningioma", "pituitary")),
+        ("meningioma", "T2", ("meningioma", "meningioma", "pituitary")),
+        ("notumor", "T2", None),
+        # non-contrast T1 and FLAIR alike for the tumours; FLAIR barely holds "no tumour" (8 of 1658)
+        ("glioma", "T1", ("glioma", "meningioma", "pituitary")),
+        ("notumor", "FLAIR", ("notumor", "notumor")),
+        # another sequence (diffusion, SWI): no class was learned; an unknown one is not judged
+        ("notumor", "other", ("notumor", "notumor")),
+        ("pituitary", "other", ("pituitary", "glioma", "meningioma", "pituitary")),
+        ("glioma", "unknown", None),
+    ],
+)
+def test_sequence_coverage_names_the_cells_training_barely_covers(label, sequence, named):
+    flag = COVERAGE.flag(label, sequence)
+    if named is None:
+        assert flag is None
+        return
+    assert flag.kind == SEQUENCE_NOT_LEARNED and flag.classes == named and flag.sequence == sequence
+    assert flag.limit == 0.02 and flag.value == min(COVERAGE.share(c, sequence) for c in named[1:]) < 0.02
+
+
+def test_sequence_coverage_follows_the_table_and_its_share():
+    assert COVERAGE.share("glioma", "FLAIR") == pytest.approx(400 / 1820)
+    assert COVERAGE.share("notumor", "T1w") == pytest.approx(950 / 1658)
+    assert COVERAGE.share("glioma", "unknown") is None
+    # A larger share names more cells: glioma on T1 is 17 % of its scans.
+    assert COVERAGE.uncovered("T1") == ("meningioma", "pituitary")
+    assert SequenceCoverage(TABLE, 0.2).uncovered("T1") == ("glioma", "meningioma", "pituitary")
+    # The same table with meningiomas on T2 clears a glioma answer there only with pituitary too.
+    wider = {**TABLE, "meningioma": {**TABLE["meningioma"], "T2": 200}}
+    assert SequenceCoverage(wider, 0.02).flag("glioma", "T2").classes == ("glioma", "pituitary")
+    both = {**wider, "pituitary": {**TABLE["pituitary"], "T2": 200}}
+    assert SequenceCoverage(both, 0.02).flag("glioma", "T2") is None
+
+
+def test_sequence_coverage_is_read_from_the_card_and_checked():
+    card = {"class_names": list(CLASS_NAMES), "sequence_table": {"counts": TABLE, "min_share": 0.05}}
+    rules = ReviewRules.from_card(card)
+    assert rules.coverage == SequenceCoverage(TABLE, 0.05)
+    assert ReviewRules.from_card({"class_names": list(CLASS_NAMES)}).coverage is None
+    with pytest.raises(ValueError, match="min_share"):
+        SequenceCoverage(TABLE, 0.0)
+    with pytest.raises(ValueError, match="lacks the classes"):
+        SequenceCoverage({"glioma": {}}, 0.02)
+
+
+def test_sequence_not_learned_needs_a_sequence_and_spares_rejected_scans():
+    probs = np.stack([answer(GLIOMA, 0.95), answer(GLIOMA, 0.95), answer(GLIOMA, 0.95)])
+    scores = np.array([0.0, 0.0, 5.0])  # the last one is not a brain MRI
+    assert not RULES.masks(probs, scores)[SEQUENCE_NOT_LEARNED].any()  # no sequences given
+    mask = RULES.masks(probs, scores, sequences=["T1C", "T2", "T2"])[SEQUENCE_NOT_LEARNED]
+    assert mask.tolist() == [False, True, False]

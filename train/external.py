@@ -6,13 +6,16 @@ answer is right and "no tumour" without a flag is the dangerous one. Every scan 
 :meth:`core.Classifier.predict_batch`, so the figures are those of the app: the gate, the review
 flags and the "outside the training data" state included.
 
-For each source, each (source, class) and, where file names carry it, each (source, sequence)::
+For each source, each (source, class), each (source, class, sequence the recogniser or the tags
+gave: ``recognised_sequences``) and, where file names carry it, each (source, sequence)::
 
     n_images, accuracy, rejected (not a brain MRI), flagged (any flag or review state, rejection
     included), unflagged (shown without any), unflagged_accuracy, outside_training, predicted
     (the labels given)
 
-and for ``other`` lesions ``notumor_unflagged``: the share called "no tumour" with no flag.
+plus ``sequence_not_learned`` (the share with that flag), and for ``other`` lesions
+``notumor_unflagged``: the share called "no tumour" with no flag. Where file names carry the
+sequence, ``recogniser`` sets the sequence recogniser against them (:func:`recogniser_report`).
 These scans are for validation and reporting only: nothing here fits a threshold.
 """
 
@@ -28,11 +31,12 @@ from typing import Any
 
 from core.constants import CLASS_NAMES, OTHER_LESION_CLASS, SUPPORTED_EXTENSIONS
 from core.model import Classifier, Prediction
+from core.rules import SEQUENCE_NOT_LEARNED
 from core.scan import read_scan
 
 from .data import fingerprint, Sample
 
-__all__ = ["ExternalScan", "build_report", "find_external", "sequence_of", "evaluate_external", "summarise"]
+__all__ = ["ExternalScan", "build_report", "find_external", "recogniser_report", "sequence_of", "evaluate_external", "summarise"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,8 @@ def _record(scan: ExternalScan, prediction: Prediction) -> dict[str, Any]:
         "rejected": not prediction.is_brain_mri,
         "outside_training": prediction.outside_training,
         "flagged": bool(prediction.flags),
+        "recognised": prediction.sequence.name,
+        "not_learned": SEQUENCE_NOT_LEARNED in prediction.flag_kinds,
     }
 
 
@@ -107,6 +113,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "outside_training": sum(r["outside_training"] for r in records) / n,
         "flagged": sum(r["flagged"] for r in records) / n,
         "unflagged": len(unflagged) / n,
+        "sequence_not_learned": sum(r.get("not_learned", False) for r in records) / n,
         "predicted": dict(Counter(r["predicted"] for r in records).most_common()),
     }
     if labelled:
@@ -132,7 +139,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _groups(records: Iterable[dict[str, Any]], *keys: str) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        if any(record[k] is None for k in keys):
+        if any(record.get(k) is None for k in keys):
             continue
         groups.setdefault("/".join(str(record[k]) for k in keys), []).append(record)
     return dict(sorted(groups.items()))
@@ -155,6 +162,38 @@ def _predict(classifier: Classifier, scans: Sequence[ExternalScan], batch_size: 
     return records, unreadable
 
 
+def recogniser_report(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The recogniser against the sequences file names carry (None where none do).
+
+    ``t2_vs_t1_weighted``: of the T2, T1 and T1C scans, the share named right at that level
+    (T2 as T2; T1 or T1C as T1, T1C or T1w), "unknown" and FLAIR counted wrong;
+    ``t1_named``: of the T1 and T1C scans, the share named T1 or T1C (not "T1w");
+    ``t1_vs_t1c_when_named``: of those, the share named right; ``confusion``: counts per
+    sequence in the name and sequence named.
+    """
+    named = [r for r in records if r.get("sequence") and r.get("recognised")]
+    if not named:
+        return None
+    weighted = [r for r in named if r["sequence"] in ("T1", "T1C", "T2")]
+    t1w = [r for r in weighted if r["sequence"] != "T2"]
+    contrast = [r for r in t1w if r["recognised"] in ("T1", "T1C")]
+
+    def level(r: dict[str, Any]) -> bool:
+        return r["recognised"] == "T2" if r["sequence"] == "T2" else r["recognised"] in ("T1", "T1C", "T1w")
+
+    confusion: dict[str, Counter] = {}
+    for r in named:
+        confusion.setdefault(r["sequence"], Counter())[r["recognised"]] += 1
+    return {
+        "n": len(named),
+        "t2_vs_t1_weighted": sum(map(level, weighted)) / len(weighted) if weighted else None,
+        "n_t2_vs_t1_weighted": len(weighted),
+        "t1_named": len(contrast) / len(t1w) if t1w else None,
+        "t1_vs_t1c_when_named": sum(r["recognised"] == r["sequence"] for r in contrast) / len(contrast) if contrast else None,
+        "confusion": {k: dict(v.most_common()) for k, v in sorted(confusion.items())},
+    }
+
+
 def build_report(
     records: Sequence[dict[str, Any]],
     reference: Sequence[dict[str, Any]] | None = None,
@@ -175,6 +214,10 @@ def build_report(
                 "class_sequences": {
                     k.split("/", 1)[1]: summarise(v) for k, v in _groups(group, "source", "label", "sequence").items()
                 },
+                "recognised_sequences": {
+                    k.split("/", 1)[1]: summarise(v) for k, v in _groups(group, "source", "label", "recognised").items()
+                },
+                "recogniser": recogniser_report(group),
             }
             for source, group in _groups(records, "source").items()
         },

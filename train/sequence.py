@@ -2,6 +2,7 @@
 
     python -m train.sequence label --output train/sequence_labels.csv   # Kaggle labels, sheets to check
     python -m train.sequence fit --output assets/                       # the recogniser, its card entry
+    python -m train.sequence table --assets assets/                     # class x sequence table, the rule
 
 **Labels.**
 
@@ -55,6 +56,8 @@ from core.weights import read_model_card, sha256_file, write_model_card
 
 from .data import Sample, find_extra_samples, find_samples, patient_split
 from .presets import RandomGamma, SyntheticT2
+from . import sequence_table
+from .sequence_table import EXTRA_SEQUENCES
 
 __all__ = [
     "NOTUMOR_CLUSTERS",
@@ -80,7 +83,6 @@ TUMOUR_CLUSTERS: dict[int, str] = {c: "T1C" for c in (1, 2, 3, 5, 6, 7, 8, 10, 1
 #: 5, 6, 8, 11 (T1, T2 and FLAIR mixed) and 9 (CT scans).
 NOTUMOR_CLUSTERS: dict[int, str] = {0: "T1", 7: "T1", 1: "T2", 2: "T2", 4: "T2", 3: "FLAIR", 10: "FLAIR"}
 TUMOUR_K, NOTUMOR_K = 16, 12
-EXTRA_SEQUENCES = {"t1pre": "T1", "t1post": "T1C", "flair": "FLAIR"}
 KAGGLE_VAL_SHARE = 0.15
 EXTRA_VAL_SHARE = 0.2
 
@@ -338,6 +340,7 @@ def save_recogniser(onnx_path: Path, folder: Path, contrast_threshold: float, im
     card["sequence"] = {"file": Path(onnx_path).name, "sha256": sha256_file(onnx_path), "image_size": int(image_size),
                         "classes": list(RECOGNISED_SEQUENCES), "contrast_threshold": float(contrast_threshold),
                         "min_confidence": MIN_SEQUENCE_CONFIDENCE, **details}
+    card.pop("sequence_table", None)  # counted by the previous recogniser: run ``table`` again
     write_model_card(weights, card)
     return card["sequence"]
 
@@ -364,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--image-size", type=int, default=SEQUENCE_IMAGE_SIZE)
     fit.add_argument("--workers", type=int, default=2)
     fit.add_argument("--seed", type=int, default=0)
+    sequence_table.build_parser(sub.add_parser(
+        "table", help="count the classifier's training scans per class and sequence; choose the sequence_not_learned rule"))
     return parser
 
 
@@ -418,6 +423,8 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "table":
+        return sequence_table.main(args)
     return _label(args) if args.command == "label" else _fit(args)
 
 
