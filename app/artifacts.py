@@ -36,6 +36,7 @@ __all__ = [
     "external_rows",
     "percent_cells",
     "sequence_rows",
+    "training_sequence_rows",
     "series_rows",
     "load_artifacts",
     "per_class_rows",
@@ -411,6 +412,57 @@ def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
             name, sequence = key.split("/", 1)
             label = "other lesion types" if name == "other" else CLASS_LABELS.get(name, name)
             rows.append(_external_row(SOURCE_TITLES.get(source, source), label, sub, sequence))
+    return rows
+
+
+#: How each column of the class x sequence table is named on the page.
+SEQUENCE_TITLES = {
+    "T1": "T1", "T1C": "T1 with contrast", "T1w": "T1-weighted, contrast not told", "T2": "T2", "FLAIR": "FLAIR",
+    "unknown": "not recognised",
+}
+
+
+def _external_by_cell(external: Mapping[str, Any] | None) -> dict[tuple[str, str], tuple[int, int]]:
+    """(class, sequence) -> (labelled scans, right answers) over every source of ``external.json``,
+    by the sequence the served model gave each scan (``recognised_sequences``)."""
+    cells: dict[tuple[str, str], tuple[int, int]] = {}
+    for report in ((external or {}).get("sources") or {}).values():
+        for key, sub in (report.get("recognised_sequences") or {}).items():
+            name, _, sequence = key.partition("/")
+            n = int(sub.get("n_labelled") or 0)
+            if not n or sub.get("accuracy") is None:
+                continue
+            seen, right = cells.get((name, sequence), (0, 0))
+            cells[(name, sequence)] = (seen + n, right + round(float(sub["accuracy"]) * n))
+    return cells
+
+
+def training_sequence_rows(card: Mapping[str, Any] | None, external: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The training data's class x sequence table (``card["sequence_table"]``), one row per class
+    and sequence: training scans, their share of the class, whether the ``sequence_not_learned``
+    rule names the cell, and the accuracy on scans from other sources in that cell (by the
+    sequence the model gave them) where there are any."""
+    from core.constants import CLASS_LABELS
+    from core.rules import SequenceCoverage
+
+    table = (card or {}).get("sequence_table")
+    if not table:
+        return []
+    coverage = SequenceCoverage.from_card(card)
+    elsewhere = _external_by_cell(external)
+    rows = []
+    for name, counts in table["counts"].items():
+        total = sum(int(v) for v in counts.values()) or 1
+        for sequence, count in counts.items():
+            seen, right = elsewhere.get((name, sequence), (0, 0))
+            barely = sequence != "unknown" and coverage is not None and name in coverage.uncovered(sequence)
+            rows.append({
+                "Class": CLASS_LABELS.get(name, name), "Sequence": SEQUENCE_TITLES.get(sequence, sequence),
+                "Training scans": int(count), "Share of the class (%)": 100.0 * int(count) / total,
+                "Barely covered": "yes: answers flagged" if barely else "",
+                "Scans from other sources": seen or None,
+                "Accuracy there (%)": 100.0 * right / seen if seen else None,
+            })
     return rows
 
 

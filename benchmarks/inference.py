@@ -14,6 +14,9 @@ Prints, for the shipped model (or ``--weights``) on this machine's CPU:
   (``core.runtime.TorchRuntime``, batch norms folded), its ``predict`` and ``predict_batch``
   timed interleaved with the served model's (float32 ONNX Runtime), and the speed-ups of the
   served model over it (``explain`` runs the same PyTorch Grad-CAM in both, so it has no row);
+- the sequence recogniser's cost: ``predict`` and ``predict_batch`` of the served model timed
+  interleaved with the same model without its recogniser (the model as shipped before it), for
+  scans whose sequence nothing else gives (JPEG or PNG, as here);
 - with ``--cli``: ``python -m core`` over the whole Testing folder, decoding included, in scans
   per second (the median of ``--cli-rounds`` runs);
 
@@ -270,6 +273,8 @@ def run(
     progress(f"explain x {repeats}")
     results["explain"] = _summary_ms(_time_calls(lambda i: model.explain(images[i % len(images)]), repeats))
     results["baseline"] = base
+    if model.recogniser is not None:
+        results["sequence_recogniser"] = _recogniser_cost(model, images, repeats, batch_size, progress)
     results["speedup"] = {
         "predict": round(base["predict"]["p50_ms"] / results["predict"]["p50_ms"], 2),
         "predict_batch": round(results["predict_batch"]["scans_per_s"] / base["predict_batch"]["scans_per_s"], 2),
@@ -291,6 +296,30 @@ def run(
     results["memory"]["start_mb"] = round(rss_start, 1)
     results["memory"]["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     return results
+
+
+def _recogniser_cost(
+    model: Classifier, images: Sequence[Any], repeats: int, batch_size: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """``predict`` and ``predict_batch`` with and without the sequence recogniser, interleaved."""
+    import copy
+
+    plain = copy.copy(model)
+    plain.recogniser = None
+    progress(f"predict x {repeats}, with and without the sequence recogniser")
+    times = _time_interleaved({"with": lambda i: model.predict(images[i % len(images)]),
+                               "without": lambda i: plain.predict(images[i % len(images)])}, repeats)
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    batch_times = _time_interleaved({
+        "with": lambda i: model.predict_batch(batches[i % len(batches)], batch_size=batch_size),
+        "without": lambda i: plain.predict_batch(batches[i % len(batches)], batch_size=batch_size),
+    }, max(2 * len(batches), repeats // 5), warmup=1)
+    out: dict[str, Any] = {key: {"predict": _summary_ms(times[key]), "predict_batch": _summary_ms(batch_times[key])}
+                           for key in ("with", "without")}
+    out["predict_overhead"] = round(out["with"]["predict"]["p50_ms"] / out["without"]["predict"]["p50_ms"] - 1, 3)
+    out["predict_batch_overhead"] = round(
+        out["with"]["predict_batch"]["p50_ms"] / out["without"]["predict_batch"]["p50_ms"] - 1, 3)
+    return out
 
 
 def _against_baseline(
@@ -435,6 +464,11 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"  baseline ({base['predictions_by']}, same run, interleaved): predict p50 {base['predict']['p50_ms']:.2f} ms, "
           f"predict_batch {base['predict_batch']['scans_per_s']:.1f} scans/s")
     print(f"  speed-up over the baseline: predict {res['speedup']['predict']:.2f}x, predict_batch {res['speedup']['predict_batch']:.2f}x")
+    if "sequence_recogniser" in res:
+        q = res["sequence_recogniser"]
+        print(f"  sequence recogniser (interleaved): predict p50 {q['with']['predict']['p50_ms']:.2f} ms with, "
+              f"{q['without']['predict']['p50_ms']:.2f} ms without (+{100 * q['predict_overhead']:.0f} %); "
+              f"predict_batch +{100 * q['predict_batch_overhead']:.0f} %")
     if "cli" in res:
         c = res["cli"]
         print(f"  python -m core, {c['scans']} scans: {c['scans_per_s']:.1f} scans/s (runs of {c['seconds']} s)")

@@ -174,7 +174,9 @@ class Classifier:
             served = (plain + mirror) / 2 if mirror is not None else plain
             scores = self.gate.score(taps[:n]).numpy() if self.gate is not None and taps is not None else np.zeros(n)
             known = self._sequences(chunk, given[start : start + batch_size])
-            flags = self.rules.flags(served, scores, problems, plain, mirror, [q.name for q in known])
+            coverage = self.rules.coverage
+            judged = [coverage.judged(q.name, q.source, q.confidence) if coverage is not None else q.name for q in known]
+            flags = self.rules.flags(served, scores, problems, plain, mirror, judged)
             results += [self._prediction(p, s, f, q) for p, s, f, q in zip(served, scores, flags, known)]
         return results
 

@@ -115,18 +115,23 @@ class SequenceCoverage:
     its training scans lie there (for "T1w": on T1, T1C and T1w together). An answer is flagged
     ``sequence_not_learned`` when, on the scan's sequence, its own class is barely covered, or,
     for a tumour answer, another tumour class is: the model cannot have learned to tell them
-    apart there. Scans of an unknown sequence are not flagged by this rule; "other" sequences
-    (diffusion, SWI, ...) cover no class. Built by ``python -m train.sequence table``
-    (``card["sequence_table"]``); ``min_share`` is chosen there on validation.
+    apart there. Scans of an unknown sequence are not flagged by this rule, nor are scans whose
+    sequence only the image recogniser gives at a probability under ``min_confidence``
+    (:meth:`judged`); "other" sequences (diffusion, SWI, ...) cover no class. Built by ``python -m train.sequence table``
+    (``card["sequence_table"]``); ``min_share`` and ``min_confidence`` are chosen there on validation.
     """
 
     counts: Mapping[str, Mapping[str, int]]
     min_share: float
     class_names: tuple[str, ...] = CLASS_NAMES
+    #: The recogniser's probability an image-derived sequence needs for the rule to act on it.
+    min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.min_share < 1:
             raise ValueError(f"min_share must be in (0, 1), got {self.min_share!r}.")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence!r}.")
         missing = [c for c in self.class_names if c not in self.counts]
         if missing:
             raise ValueError(f"The class x sequence table lacks the classes {missing}; it has {sorted(self.counts)}.")
@@ -137,7 +142,15 @@ class SequenceCoverage:
         table = card.get("sequence_table")
         if not table:
             return None
-        return cls(table["counts"], float(table["min_share"]), tuple(card.get("class_names", CLASS_NAMES)))
+        return cls(table["counts"], float(table["min_share"]), tuple(card.get("class_names", CLASS_NAMES)),
+                   float(table.get("min_confidence", 0.0)))
+
+    def judged(self, name: str, source: str, confidence: float | None = None) -> str:
+        """The sequence the rule acts on: ``name``, or "unknown" for a sequence that only the
+        image gives (``source="image"``) at a ``confidence`` under :attr:`min_confidence`."""
+        if source == "image" and (confidence is None or confidence < self.min_confidence):
+            return "unknown"
+        return name
 
     def share(self, name: str, sequence: str) -> float | None:
         """The share of ``name``'s training scans that cover ``sequence`` (None: unknown sequence)."""

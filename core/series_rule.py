@@ -220,7 +220,8 @@ def series_prediction(
     assessed = assessed_slices(series.slices, predictions)
     decision = decide(rule, predictions, assessed, series.positions_mm)
     flags = decision.flags
-    found = coverage.flag(decision.label, sequence.name) if coverage is not None and decision.key_slices else None
+    judged = coverage.judged(sequence.name, sequence.source, sequence.confidence) if coverage is not None else None
+    found = coverage.flag(decision.label, judged) if coverage is not None and decision.key_slices else None
     if found is not None:
         at = 1 if flags and flags[0].kind == OUTSIDE_TRAINING else 0
         flags = (*flags[:at], SeriesFlag(SEQUENCE_NOT_LEARNED, found.value, found.limit, found.classes, found.sequence), *flags[at:])

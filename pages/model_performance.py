@@ -30,6 +30,7 @@ from app.artifacts import (
     perturbed_rows,
     review_rules,
     sequence_rows,
+    training_sequence_rows,
     shipped_reason,
 )
 from app.frame import ensure_frame
@@ -199,6 +200,31 @@ def _series_ui(artifacts: Artifacts) -> None:
     )
     st.dataframe(percent_cells(series_rows(artifacts.series), _SERIES_PCT), hide_index=True, width="stretch",
                  key="series_table")
+
+
+_TABLE_PCT = ("Share of the class (%)", "Accuracy there (%)")
+
+
+def _sequence_table_ui(artifacts: Artifacts) -> None:
+    """Where the model has never looked: its training scans per class and sequence."""
+    card = artifacts.model_card or {}
+    rows = training_sequence_rows(card, artifacts.external)
+    if not rows:
+        return
+    table = card["sequence_table"]
+    st.subheader("Where the model has never looked")
+    synthetic = table.get("synthetic") or {}
+    st.caption(
+        "The classifier's training scans per class and MRI sequence: by file name where the source gives it, "
+        "by the sequence recogniser elsewhere. A class with less than "
+        f"{100 * float(table['min_share']):.1f} % of its training scans on a sequence is barely covered there: "
+        "on that sequence, answers of that class, and tumour answers while any tumour class is barely covered, "
+        "are flagged "sequence not learned for this answer"."
+        + (f" Not counted: the T2-like images made during training from {synthetic['T2_from_flair_slices']} "
+           "tcga-lgg FLAIR slices." if synthetic.get("T2_from_flair_slices") else "")
+        + " Accuracy on scans from other sources is by the sequence the model gave them."
+    )
+    st.dataframe(percent_cells(rows, _TABLE_PCT), hide_index=True, width="stretch", key="training_sequence_table")
 
 
 def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:
@@ -490,6 +516,7 @@ def main() -> None:
 
     _headline_ui(artifacts)
     _external_ui(artifacts)
+    _sequence_table_ui(artifacts)
     _series_ui(artifacts)
     key = _comparison_ui(artifacts) if artifacts.evaluation is not None else None
     report = artifacts.evaluations.get(key) if key else None

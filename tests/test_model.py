@@ -252,3 +252,136 @@ def test_shipped_predict_batch_equals_predict(shipped_model, scan_paths):
         assert alone.is_brain_mri == together.is_brain_mri
         assert alone.ood_score == pytest.approx(together.ood_score, abs=1e-4)
         assert np.abs(_probabilities(alone) - _probabilities(together)).max() < PROB_TOL
+
+
+# ---------------------------------------------------------------------- the sequence of each scan
+class FakeSession:
+    """An ONNX Runtime session stand-in for the sequence recogniser: the same probabilities for
+    every image, and a count of the images it was asked about."""
+
+    def __init__(self, probs):
+        self.probs, self.asked = np.asarray(probs, dtype=np.float32), 0
+
+    def run(self, outputs, feeds):
+        batch = feeds["input"]
+        self.asked += len(batch)
+        return [np.tile(self.probs, (len(batch), 1))]
+
+
+#: A table where meningiomas and pituitary tumours were learned from contrast T1 only, and "no
+#: tumour" from contrast T1 and FLAIR only (the random tiny model answers "no tumour" to noise,
+#: so its answers are flagged on T1, T2 and other sequences).
+TABLE = {
+    "glioma": {"T1": 300, "T1C": 1000, "T2": 100, "FLAIR": 400},
+    "meningioma": {"T1C": 1300},
+    "notumor": {"T1C": 300, "FLAIR": 300},
+    "pituitary": {"T1C": 1400},
+}
+
+
+def _with(model, recogniser=None, coverage=None):
+    """A shallow copy of the session's ``model`` with its own recogniser and sequence rule."""
+    import copy
+    import dataclasses
+
+    other = copy.copy(model)
+    other.recogniser = recogniser
+    other.rules = dataclasses.replace(model.rules, coverage=coverage)
+    return other
+
+
+def test_every_prediction_carries_a_sequence_and_the_user_choice_wins(tiny_model):
+    from core.sequence import SequenceRecogniser, user_sequence
+
+    session = FakeSession([0.05, 0.05, 0.85, 0.05])  # T2 at 0.85
+    model = _with(tiny_model, SequenceRecogniser(session, contrast_threshold=0.7))
+    images = _scans(3)
+    given = [None, user_sequence("flair"), None]
+    predictions = model.predict_batch(images, sequences=given)
+    assert [(p.sequence.name, p.sequence.source) for p in predictions] == [("T2", "image"), ("FLAIR", "user"), ("T2", "image")]
+    assert predictions[0].sequence.confidence == pytest.approx(0.85, abs=1e-6)
+    assert session.asked == 2  # the user's scan is never shown to the recogniser
+    # Without a recogniser, a scan nothing describes has an unknown sequence.
+    assert tiny_model.predict(images[0]).sequence.name == "unknown"
+    with pytest.raises(ValueError, match="2 sequences for 3 images"):
+        model.predict_batch(images, sequences=given[:2])
+
+
+def _t2_dicom() -> Image.Image:
+    """A generated DICOM slice whose SeriesDescription says T2, read as an upload is."""
+    from dicom_factory import dicom_bytes
+    from series_factory import mr_slice
+
+    pixels = np.asarray(synthetic_scan(0, size=96).convert("L"), dtype=np.uint16) * 16
+    return read_scan(dicom_bytes(mr_slice(pixels, (0.0, 0.0, 0.0), description="t2_tse_tra", patient=False)))
+
+
+def test_read_scan_keeps_the_sequence_of_the_dicom_tags():
+    image = _t2_dicom()
+    assert image.info["sequence"].name == "T2" and image.info["sequence"].source == "tags"
+
+
+def test_tags_decide_and_the_recogniser_is_not_asked(tiny_model):
+    from core.sequence import SequenceRecogniser
+
+    image = _t2_dicom()
+    session = FakeSession([0.9, 0.04, 0.03, 0.03])  # the image alone would say T1
+    prediction = _with(tiny_model, SequenceRecogniser(session, 0.7)).predict(image)
+    assert (prediction.sequence.name, prediction.sequence.source) == ("T2", "tags") and session.asked == 0
+
+
+@pytest.mark.parametrize("sequence", ["T1C", "T1w", "T2", "FLAIR", "T1", "other"])
+def test_sequence_not_learned_follows_the_table(tiny_model, sequence):
+    from core.rules import SEQUENCE_NOT_LEARNED, SequenceCoverage
+    from core.sequence import user_sequence
+
+    coverage = SequenceCoverage(TABLE, 0.02)
+    model = _with(tiny_model, coverage=coverage)
+    raised = []
+    for prediction in model.predict_batch(_scans(4), sequences=[user_sequence(sequence)] * 4):
+        expected = coverage.flag(prediction.label, sequence)
+        flags = [f for f in prediction.flags if f.kind == SEQUENCE_NOT_LEARNED]
+        assert flags == ([expected] if expected is not None else [])
+        raised.append(bool(flags))
+    if sequence in ("T1", "T2", "other"):  # the table covers no answer there but glioma's
+        assert any(raised)
+    # Without the table, no such flag.
+    assert not any(SEQUENCE_NOT_LEARNED in p.flag_kinds for p in tiny_model.predict_batch(
+        _scans(4), sequences=[user_sequence(sequence)] * 4))
+
+
+def test_an_unsure_recogniser_does_not_raise_the_flag(tiny_model):
+    from core.rules import SEQUENCE_NOT_LEARNED, SequenceCoverage
+    from core.sequence import SequenceRecogniser
+
+    # The recogniser says T2 at 0.85: the rule acts on it with a floor of 0.8, not with 0.9.
+    recogniser = SequenceRecogniser(FakeSession([0.05, 0.05, 0.85, 0.05]), 0.7)
+    images = _scans(4)
+    for floor, acts in ((0.8, True), (0.9, False)):
+        coverage = SequenceCoverage(TABLE, 0.02, min_confidence=floor)
+        predictions = _with(tiny_model, recogniser, coverage).predict_batch(images)
+        for p in predictions:
+            expected = acts and coverage.flag(p.label, "T2") is not None
+            assert (SEQUENCE_NOT_LEARNED in p.flag_kinds) == expected and p.sequence.name == "T2"
+        assert any(SEQUENCE_NOT_LEARNED in p.flag_kinds for p in predictions) == acts
+
+
+def test_a_series_takes_one_sequence_for_all_its_slices(tiny_model):
+    from core.rules import SequenceCoverage
+    from core.sequence import SequenceInfo, SequenceRecogniser, user_sequence
+    from core.series import Series
+    from series_factory import phantom
+
+    volume = phantom(slices=6, rows=64, cols=64)
+    slices = tuple(Image.fromarray((v / max(v.max(), 1) * 255).astype(np.uint8)) for v in volume)
+    series = Series(name="1 test", slices=slices, positions_mm=tuple(float(k) for k in range(6)), pixel_spacing=(1.0, 1.0),
+                    plane="axial", sequence=SequenceInfo(), source="test", format="nifti", window=(0.0, 255.0))
+    session = FakeSession([0.02, 0.9, 0.04, 0.04])  # T1C
+    model = _with(tiny_model, SequenceRecogniser(session, 0.7), SequenceCoverage(TABLE, 0.02))
+    answer = model.predict_series(series)
+    assert (answer.sequence.name, answer.sequence.source) == ("T1C", "image")
+    assert all(p.sequence == answer.sequence for p in answer.slices)
+    chosen = model.predict_series(series, sequence=user_sequence("T2"))
+    assert chosen.sequence.source == "user" and all(p.sequence.name == "T2" for p in chosen.slices)
+    expected = model.rules.coverage.flag(chosen.label, "T2")
+    assert ("sequence_not_learned" in chosen.flag_kinds) == (expected is not None and bool(chosen.key_slices))
