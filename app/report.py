@@ -23,6 +23,7 @@ from PIL import Image
 from app.overlay import to_png_bytes
 from app.series_view import answer_text, key_slice_text, review_text, sequence_text
 from core.constants import CLASS_LABELS
+from core.sequence import SequenceInfo
 from core.series_rule import SeriesPrediction
 
 __all__ = ["NOTICE", "series_report_pdf"]
@@ -101,13 +102,17 @@ def series_report_pdf(
     heatmaps: Mapping[int, tuple[Image.Image, Image.Image]],
     model_card: Mapping[str, Any],
     external_figures: Sequence[Mapping[str, Any]],
+    read_sequence: SequenceInfo | None = None,
 ) -> bytes:
     """The one-page report of ``prediction`` as PDF bytes.
 
     ``heatmaps``: for each key slice (by index), the slice and its Grad-CAM overlay
     (:meth:`app.series_view.SeriesAnalysis.key_views`); ``model_card``: the loaded model's card
     (its ``weights_sha256`` names the version); ``external_figures``: the rows of
-    :func:`app.artifacts.external_rows` (empty when no such figures are stored).
+    :func:`app.artifacts.external_rows` (empty when no such figures are stored);
+    ``read_sequence``: where the user chose the sequence, the one found without them. The
+    sequence line says where the sequence came from: the DICOM tags, the file name, the image
+    (with the recogniser's confidence) or the user's choice.
     """
     pdf = _Report(orientation="P", unit="mm", format="A4")
     pdf.set_margins(_MARGIN, _MARGIN, _MARGIN)
@@ -132,7 +137,7 @@ def series_report_pdf(
     pdf.heading("Series")
     pdf.line_of("Name", prediction.name)
     pdf.line_of("Plane", prediction.plane)
-    pdf.line_of("Sequence", sequence_text(prediction))
+    pdf.line_of("Sequence", sequence_text(prediction.sequence, read_sequence))
     pdf.line_of("Slices", f"{prediction.n_slices}, of which {prediction.assessed} assessed (enough of the head, "
                           "recognised as a brain MRI)")
 

@@ -16,19 +16,22 @@ import logging
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
 from app.overlay import overlay_heatmap
-from app.review import OUTSIDE_TRAINING_TEXT, UNEXPECTED_ERROR_TEXT, ScanAnalysis, analyse_image, analyse_scan, digest_of
+from app.review import (
+    AS_READ, OUTSIDE_TRAINING_TEXT, UNEXPECTED_ERROR_TEXT, ScanAnalysis, analyse_image, analyse_scan, digest_of, sequence_text,
+)
 from core import results as core_results
 from core.constants import CLASS_LABELS, CLASS_NAMES, NEGATIVE_CLASS, SUPPORTED_EXTENSIONS
 from core.model import Classifier
 from core.pixels import ScanError
 from core.results import series_flag_text
+from core.sequence import SequenceInfo, user_sequence
 from core.series import Series, SeriesError, read_series
 from core.series_rule import KeySlice, SeriesPrediction
 
@@ -44,10 +47,12 @@ __all__ = [
     "answer_text",
     "is_series_file",
     "key_slice_text",
+    "reads_under_sequences",
     "release_freed_memory",
     "review_text",
     "sequence_text",
     "series_inputs",
+    "series_under_sequence",
     "series_results_csv",
     "series_rows",
     "slice_state",
@@ -69,7 +74,6 @@ NO_FLAG_TEXT = "No review flag"
 #: Grad-CAM heatmaps kept per series (the most recently shown ones; each 8 bits a pixel).
 HEATMAPS_PER_SERIES = 48
 _SOURCES = {"dicom": "DICOM upload", "zip": "zip upload", "nifti": "NIfTI upload"}
-_SEQUENCE_SOURCES = {"tags": "DICOM tags", "name": "file name", "image": "image", "user": "set by the user"}
 
 #: ``progress(fraction, text)``: how far a read has come, between 0 and 1.
 Progress = Callable[[float, str], None]
@@ -150,12 +154,20 @@ class SeriesAnalysis:
     key: str
     series: Series
     prediction: SeriesPrediction
+    #: Set when ``prediction`` was made under the user's sequence (:func:`series_under_sequence`):
+    #: the sequence decided without the user (tags, name, image or unknown).
+    read_sequence: SequenceInfo | None = None
     _heatmaps: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.series.name
+
+    @property
+    def sequence_as_read(self) -> SequenceInfo:
+        """The sequence decided without the user: what the selector's "As read" option names."""
+        return self.read_sequence if self.read_sequence is not None else self.prediction.sequence
 
     @property
     def n_slices(self) -> int:
@@ -274,16 +286,45 @@ def _one_slice(model: Classifier, series: Series, by_name: Mapping[str, bytes | 
     return series.name, analyse_image(model, series.slices[0], key)
 
 
+def series_under_sequence(
+    model: Classifier,
+    analysis: SeriesAnalysis,
+    choice: str | None,
+    cache: MutableMapping[tuple[str, str], SeriesAnalysis],
+    progress: Callable[[int, int], None] | None = None,
+) -> SeriesAnalysis:
+    """The series to show: ``analysis`` itself without a ``choice`` (None or ``AS_READ``), else the
+    series scored again by :meth:`core.Classifier.predict_series` under the user's sequence
+    ``choice`` (one of ``core.constants.USER_SEQUENCES``), once per (series key, choice), kept
+    in ``cache``. Its heatmaps are shared with ``analysis`` (they do not depend on the sequence)."""
+    if choice in (None, AS_READ):
+        return analysis
+    key = (analysis.key, choice)
+    if key not in cache:
+        prediction = model.predict_series(analysis.series, progress=progress, sequence=user_sequence(choice))
+        cache[key] = replace(analysis, prediction=prediction, read_sequence=analysis.sequence_as_read)
+    return cache[key]
+
+
+def reads_under_sequences(
+    model: Classifier,
+    reads: Sequence[SeriesRead],
+    choices: Mapping[str, str],
+    cache: MutableMapping[tuple[str, str], SeriesAnalysis],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SeriesRead]:
+    """``reads`` with each series under the sequence the user chose for it (``choices``: series
+    key -> sequence; :func:`series_under_sequence`). Entries of ``cache`` for series no longer
+    read are dropped."""
+    shown = [replace(read, series=tuple(series_under_sequence(model, a, choices.get(a.key), cache, progress)
+                                        for a in read.series)) for read in reads]
+    keys = {a.key for read in reads for a in read.series}
+    for stale in [k for k in cache if k[0] not in keys]:
+        del cache[stale]
+    return shown
+
+
 # ---------------------------------------------------------------------- wording
-def sequence_text(series: Series | SeriesPrediction) -> str:
-    """The sequence and where its name came from: "T1C (DICOM tags)", "unknown"."""
-    sequence = series.sequence
-    if sequence.name == "unknown":
-        return "unknown"
-    source = _SEQUENCE_SOURCES.get(sequence.source)
-    return f"{sequence.name} ({source})" if source else sequence.name
-
-
 def answer_text(prediction: SeriesPrediction) -> str:
     label = CLASS_LABELS[prediction.label]
     return f"{label} ({OUTSIDE_TRAINING_TEXT})" if prediction.outside_training else label
@@ -302,7 +343,7 @@ def series_rows(analyses: Sequence[SeriesAnalysis]) -> list[dict[str, object]]:
             "Slices": a.n_slices,
             "Assessed": a.prediction.assessed,
             "Plane": a.series.plane,
-            "Sequence": sequence_text(a.series),
+            "Sequence": sequence_text(a.prediction.sequence),
             "Answer": answer_text(a.prediction),
             "Confidence (%)": round(100.0 * a.prediction.confidence, 1) if a.prediction.assessed else None,
             "Review": review_text(a.prediction),

@@ -219,7 +219,7 @@ def _sequence_table_ui(artifacts: Artifacts) -> None:
         "by the sequence recogniser elsewhere. A class with less than "
         f"{100 * float(table['min_share']):.1f} % of its training scans on a sequence is barely covered there: "
         "on that sequence, answers of that class, and tumour answers while any tumour class is barely covered, "
-        "are flagged "sequence not learned for this answer"."
+        "are flagged “sequence not learned for this answer”."
         + (f" Not counted: the T2-like images made during training from {synthetic['T2_from_flair_slices']} "
            "tcga-lgg FLAIR slices." if synthetic.get("T2_from_flair_slices") else "")
         + " Accuracy on scans from other sources is by the sequence the model gave them."

@@ -18,7 +18,20 @@ from app.figures import probability_figure, series_figure
 from app.frame import ensure_frame
 from app.overlay import adjust_display, colorize_heatmap, overlay_heatmap, to_png_bytes
 from app.report import series_report_pdf
-from app.review import ScanAnalysis, analyse_scan, results_csv, summary_rows, warm_up
+from app.review import (
+    AS_READ,
+    ScanAnalysis,
+    analyse_scan,
+    correctable,
+    coverage_text,
+    items_under_sequences,
+    results_csv,
+    sequence_option_text,
+    sequence_options,
+    sequence_text,
+    summary_rows,
+    warm_up,
+)
 from app.series_view import (
     UPLOAD_TYPES,
     SeriesAnalysis,
@@ -28,6 +41,7 @@ from app.series_view import (
     answer_text,
     is_series_file,
     key_slice_text,
+    reads_under_sequences,
     release_freed_memory,
     series_inputs,
     series_results_csv,
@@ -39,6 +53,8 @@ from core import CLASS_LABELS, CLASS_NAMES, flag_text, load_model
 from core.constants import EXTERNAL_NAME, MAX_UPLOAD_BYTES, SERIES_PLANES, assets_dir, default_weights
 from core.model import Classifier
 from core.results import series_flag_text
+from core.rules import SequenceCoverage
+from core.sequence import SequenceInfo
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +67,9 @@ SERIES_READS_KEY = "series_reads"  # a read's key -> SeriesRead, kept across rer
 SERIES_INDEX_KEY = "series_index"
 SERIES_TABLE_KEY = "series_table"
 PLANE_KEY = "series_plane"
+CHOICES_KEY = "sequence_choices"  # a scan's digest or a series' key -> the sequence the user chose
+CORRECTED_KEY = "corrected_scans"  # (digest, sequence) -> ScanAnalysis under the user's sequence
+CORRECTED_SERIES_KEY = "corrected_series"  # (series key, sequence) -> SeriesAnalysis under it
 
 HEATMAP_NOTE = (
     "**Reading the heatmap.** Bright areas are the parts of the image that drove the answer "
@@ -140,10 +159,65 @@ def _results_ui(rows: list[dict], table_key: str, index_key: str, wide: str, csv
         width="stretch",
         column_config={
             "Confidence (%)": st.column_config.NumberColumn(format="%.1f %%"),
+            "Sequence": st.column_config.TextColumn(width="medium"),
             wide: st.column_config.TextColumn(width="large"),
         },
     )
     st.download_button(**csv, mime="text/csv", icon=":material/download:")
+
+
+def _choices() -> dict[str, str]:
+    """The sequences the user chose, by scan digest or series key (kept while the widgets come and go)."""
+    return st.session_state.setdefault(CHOICES_KEY, {})
+
+
+def _remember_choice(owner: str, widget_key: str) -> None:
+    choice = st.session_state[widget_key]
+    if choice == AS_READ:
+        _choices().pop(owner, None)
+    else:
+        _choices()[owner] = choice
+
+
+def _forget_choices(owners: set[str]) -> None:
+    """Drop the choices made for scans and series no longer uploaded."""
+    for stale in set(_choices()) - owners:
+        del _choices()[stale]
+
+
+def _explain_key(base: str, owner: str) -> str:
+    """The explained-class selector's key: one per sequence chosen, so that it starts on the
+    answer given under that sequence."""
+    choice = _choices().get(owner)
+    return base if choice is None else f"{base}_{choice}"
+
+
+def _sequence_ui(owner: str, widget_key: str, as_read: SequenceInfo, coverage: SequenceCoverage | None) -> None:
+    """The sequence and where it came from; where the DICOM tags did not give it, a selector to
+    correct it (the answer is then computed again under the user's choice)."""
+    if not correctable(as_read):
+        st.markdown(f"**Sequence:** {sequence_text(as_read)}")
+        return
+    if widget_key not in st.session_state:  # the choice made when this scan was last shown
+        st.session_state[widget_key] = _choices().get(owner, AS_READ)
+    left, right = st.columns([1, 2], vertical_alignment="center")
+    with left:
+        st.selectbox(
+            "Sequence",
+            options=sequence_options(),
+            format_func=partial(sequence_option_text, as_read=as_read),
+            key=widget_key,
+            on_change=_remember_choice,
+            args=(owner, widget_key),
+            help="No DICOM tag named the sequence. If you know it, choose it: the answer and its review "
+            "flags are computed again for that sequence.",
+        )
+    with right:
+        text = coverage_text(coverage)
+        if as_read.name == "unknown" and _choices().get(owner) is None:
+            text = "The sequence could not be read. " + (text or "")
+        if text:
+            st.caption(text)
 
 
 def _analyse_ui(
@@ -178,7 +252,8 @@ def _prepare_review(model: Classifier, items: list[tuple[str, ScanAnalysis]]) ->
         return
     analysis = items[index][1]
     if analysis.ok and analysis.prediction.is_brain_mri:  # type: ignore[union-attr]
-        target = st.session_state.get(f"explain_{analysis.digest}", analysis.prediction.label)  # type: ignore[union-attr]
+        key = _explain_key(f"explain_{analysis.digest}", analysis.digest)
+        target = st.session_state.get(key, analysis.prediction.label)  # type: ignore[union-attr]
         analysis.heatmap(model, target)
 
 
@@ -264,7 +339,8 @@ def _viewer_ui(model: Classifier, analysis: ScanAnalysis, show_heatmap: bool) ->
     assert analysis.image is not None and prediction is not None
     st.subheader("Viewer")
     controls = st.columns(4)
-    target, opacity = _explain_ui(controls[:2], prediction.label, "predicted", f"explain_{analysis.digest}", "opacity",
+    target, opacity = _explain_ui(controls[:2], prediction.label, "predicted",
+                                  _explain_key(f"explain_{analysis.digest}", analysis.digest), "opacity",
                                   disabled=not show_heatmap)
     with controls[2]:
         brightness = st.slider("Brightness", 0.5, 2.0, 1.0, 0.05, key="brightness",
@@ -297,7 +373,8 @@ def _viewer_ui(model: Classifier, analysis: ScanAnalysis, show_heatmap: bool) ->
 
 def _review_ui(model: Classifier, name: str, analysis: ScanAnalysis) -> None:
     st.header(f"Review: {name}", divider="gray")
-    if analysis.error is not None:
+    corrected = analysis.read_sequence is not None
+    if analysis.error is not None and not corrected:
         st.error(f"**This file could not be analysed.** {analysis.error}", icon=":material/error:")
         return
     if analysis.display_transform:
@@ -307,6 +384,10 @@ def _review_ui(model: Classifier, name: str, analysis: ScanAnalysis) -> None:
                if analysis.display_transform == "percentile stretch" else "."),
             icon=":material/tune:",
         )
+    _sequence_ui(analysis.digest, f"sequence_{analysis.digest[:16]}", analysis.sequence_as_read, model.rules.coverage)
+    if analysis.error is not None:  # the analysis under the chosen sequence failed
+        st.error(f"**This scan could not be analysed for that sequence.** {analysis.error}", icon=":material/error:")
+        return
     shown = _prediction_ui(analysis)
     _viewer_ui(model, analysis, show_heatmap=shown)
 
@@ -410,7 +491,7 @@ def _series_answer_ui(analysis: SeriesAnalysis) -> None:
     columns[0].metric("Series answer", CLASS_LABELS[prediction.label])
     columns[1].metric("Confidence", f"{100 * prediction.confidence:.1f} %" if prediction.assessed else "—")
     columns[2].metric("Slices assessed", f"{prediction.assessed} of {prediction.n_slices}")
-    columns[3].metric("Plane · sequence", f"{analysis.series.plane} · {analysis.series.sequence.name}")
+    columns[3].metric("Plane · sequence", f"{analysis.series.plane} · {prediction.sequence.name}")
     if prediction.outside_training:
         st.error(
             "**Outside the training data: the answer is unreliable.** Most assessed slices are unlike the scans "
@@ -449,8 +530,9 @@ def _slice_ui(model: Classifier, analysis: SeriesAnalysis, number: int) -> None:
     prediction = analysis.prediction
     own = prediction.slices[index]
     position = prediction.positions_mm[index]
-    target, opacity = _explain_ui(st.columns(2), prediction.label, "series answer", f"series_explain_{analysis.key[:16]}",
-                                  "series_opacity", disabled=not own.is_brain_mri)
+    target, opacity = _explain_ui(st.columns(2), prediction.label, "series answer",
+                                  _explain_key(f"series_explain_{analysis.key[:16]}", analysis.key), "series_opacity",
+                                  disabled=not own.is_brain_mri)
     image = analysis.series.slices[index]
     left, middle, right = st.columns([2, 2, 1.4])
     left.image(image, caption=f"Slice {number} of {analysis.n_slices} ({position:.1f} mm)", width="stretch")
@@ -471,11 +553,12 @@ def _slice_ui(model: Classifier, analysis: SeriesAnalysis, number: int) -> None:
 
 def _report_bytes(model: Classifier, analysis: SeriesAnalysis) -> bytes:
     return series_report_pdf(analysis.prediction, analysis.key_views(model), model.card,
-                             _external_figures(str(assets_dir())))
+                             _external_figures(str(assets_dir())), read_sequence=analysis.read_sequence)
 
 
 def _series_view_ui(model: Classifier, analysis: SeriesAnalysis) -> None:
     st.header(f"Series: {analysis.name}", divider="gray")
+    _sequence_ui(analysis.key, f"series_sequence_{analysis.key[:16]}", analysis.sequence_as_read, model.rules.coverage)
     _series_answer_ui(analysis)
     st.download_button(
         "Download series report (PDF)",
@@ -523,6 +606,8 @@ def main() -> None:
         st.error(f"The model could not be loaded, so scans cannot be analysed. {exc}", icon=":material/error:")
         st.stop()
     reads, read_now = _series_analyse_ui(model, uploads, digests, inputs, plane) if inputs else ([], False)
+    with st.spinner("Scoring the series again for the sequence chosen…"):  # shown only while it runs
+        reads = reads_under_sequences(model, reads, _choices(), st.session_state.setdefault(CORRECTED_SERIES_KEY, {}))
     scans = [i for i, upload in enumerate(uploads) if not is_series_file(upload.name)]
     single = [item for read in reads for item in read.scans]
     if reads:
@@ -531,9 +616,12 @@ def main() -> None:
             _series_view_ui(model, selected)
     if scans or single:
         items = _analyse_ui(model, [uploads[i] for i in scans], [digests[i] for i in scans], single)
+        items = items_under_sequences(model, items, _choices(), st.session_state.setdefault(CORRECTED_KEY, {}))
         _prepare_review(model, items)
         index = _summary_ui(items)
         _review_ui(model, *items[index])
+    _forget_choices({a.key for read in reads for a in read.series} | {a.digest for _, a in single}
+                    | {digests[i] for i in scans})
     if read_now:  # after drawing: the page is on screen while memory is handed back
         release_freed_memory()
 

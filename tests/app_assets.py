@@ -16,6 +16,18 @@ from core.constants import AUDIT_NAME, CLASS_NAMES, COMPARISON_NAME, EVALUATION_
 from train import metrics
 
 N_EPOCHS = 4
+#: The fixture card's class x sequence table (``card["sequence_table"]``, as ``python -m train.sequence
+#: table`` writes it): meningiomas and pituitary tumours on contrast T1 only, and no T2 scan without a
+#: tumour either, so that every answer on T2 is flagged ``sequence_not_learned``.
+SEQUENCE_TABLE = {
+    "counts": {
+        "glioma": {"T1": 40, "T1C": 40, "T1w": 0, "T2": 40, "FLAIR": 40},
+        "meningioma": {"T1": 0, "T1C": 100, "T1w": 0, "T2": 0, "FLAIR": 0},
+        "notumor": {"T1": 30, "T1C": 30, "T1w": 0, "T2": 0, "FLAIR": 10},
+        "pituitary": {"T1": 0, "T1C": 100, "T1w": 0, "T2": 0, "FLAIR": 0},
+    },
+    "min_share": 0.05,
+}
 
 
 def _synthetic(n: int, skill: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +42,10 @@ def _synthetic(n: int, skill: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 def make_assets(
     folder: Path, image_size: int = 64, leak_free: bool = True, audit: bool = True, external: bool = True,
-    comparison: bool = True,
+    comparison: bool = True, sequence_table: bool = True,
 ) -> Path:
-    """Write model.safetensors, model_card.json, history.json, evaluation.json (and audit.json)."""
+    """Write model.safetensors, model_card.json, history.json, evaluation.json (and audit.json);
+    ``sequence_table``: the card gets :data:`SEQUENCE_TABLE`."""
     folder.mkdir(parents=True, exist_ok=True)
     make_model_dir(folder, image_size=image_size)
     epochs = []
@@ -84,6 +97,8 @@ def make_assets(
             "metrics": {"testing_accuracy": testing["accuracy"], "testing_macro_f1": testing["macro_f1"]},
         }
     )
+    if sequence_table:
+        card["sequence_table"] = SEQUENCE_TABLE
     card_path.write_text(json.dumps(card, indent=2))
     if audit:
         (folder / AUDIT_NAME).write_text(json.dumps({"summary": {"exact_duplicates_across": 3, "near_duplicates_across": 9}}))

@@ -328,8 +328,27 @@ def test_scans_from_other_sources_are_shown_beside_testing(fixture_assets, monke
     assert glioma["Accuracy without flag (%)"].tolist() == [f"{100 * hospital['glioma']['unflagged_accuracy']:.1f} %"]
 
     visit = _open_tab(at, "Other sources and shortcut")
-    sequences = _table(visit, "Sequence")
+    sequences = next(f.value for f in visit.dataframe if {"Sequence", "Scans"} <= set(f.value.columns))
     assert set(sequences["Sequence"]) == {"T1", "T2"}
+
+
+def test_the_training_class_by_sequence_table_names_the_cells_the_rule_flags(fixture_assets, monkeypatch):
+    """Every training scan counted once, and "barely covered" exactly where the rule says so."""
+    from app.artifacts import SEQUENCE_TITLES
+    from core.constants import CLASS_LABELS, MODEL_CARD_NAME
+    from core.rules import SequenceCoverage
+
+    at = _page(fixture_assets, monkeypatch)
+    assert not at.exception
+    assert "Where the model has never looked" in [h.value for h in at.subheader]
+    card = json.loads((fixture_assets / MODEL_CARD_NAME).read_text())
+    counts = card["sequence_table"]["counts"]
+    table = _table(at, "Training scans")
+    assert table["Training scans"].sum() == sum(sum(row.values()) for row in counts.values())
+    coverage = SequenceCoverage.from_card(card)
+    expected = {(CLASS_LABELS[c], SEQUENCE_TITLES[q]) for c in counts for q in counts[c] if c in coverage.uncovered(q)}
+    barely = table[table["Barely covered"] != ""]
+    assert set(zip(barely["Class"], barely["Sequence"])) == expected and expected
 
 
 def test_page_says_when_no_external_evaluation_is_stored(tmp_path, fixture_assets, monkeypatch):

@@ -15,13 +15,18 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import streamlit as st
+
 import core.model
 from app import review as app_review
 from app_assets import make_assets
 from core import CLASS_LABELS, CLASS_NAMES, Flag, flag_text, load_model, read_scan
-from core.constants import ASSETS_DIR, WEIGHTS_NAME
-from core.rules import NOT_BRAIN_MRI, OUTSIDE_TRAINING, WEAK_NEGATIVE
-from app.review import NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv, summary_rows
+from core.constants import ASSETS_DIR, USER_SEQUENCES, WEIGHTS_NAME
+from core.results import SEQUENCE_NOT_LEARNED_FLAG
+from core.rules import NOT_BRAIN_MRI, OUTSIDE_TRAINING, SEQUENCE_NOT_LEARNED, WEAK_NEGATIVE
+from core.sequence import SequenceInfo, user_sequence
+from app.review import AS_READ, NOT_BRAIN_MRI_TEXT, analyse_scan, results_csv, sequence_text, summary_rows
+from synthetic import synthetic_scan
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 BANNER = "Research demonstration — not for diagnostic use"
@@ -58,6 +63,29 @@ def app(assets, monkeypatch) -> AppTest:
     return at
 
 
+@pytest.fixture
+def downloads(monkeypatch) -> dict:
+    """What each download button (by key) was given: its bytes, or the function that builds them."""
+    given: dict = {}
+    original = st.download_button
+
+    def recording(label, data, *args, **kwargs):
+        given[kwargs.get("key")] = data
+        return original(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", recording)
+    return given
+
+
+def fetched(downloads: dict, key: str) -> bytes:
+    data = downloads[key]
+    return data() if callable(data) else data
+
+
+def _csv_rows(downloads: dict, key: str = "download_csv") -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(fetched(downloads, key).decode("utf-8"))))
+
+
 def _upload(at: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
     at.file_uploader(key="uploads").set_value([(name, data, "application/octet-stream") for name, data in files])
     at.run()
@@ -77,8 +105,20 @@ def _texts(at: AppTest) -> str:
     return "\n".join(parts)
 
 
-def _dicom_bytes(window: bool = False) -> bytes:
-    """A small single-frame MR DICOM, built in memory, with a patient name that must never show."""
+def _png_bytes(seed: int = 5) -> bytes:
+    """A generated head-like PNG: no tags, so its sequence comes from the image or is unknown."""
+    buffer = io.BytesIO()
+    synthetic_scan(seed, size=128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _review_flags(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if w.value.startswith("Review advised: ")]
+
+
+def _dicom_bytes(window: bool = False, description: str | None = None) -> bytes:
+    """A small single-frame MR DICOM, built in memory, with a patient name that must never show
+    (``description``: its SeriesDescription, which names the sequence)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -99,6 +139,8 @@ def _dicom_bytes(window: bool = False) -> bytes:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     if window:
         ds.WindowCenter, ds.WindowWidth = 700, 1400
+    if description is not None:
+        ds.SeriesDescription = description
     ds.PixelData = pixels.tobytes()
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -362,3 +404,144 @@ def test_weak_no_tumour_answer_is_flagged_on_the_page_and_in_the_csv(app, model,
     row = next(csv.DictReader(io.StringIO(results_csv([("scan.jpg", analyse_scan(model, data))]).decode())))
     assert row["label"] == NEGATIVE_CLASS and WEAK_NEGATIVE_FLAG in row["flags"]
     assert WEAK_NEGATIVE in row["flag_kinds"].split()
+
+
+# ---------------------------------------------------------------------- sequence
+def _sequence_selector(at: AppTest, data: bytes):
+    key = f"sequence_{app_review.digest_of(data)[:16]}"
+    found = [s for s in at.selectbox if s.key == key]
+    return found[0] if found else None
+
+
+def test_a_png_gets_its_sequence_column_and_a_selector(app, model):
+    data = _png_bytes()
+    _upload(app, [("slice.png", data)])
+    assert not app.exception
+    expected = model.predict(read_scan(data))
+    [row] = app.dataframe[0].value.to_dict("records")
+    if model.recogniser is None or not expected.sequence.known:
+        assert row["Sequence"] == "unknown"
+    else:  # read from the image, with the recogniser's confidence
+        assert row["Sequence"] == f"{expected.sequence.name} (from the image, {100 * expected.sequence.confidence:.0f} %)"
+    selector = _sequence_selector(app, data)
+    assert selector is not None and selector.value == AS_READ
+    assert selector.options == [f"As read: {row['Sequence']}"] + [app_review.SEQUENCE_LABELS[q] for q in USER_SEQUENCES]
+    assert "T1 with contrast" in selector.options and "T1-weighted (contrast unknown)" in selector.options
+    if model.rules.coverage is not None:  # what the model learned, worded from the table
+        assert app_review.coverage_text(model.rules.coverage) in _texts(app)
+
+
+def test_a_dicom_whose_tags_name_the_sequence_gets_no_selector(app, model):
+    data = _dicom_bytes(description="t2_tse_tra")
+    _upload(app, [("t2.dcm", data)])
+    assert not app.exception
+    [row] = app.dataframe[0].value.to_dict("records")
+    assert row["Sequence"] == "T2 (DICOM tags)"
+    assert _sequence_selector(app, data) is None
+    assert "**Sequence:** T2 (DICOM tags)" in _texts(app)
+    expected = model.predict(read_scan(data))
+    assert expected.sequence.source == "tags"
+    if _metric(app, "Predicted class") is not None:  # the tags' sequence reaches the review flags
+        assert _review_flags(app) == [f"Review advised: {flag_text(flag)}." for flag in expected.flags]
+
+
+def test_choosing_the_sequence_analyses_the_scan_again(app, model, downloads, monkeypatch):
+    calls: list[tuple] = []
+    original = core.model.Classifier.predict_batch
+
+    def counting(self, images, batch_size=32, sequences=None):
+        calls.append(tuple(q.source if q is not None else None for q in sequences or ()))
+        return original(self, images, batch_size, sequences)
+
+    monkeypatch.setattr(core.model.Classifier, "predict_batch", counting)
+    data = _png_bytes()
+    image = read_scan(data)
+    _upload(app, [("slice.png", data)])
+    as_read = original(model, [image])[0]
+    assert _csv_rows(downloads)[0]["sequence_source"] == as_read.sequence.source
+
+    _sequence_selector(app, data).set_value("FLAIR").run()
+    assert not app.exception
+    expected = original(model, [image], sequences=[user_sequence("FLAIR")])[0]
+    [row] = _csv_rows(downloads)
+    assert (row["sequence"], row["sequence_source"]) == ("FLAIR", "user")
+    assert row["label"] == expected.label and row["flag_kinds"] == " ".join(expected.flag_kinds)
+    assert app.dataframe[0].value["Sequence"][0] == "FLAIR (your choice)"
+    if expected.is_brain_mri:
+        assert _metric(app, "Predicted class") == CLASS_LABELS[expected.label]
+        assert _review_flags(app) == [f"Review advised: {flag_text(flag)}." for flag in expected.flags]
+        # the heatmap explains the answer given under the chosen sequence
+        explain = app.selectbox(key=f"explain_{app_review.digest_of(data)}_FLAIR")
+        assert explain.value == expected.label
+    assert calls.count(("user",)) == 1
+
+    # reruns, and coming back to a sequence already chosen, reuse the analysis
+    app.slider(key="brightness").set_value(1.2).run()
+    _sequence_selector(app, data).set_value("T2").run()
+    _sequence_selector(app, data).set_value("FLAIR").run()
+    assert not app.exception and calls.count(("user",)) == 2
+
+    # "As read" restores the automatic analysis
+    _sequence_selector(app, data).set_value(AS_READ).run()
+    [row] = _csv_rows(downloads)
+    assert (row["sequence"], row["sequence_source"]) == (as_read.sequence.name, as_read.sequence.source)
+    assert row["flag_kinds"] == " ".join(as_read.flag_kinds)
+    assert app.dataframe[0].value["Sequence"][0] == sequence_text(as_read.sequence)
+
+
+def test_a_sequence_the_model_barely_learned_is_a_review_state_on_the_page_and_in_the_csv(app, model, downloads):
+    data = _png_bytes()
+    image = read_scan(data)
+    expected = model.predict_batch([image], sequences=[user_sequence("T2")])[0]
+    coverage = model.rules.coverage
+    if coverage is None or not expected.is_brain_mri or coverage.flag(expected.label, "T2") is None:
+        pytest.skip("this model's class x sequence table does not flag its answer on T2")
+    assert SEQUENCE_NOT_LEARNED in expected.flag_kinds
+    _upload(app, [("slice.png", data)])
+    _sequence_selector(app, data).set_value("T2").run()
+    assert not app.exception
+    assert any(SEQUENCE_NOT_LEARNED_FLAG in w for w in _review_flags(app))
+    assert _review_flags(app) == [f"Review advised: {flag_text(flag)}." for flag in expected.flags]
+    assert SEQUENCE_NOT_LEARNED_FLAG in app.dataframe[0].value["Flags / message"][0]
+    [row] = _csv_rows(downloads)
+    assert SEQUENCE_NOT_LEARNED in row["flag_kinds"].split()
+    assert SEQUENCE_NOT_LEARNED_FLAG in row["flags"]
+
+
+def test_the_choice_is_kept_while_another_scan_is_reviewed(app, model):
+    first, second = _png_bytes(5), _png_bytes(6)
+    _upload(app, [("a.png", first), ("b.png", second)])
+    _sequence_selector(app, first).set_value("T1C").run()
+    app.selectbox(key="review_index").set_value(1).run()
+    assert not app.exception and _sequence_selector(app, first) is None
+    assert list(app.dataframe[0].value["Sequence"])[0] == "T1C (your choice)"
+    app.selectbox(key="review_index").set_value(0).run()
+    assert not app.exception and _sequence_selector(app, first).value == "T1C"
+
+
+def test_sequence_wording():
+    assert sequence_text(SequenceInfo("T1C", "tags")) == "T1C (DICOM tags)"
+    assert sequence_text(SequenceInfo("T2", "image", confidence=0.912)) == "T2 (from the image, 91 %)"
+    assert sequence_text(user_sequence("flair")) == "FLAIR (your choice)"
+    assert sequence_text(SequenceInfo("T2", "name")) == "T2 (file name)"
+    assert sequence_text(SequenceInfo()) == sequence_text(None) == "unknown"
+    assert (sequence_text(user_sequence("T1C"), read=SequenceInfo("T1w", "image", confidence=0.7))
+            == "T1C (your choice; read as T1w, from the image, 70 %)")
+    assert sequence_text(user_sequence("T2"), read=SequenceInfo()) == "T2 (your choice; read as unknown)"
+    assert app_review.correctable(SequenceInfo("T2", "image", confidence=0.9))
+    assert app_review.correctable(SequenceInfo()) and app_review.correctable(user_sequence("T2"))
+    assert not app_review.correctable(SequenceInfo("T2", "tags"))
+    assert set(app_review.SEQUENCE_LABELS) == set(USER_SEQUENCES)
+    assert app_review.sequence_options() == [AS_READ, *USER_SEQUENCES]
+
+
+def test_coverage_is_worded_from_the_table():
+    from core.rules import SequenceCoverage
+
+    assert app_review.coverage_text(None) is None
+    counts = {"glioma": {"T1": 5, "T2": 5}, "meningioma": {"T1C": 9, "T2": 0}, "notumor": {"T1": 3, "FLAIR": 3},
+              "pituitary": {"T1C": 4}}
+    text = app_review.coverage_text(SequenceCoverage(counts, 0.1))
+    assert "gliomas from T1 and T2" in text
+    assert "meningiomas and pituitary tumours from contrast T1 only" in text
+    assert "scans without a tumour from T1 and FLAIR" in text

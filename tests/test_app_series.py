@@ -15,38 +15,22 @@ import random
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import core.model
 from app import series_view
-from app.series_view import answer_text, review_text
+from app.review import AS_READ
+from app.series_view import answer_text, review_text, sequence_text
 from core import CLASS_LABELS, read_series
 from core.results import SERIES_CSV_COLUMNS
+from core.sequence import user_sequence
 from series_factory import nifti_bytes, phantom, series_bytes, zip_bytes
-# the page's fixtures (the fixture model, then the shipped one) and upload helpers
-from test_app_scan_review import _texts as texts, _upload as upload, app, assets, fixture_assets, model  # noqa: F401
+# the page's fixtures (the fixture model, then the shipped one), upload and download helpers
+from test_app_scan_review import (  # noqa: F401
+    _texts as texts, _upload as upload, app, assets, downloads, fetched, fixture_assets, model,
+)
 
 N_SLICES = 12
-
-
-@pytest.fixture
-def downloads(monkeypatch) -> dict:
-    """What each download button (by key) was given: its bytes, or the function that builds them."""
-    given: dict = {}
-    original = st.download_button
-
-    def recording(label, data, *args, **kwargs):
-        given[kwargs.get("key")] = data
-        return original(label, data, *args, **kwargs)
-
-    monkeypatch.setattr(st, "download_button", recording)
-    return given
-
-
-def fetched(downloads: dict, key: str) -> bytes:
-    data = downloads[key]
-    return data() if callable(data) else data
 
 
 def series_files(slices: int = N_SLICES, shuffle: bool = True, **kwargs) -> list[tuple[str, bytes]]:
@@ -91,6 +75,7 @@ def test_a_dicom_series_gets_its_row_chart_slider_thumbnails_and_downloads(app, 
     [row] = app.dataframe[0].value.to_dict("records")
     assert row["Series"] == "Series 7: t1_mprage_tra_Gd" and row["Slices"] == N_SLICES
     assert row["Plane"] == "axial" and row["Sequence"] == "T1C (DICOM tags)"
+    assert not any(s.key.startswith("series_sequence_") for s in app.selectbox), "the tags gave the sequence"
     assert row["Answer"] == answer_text(expected) and row["Review"] == review_text(expected)
     assert row["Assessed"] == expected.assessed
     assert app.header[0].value == "Series: Series 7: t1_mprage_tra_Gd"
@@ -184,6 +169,53 @@ def test_reruns_and_another_series_do_not_rescore(app, monkeypatch):
     app.selectbox(key="series_index").set_value(1).run()
     assert not app.exception and app.header[0].value == "Series: t2_volume"
     assert scored == [N_SLICES, 10]
+
+
+def _volume() -> tuple[str, bytes]:
+    """A NIfTI volume whose name says no sequence: it comes from the image, or is unknown."""
+    return "volume.nii.gz", nifti_bytes(np.transpose(phantom(10, 64, 64), (2, 1, 0)).astype(np.int16),
+                                        np.diag([1.0, 1.0, 4.0, 1.0]))
+
+
+def test_the_series_sequence_can_be_corrected(app, model, downloads, monkeypatch):
+    scored: list = []
+    original = core.model.Classifier.predict_series
+
+    def counting(self, series, *args, **kwargs):
+        scored.append(kwargs.get("sequence"))
+        return original(self, series, *args, **kwargs)
+
+    monkeypatch.setattr(core.model.Classifier, "predict_series", counting)
+    volume = _volume()
+    upload(app, [volume])
+    assert not app.exception
+    [series] = read_series([volume])
+    as_read = original(model, series)
+    [row] = app.dataframe[0].value.to_dict("records")
+    assert row["Sequence"] == sequence_text(as_read.sequence)
+    assert as_read.sequence.source != "tags"
+    analysis = next(iter(app.session_state["series_reads"].values())).series[0]
+    selector = app.selectbox(key=f"series_sequence_{analysis.key[:16]}")
+    assert selector.value == AS_READ and selector.options[0] == f"As read: {row['Sequence']}"
+
+    selector.set_value("T2").run()
+    assert not app.exception
+    expected = original(model, series, sequence=user_sequence("T2"))
+    [row] = app.dataframe[0].value.to_dict("records")
+    assert row["Sequence"] == "T2 (your choice)"
+    assert row["Answer"] == answer_text(expected) and row["Review"] == review_text(expected)
+    assert [m.value for m in app.metric if m.label == "Plane · sequence"] == ["axial · T2"]
+    rows = list(csv.DictReader(io.StringIO(fetched(downloads, "download_series_csv").decode("utf-8"))))
+    assert (rows[0]["sequence"], rows[0]["sequence_source"]) == ("T2", "user")
+    assert rows[0]["flag_kinds"] == " ".join(expected.flag_kinds)
+    assert [r["label"] or None for r in rows[1:]] == [s.label if s.is_brain_mri else None for s in expected.slices]
+    assert fetched(downloads, "download_series_pdf").startswith(b"%PDF")
+    assert [q.name if q is not None else None for q in scored] == [None, "T2"]
+
+    app.slider(key="series_opacity").set_value(0.7).run()  # a rerun scores nothing again
+    app.selectbox(key=f"series_sequence_{analysis.key[:16]}").set_value(AS_READ).run()
+    assert not app.exception and len(scored) == 2
+    assert app.dataframe[0].value.to_dict("records")[0]["Sequence"] == sequence_text(as_read.sequence)
 
 
 def test_a_near_isotropic_volume_is_cut_in_the_chosen_plane(app):

@@ -103,3 +103,32 @@ def test_stored_reports_belong_to_the_shipped_weights():
     external = ASSETS_DIR / "external.json"
     if external.is_file():
         assert json.loads(external.read_text())["weights_sha256"] == card["weights_sha256"]
+
+
+def test_the_series_report_says_where_the_sequence_came_from(tiny_model, monkeypatch):
+    """The PDF's sequence line: the DICOM tags, the image with the recogniser's confidence, or
+    the user's choice with what was read before it."""
+    from dataclasses import replace
+
+    from app import report
+    from core import read_series
+    from core.sequence import SequenceInfo, user_sequence
+    from series_factory import phantom, series_bytes
+
+    lines: list[tuple[str, str]] = []
+    original = report._Report.line_of
+
+    def recording(self, label, value):
+        lines.append((label, value))
+        return original(self, label, value)
+
+    monkeypatch.setattr(report._Report, "line_of", recording)
+    [series] = read_series([(f"IM{k}.dcm", data) for k, data in enumerate(series_bytes(phantom(4, 64, 64)))])
+    as_read = tiny_model.predict_series(series)
+    chosen = tiny_model.predict_series(series, sequence=user_sequence("FLAIR"))
+    from_image = replace(as_read, sequence=SequenceInfo("T2", "image", confidence=0.876))
+    for prediction, read in ((as_read, None), (from_image, None), (chosen, as_read.sequence)):
+        assert report.series_report_pdf(prediction, {}, {}, [], read_sequence=read).startswith(b"%PDF")
+    assert [value for label, value in lines if label == "Sequence"] == [
+        "T1C (DICOM tags)", "T2 (from the image, 88 %)", "FLAIR (your choice; read as T1C, DICOM tags)",
+    ]

@@ -171,7 +171,9 @@ def extra_labels(root: Path, synth_t2: bool) -> list[LabelledScan]:
 
 # ---------------------------------------------------------------------------------- data
 class _Scans(Dataset):
-    def __init__(self, scans: Sequence[LabelledScan], size: int, train: bool):
+    def __init__(self, scans: Sequence[LabelledScan], size: int, train: bool, intensity: float = 0.2):
+        """``intensity``: the brightness and contrast jitter; the gamma range is
+        (1 / (1 + 1.25 * intensity), 1 + 1.25 * intensity)."""
         self.scans = list(scans)
         self.eval = eval_transform(size, INPUT_MEAN, INPUT_STD, crop_head=True)
         self.train = train
@@ -179,9 +181,10 @@ class _Scans(Dataset):
             v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomApply([v2.RandomRotation(15)], p=0.5),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            v2.ColorJitter(brightness=intensity, contrast=intensity),
         ])
-        self.to_tensor = to_model_tensor(INPUT_MEAN, INPUT_STD, float_steps=(RandomGamma((0.8, 1.25)),))
+        gamma = 1 + 1.25 * intensity
+        self.to_tensor = to_model_tensor(INPUT_MEAN, INPUT_STD, float_steps=(RandomGamma((1 / gamma, gamma)),))
 
     def __len__(self) -> int:
         return len(self.scans)
@@ -241,7 +244,7 @@ def train_recogniser(train: Sequence[LabelledScan], val: Sequence[LabelledScan],
     random.seed(args.seed)
     net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=len(RECOGNISED_SEQUENCES))
     load_imagenet_weights(net, "efficientnet_lite0")
-    data = _Scans(train, args.image_size, train=True)
+    data = _Scans(train, args.image_size, train=True, intensity=args.intensity)
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * (args.epoch_size // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, args.lr, total_steps=steps, pct_start=0.15)
@@ -365,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=int, default=48)
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--image-size", type=int, default=SEQUENCE_IMAGE_SIZE)
+    fit.add_argument("--intensity", type=float, default=0.2,
+                     help="brightness and contrast jitter of training images (gamma range follows)")
     fit.add_argument("--workers", type=int, default=2)
     fit.add_argument("--seed", type=int, default=0)
     sequence_table.build_parser(sub.add_parser(
@@ -412,6 +417,7 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
         "synth_t2": args.synth_t2,
         "epochs": args.epochs,
         "epoch_size": args.epoch_size,
+        "intensity": args.intensity,
         "seed": args.seed,
         "train_counts": dict(Counter(f"{s.source}/{s.sequence}" for s in train)),
         "val_counts": dict(Counter(f"{s.source}/{s.sequence}" for s in val)),
