@@ -302,3 +302,49 @@ def test_series_in_its_own_process_with_the_shipped_model():
     assert set(head) == SERIES_KEYS and head["series"] == "tiantan_1" and head["source"] == str(TIANTAN)
     assert head["label"] in CLASS_NAMES and len(rows) == head["n_slices"] > 0
     assert "slice" in done.stderr  # the progress bar
+
+
+# ---------------------------------------------------------------------- --sequence
+@pytest.fixture()
+def with_table(monkeypatch, tiny_model):
+    """``load_model`` giving the tiny model with a class x sequence table where only gliomas were
+    learned on T2 (so any answer on T2 but glioma is flagged sequence_not_learned)."""
+    import copy
+    import dataclasses
+
+    from core.rules import SequenceCoverage
+
+    table = {"glioma": {"T1C": 10, "T2": 10}, "meningioma": {"T1C": 10}, "notumor": {"T1C": 10}, "pituitary": {"T1C": 10}}
+    model = copy.copy(tiny_model)
+    model.rules = dataclasses.replace(tiny_model.rules, coverage=SequenceCoverage(table, 0.05))
+    monkeypatch.setattr("core.model.load_model", lambda *a, **k: model)
+    return model
+
+
+def test_sequence_option_sets_every_scan_and_raises_the_review_state(scan_tree, tiny_weights, with_table, capsys):
+    from core.sequence import user_sequence
+
+    good = [str(p) for p in scan_tree["good"][:3]]
+    assert cli([*good, "--sequence", "t2", "--workers", "0", "--no-progress", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    for path, row in zip(good, rows):
+        expected = with_table.predict_batch([read_scan(path)], sequences=[user_sequence("T2")])[0]
+        assert (row["sequence"], row["sequence_source"]) == ("T2", "user")
+        assert row["flag_kinds"].split() == list(expected.flag_kinds)
+        assert ("sequence_not_learned" in row["flag_kinds"]) == (expected.label != "glioma")
+    assert any("sequence_not_learned" in row["flag_kinds"] for row in rows)
+
+
+def test_sequence_option_applies_to_a_whole_series(series_inputs, tiny_weights, with_table, capsys):
+    from core.sequence import user_sequence
+
+    volume = str(series_inputs["volume"])
+    assert _series_cli(volume, "--sequence", "FLAIR", weights=tiny_weights) == 0
+    record = _lines(capsys.readouterr().out)[0]
+    expected = series_record(with_table.predict_series(read_series([volume])[0], sequence=user_sequence("FLAIR")), volume)
+    assert (record["sequence"], record["sequence_source"]) == ("FLAIR", "user") and record == expected
+
+
+def test_an_unknown_sequence_is_refused_with_the_choices(scan_tree):
+    with pytest.raises(SystemExit, match=r"--sequence: Unknown sequence 'T5'; choose one of \['T1', 'T1C', 'T1w', 'T2'"):
+        cli([str(scan_tree["root"]), "--sequence", "T5"])
