@@ -111,3 +111,24 @@ def test_an_answer_already_flagged_is_not_counted_as_added():
     row = next(r for r in sweep(counts, {"g": (samples, predictions)}) if r["min_confidence"] == 0.6)["g"]
     assert row["added"] == 0.5 and row["flagged"] == 1.0 and row["unflagged_accuracy"] is None
     assert SEQUENCE_NOT_LEARNED  # the kind the sweep stands for
+
+
+def test_ship_copies_a_checked_recogniser_and_drops_the_stale_table(tmp_path):
+    import json
+
+    from core.weights import REQUIRED_CARD_KEYS, WeightsError, sha256_file
+    from train.sequence import ship_recogniser
+
+    base = {key: 1 for key in REQUIRED_CARD_KEYS}
+    run, assets = tmp_path / "run", tmp_path / "assets"
+    run.mkdir(), assets.mkdir()
+    (run / "sequence.onnx").write_bytes(b"a graph")
+    entry = {"file": "sequence.onnx", "sha256": sha256_file(run / "sequence.onnx"), "contrast_threshold": 0.7}
+    (run / "model_card.json").write_text(json.dumps({**base, "sequence": entry}))
+    (assets / "model_card.json").write_text(json.dumps({**base, "arch": "x", "sequence_table": {"counts": {}}}))
+    assert ship_recogniser(run, assets) == entry
+    card = json.loads((assets / "model_card.json").read_text())
+    assert card == {**base, "arch": "x", "sequence": entry} and (assets / "sequence.onnx").read_bytes() == b"a graph"
+    (run / "sequence.onnx").write_bytes(b"another graph")
+    with pytest.raises(WeightsError, match="sha256"):
+        ship_recogniser(run, assets)

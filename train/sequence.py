@@ -2,6 +2,7 @@
 
     python -m train.sequence label --output train/sequence_labels.csv   # Kaggle labels, sheets to check
     python -m train.sequence fit --output assets/                       # the recogniser, its card entry
+    python -m train.sequence ship --run runs/seq --assets assets/       # a fitted recogniser into assets/
     python -m train.sequence table --assets assets/                     # class x sequence table, the rule
 
 **Labels.**
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="brightness and contrast jitter of training images (gamma range follows)")
     fit.add_argument("--workers", type=int, default=2)
     fit.add_argument("--seed", type=int, default=0)
+    ship = sub.add_parser("ship", help="copy a fitted recogniser (sequence.onnx and its card entry) into an assets folder")
+    ship.add_argument("--run", type=Path, required=True, help="folder that python -m train.sequence fit wrote to")
+    ship.add_argument("--assets", type=Path, default=Path("assets"))
     sequence_table.build_parser(sub.add_parser(
         "table", help="count the classifier's training scans per class and sequence; choose the sequence_not_learned rule"))
     return parser
@@ -428,7 +432,29 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
     return entry
 
 
+def ship_recogniser(run: Path, assets: Path) -> dict[str, Any]:
+    """Copy the recogniser that ``fit`` wrote to ``run`` into ``assets`` (its sha256 checked),
+    with its card entry; the class x sequence table is dropped, to be counted again (``table``)."""
+    import shutil
+
+    from core.weights import checked_companion
+
+    entry = read_model_card(Path(run) / WEIGHTS_NAME).get("sequence")
+    if not entry:
+        raise SystemExit(f"No recogniser in {str(run)!r}: run python -m train.sequence fit --output {run} first.")
+    source = checked_companion(run, entry, "sequence.onnx", "sequence recogniser")
+    shutil.copyfile(source, Path(assets) / source.name)
+    card = read_model_card(Path(assets) / WEIGHTS_NAME)
+    card["sequence"] = entry
+    card.pop("sequence_table", None)
+    write_model_card(Path(assets) / WEIGHTS_NAME, card)
+    logger.info("shipped the recogniser of %s into %s; now run: python -m train.sequence table --assets %s", run, assets, assets)
+    return entry
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "ship":
+        return ship_recogniser(args.run, args.assets)
     if args.command == "table":
         return sequence_table.main(args)
     return _label(args) if args.command == "label" else _fit(args)
