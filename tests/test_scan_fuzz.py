@@ -121,7 +121,7 @@ def _check(data: bytes) -> None:
         assert isinstance(image, Image.Image)
         assert image.mode in ("L", "RGB")
         assert MIN_SIDE <= min(image.size) and max(image.size) <= MAX_SIDE
-        assert set(image.info) <= {"display_transform"}
+        assert set(image.info) <= {"display_transform", "sequence"}
     elapsed = time.perf_counter() - start
     assert elapsed < TIME_LIMIT_S, f"read_scan took {elapsed:.2f} s"
 
