@@ -417,7 +417,7 @@ def sequence_rows(external: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 #: How each column of the class x sequence table is named on the page.
 SEQUENCE_TITLES = {
-    "T1": "T1", "T1C": "T1 with contrast", "T1w": "T1-weighted, contrast not told", "T2": "T2", "FLAIR": "FLAIR",
+    "T1": "T1", "T1C": "T1 with contrast", "T1w": "T1w (contrast not told)", "T2": "T2", "FLAIR": "FLAIR",
     "unknown": "not recognised",
 }
 
@@ -459,7 +459,7 @@ def training_sequence_rows(card: Mapping[str, Any] | None, external: Mapping[str
             rows.append({
                 "Class": CLASS_LABELS.get(name, name), "Sequence": SEQUENCE_TITLES.get(sequence, sequence),
                 "Training scans": int(count), "Share of the class (%)": 100.0 * int(count) / total,
-                "Barely covered": "yes: answers flagged" if barely else "",
+                "Barely covered": "yes" if barely else "",
                 "Scans from other sources": seen or None,
                 "Accuracy there (%)": 100.0 * right / seen if seen else None,
             })

@@ -224,7 +224,8 @@ def _sequence_table_ui(artifacts: Artifacts) -> None:
            "tcga-lgg FLAIR slices." if synthetic.get("T2_from_flair_slices") else "")
         + " Accuracy on scans from other sources is by the sequence the model gave them."
     )
-    st.dataframe(percent_cells(rows, _TABLE_PCT), hide_index=True, width="stretch", key="training_sequence_table")
+    st.dataframe(percent_cells(rows, _TABLE_PCT), hide_index=True, width="stretch", key="training_sequence_table",
+                 column_config={"Sequence": st.column_config.TextColumn(width="medium")})
 
 
 def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:
