@@ -36,6 +36,7 @@ __all__ = [
     "external_rows",
     "percent_cells",
     "sequence_rows",
+    "recogniser_text",
     "training_sequence_rows",
     "series_rows",
     "load_artifacts",
@@ -435,6 +436,25 @@ def _external_by_cell(external: Mapping[str, Any] | None) -> dict[tuple[str, str
             seen, right = cells.get((name, sequence), (0, 0))
             cells[(name, sequence)] = (seen + n, right + round(float(sub["accuracy"]) * n))
     return cells
+
+
+def recogniser_text(card: Mapping[str, Any] | None, external: Mapping[str, Any] | None = None) -> str | None:
+    """How well the sequence recogniser reads the sequence: on its validation scans (the card) and
+    on each source of ``external.json`` whose file names carry the sequence; None without one."""
+    recogniser = (card or {}).get("sequence")
+    if not recogniser:
+        return None
+    parts = []
+    validation = (recogniser.get("validation") or {}).get("accuracy")
+    if validation is not None:
+        parts.append(f"{100 * float(validation):.1f} % right on its validation scans")
+    for source, report in ((external or {}).get("sources") or {}).items():
+        found = report.get("recogniser") or {}
+        if found.get("t2_vs_t1_weighted") is not None:
+            parts.append(f"T2 against T1-weighted right for {100 * float(found['t2_vs_t1_weighted']):.1f} % of "
+                         f"{found['n_t2_vs_t1_weighted']} {SOURCE_TITLES.get(source, source)} slices whose file names "
+                         "give the sequence (\"unknown\" counted wrong)")
+    return "The sequence recogniser: " + "; ".join(parts) + "." if parts else None
 
 
 def training_sequence_rows(card: Mapping[str, Any] | None, external: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from app.artifacts import (
     percent_cells,
     perturbed_rows,
     review_rules,
+    recogniser_text,
     sequence_rows,
     training_sequence_rows,
     shipped_reason,
@@ -226,6 +227,9 @@ def _sequence_table_ui(artifacts: Artifacts) -> None:
     )
     st.dataframe(percent_cells(rows, _TABLE_PCT), hide_index=True, width="stretch", key="training_sequence_table",
                  column_config={"Sequence": st.column_config.TextColumn(width="medium")})
+    text = recogniser_text(card, artifacts.external)
+    if text:
+        st.caption(text + " Where it cannot read the sequence, no such flag is raised: set it on the review page.")
 
 
 def _shortcut_ui(audit: Mapping[str, Any] | None) -> None:

@@ -459,3 +459,15 @@ def test_series_rows_give_one_row_per_source_and_class():
     assert [r["Class"] for r in rows] == ["Pituitary tumour", "other lesion types"]
     assert rows[0]["N"] == 12 and rows[0]["Accuracy (%)"] == pytest.approx(50.0) and rows[0]["Seconds per series"] == 0.24
     assert rows[1]["Accuracy (%)"] is None and rows[1]["'No tumour', no flag (%)"] == 0.0
+
+
+def test_recogniser_text_states_its_figures_from_the_card_and_the_external_report():
+    from app.artifacts import recogniser_text
+
+    card = {"sequence": {"validation": {"accuracy": 0.9123}}}
+    external = {"sources": {"radiopaedia": {"recogniser": {"t2_vs_t1_weighted": 0.7, "n_t2_vs_t1_weighted": 40}},
+                            "oasis": {"recogniser": None}}}
+    text = recogniser_text(card, external)
+    assert "91.2 % right on its validation scans" in text
+    assert "70.0 % of 40 Radiopaedia slices" in text and "oasis" not in text.lower()
+    assert recogniser_text({}, external) is None
