@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from core import results as core_results
-from core.constants import CLASS_LABELS, CLASS_NAMES, NEGATIVE_CLASS, USER_SEQUENCES
+from core.constants import CLASS_LABELS, CLASS_NAMES, USER_SEQUENCES
 from core.model import Classifier, Prediction
-from core.results import flag_text, result_record
+from core.results import flag_text, plural_of, result_record
 from core.rules import SequenceCoverage
 from core.scan import ScanError, read_scan
 from core.sequence import SequenceInfo, user_sequence
@@ -241,10 +241,6 @@ def sequence_option_text(option: str, as_read: SequenceInfo) -> str:
     return f"As read: {sequence_text(as_read)}" if option == AS_READ else SEQUENCE_LABELS[option]
 
 
-def _plural(name: str) -> str:
-    return "scans without a tumour" if name == NEGATIVE_CLASS else CLASS_LABELS[name].lower() + "s"
-
-
 def _and(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
@@ -260,7 +256,7 @@ def coverage_text(coverage: SequenceCoverage | None) -> str | None:
         groups.setdefault(learned, []).append(name)
     parts = []
     for learned, names in groups.items():
-        classes = _and([_plural(name) for name in names])
+        classes = _and([plural_of(name) for name in names])
         if not learned:
             parts.append(f"{classes} from no one sequence")
         else:

@@ -30,7 +30,7 @@ from .rules import NOT_BRAIN_MRI, OUTSIDE_TRAINING, Flag, ImageProblem, ReviewRu
 from .runtime import Runtime, TorchRuntime, open_runtime, with_mirror
 from .sequence import SequenceInfo, SequenceRecogniser, load_recogniser
 from .series import Series
-from .series_rule import SeriesPrediction, SeriesRule, head_areas, series_prediction, MIN_HEAD_SHARE
+from .series_rule import SeriesPrediction, SeriesRule, enough_head, series_prediction
 from .weights import WeightsError, load_weights
 
 __all__ = ["Classifier", "Prediction", "SeriesPrediction", "build_network", "decided", "load_model", "softmax"]
@@ -65,10 +65,11 @@ class Prediction:
 
 
 def decided(sequence: SequenceInfo | None) -> bool:
-    """True when ``sequence`` settles the question: the user's choice (even "unknown"), or a
-    sequence the tags or a name give. Otherwise the image is asked."""
-    return sequence is not None and (sequence.source == "user" or (sequence.known or sequence.name == "other")
-                                     and sequence.source in ("tags", "name"))
+    """True when ``sequence`` settles the question: the user's choice, or a sequence (other
+    than "unknown") that the tags or a file name give. Otherwise the image is asked."""
+    if sequence is None:
+        return False
+    return sequence.source == "user" or (sequence.source in ("tags", "name") and sequence.name != "unknown")
 
 
 def build_network(arch: str, num_classes: int = len(CLASS_NAMES)) -> torch.nn.Module:
@@ -153,16 +154,17 @@ class Classifier:
     ) -> list[Prediction]:
         """Classify many scans, ``batch_size`` per forward pass; equal to :meth:`predict` on each.
 
-        ``sequences``: each scan's sequence where the caller knows it (a user's choice,
-        ``core.sequence.user_sequence``, or a series' tags); None entries, and scans without one,
-        take the DICOM tags kept in ``image.info["sequence"]`` by :func:`core.read_scan`, else
-        the recogniser's answer from the image.
+        ``sequences``: each scan's sequence where the caller has settled it (a user's choice,
+        ``core.sequence.user_sequence``, or a series' sequence), taken as it is; None entries,
+        and scans without one, take the DICOM tags kept in ``image.info["sequence"]`` by
+        :func:`core.read_scan` when they decide (:func:`decided`), else the recogniser's answer.
         """
         images = [_check_image(image) for image in images]
         if sequences is not None and len(sequences) != len(images):
             raise ValueError(f"{len(sequences)} sequences for {len(images)} images; give one per image (None: unknown).")
         given = list(sequences) if sequences is not None else [None] * len(images)
-        given = [q if q is not None else image.info.get("sequence") for q, image in zip(given, images)]
+        # What the caller gives is final; the tags of the image itself decide only when they say.
+        given = [q if q is not None else _tagged(image) for q, image in zip(given, images)]
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -181,10 +183,10 @@ class Classifier:
         return results
 
     def _sequences(self, images: Sequence[Image.Image], given: Sequence[SequenceInfo | None]) -> list[SequenceInfo]:
-        """Each scan's sequence: what was given when it decides (:func:`decided`), else the
-        recogniser's reading of the image (one pass over the scans that need it), else unknown."""
-        out = [q if decided(q) else SequenceInfo() for q in given]
-        ask = [i for i, q in enumerate(given) if not decided(q)]
+        """Each scan's sequence: what was given, else the recogniser's reading of the image (one
+        pass over the scans that need it), else unknown."""
+        out = [q if q is not None else SequenceInfo() for q in given]
+        ask = [i for i, q in enumerate(given) if q is None]
         if ask and self.recogniser is not None:
             for i, info in zip(ask, self.recogniser.recognise([images[i] for i in ask])):
                 out[i] = info
@@ -193,11 +195,10 @@ class Classifier:
     def sequence_of(self, series: Series, batch_size: int = 64) -> SequenceInfo:
         """A series' sequence: its tags' or name's when they decide, else the recogniser's
         reading of the mean probabilities over the slices with enough head in them (the
-        assessed slices' rule, ``core.series_rule.MIN_HEAD_SHARE``); unknown without one."""
+        assessed slices' rule, ``core.series_rule.enough_head``); unknown without one."""
         if decided(series.sequence) or self.recogniser is None or not series.slices:
             return series.sequence
-        areas = head_areas(series.slices)
-        chosen = [image for image, area in zip(series.slices, areas) if area >= MIN_HEAD_SHARE * areas.max()] if areas.max() > 0 else []
+        chosen = [image for image, enough in zip(series.slices, enough_head(series.slices)) if enough]
         if not chosen:
             return series.sequence
         probs = np.concatenate([self.recogniser.probabilities(chosen[i : i + batch_size]) for i in range(0, len(chosen), batch_size)])
@@ -265,6 +266,12 @@ class Classifier:
         if not self.crop_head:
             return inside
         return paste_heatmap(inside, box, image.size, self.cam.cells(self.image_size))
+
+
+def _tagged(image: Image.Image) -> SequenceInfo | None:
+    """The sequence of the image's own DICOM tags (``image.info["sequence"]``) when they decide."""
+    sequence = image.info.get("sequence")
+    return sequence if decided(sequence) else None
 
 
 def _check_image(image: Any) -> Image.Image:

@@ -29,7 +29,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .constants import CLASS_LABELS, CLASS_NAMES, WEAK_NEGATIVE_FLAG
+from .constants import CLASS_LABELS, CLASS_NAMES, NEGATIVE_CLASS, WEAK_NEGATIVE_FLAG
 from .rules import LOW_CONFIDENCE, MIRROR_DISAGREES, NOT_BRAIN_MRI, OUTSIDE_TRAINING, SEQUENCE_NOT_LEARNED, WEAK_NEGATIVE, Flag
 from .series_rule import DISAGREEMENT, FEW_ASSESSED, ISOLATED_TUMOUR_SLICES, SeriesFlag, SeriesPrediction
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the CLI imports this module before the model (and torch) is
 
 __all__ = [
     "CSV_COLUMNS", "DECIMALS", "NOT_BRAIN_MRI_FLAG", "OUTSIDE_TRAINING_FLAG", "SEQUENCE_NOT_LEARNED_FLAG", "SERIES_CSV_COLUMNS", "csv_row",
-    "flag_text", "result_record", "results_csv", "series_csv", "series_csv_row", "series_flag_text", "series_record",
+    "flag_text", "plural_of", "result_record", "results_csv", "series_csv", "series_csv_row", "series_flag_text", "series_record",
     "series_records", "slice_records", "spreadsheet_safe", "status_of", "write_csv", "write_series_csv",
 ]
 
@@ -89,9 +89,9 @@ def flag_text(flag: Flag) -> str:
     raise ValueError(f"No wording for flag kind {flag.kind!r}.")
 
 
-def _plural(name: str) -> str:
-    """"gliomas", "meningiomas", "pituitary tumours", "scans without a tumour"."""
-    return {"notumor": "scans without a tumour"}.get(name, CLASS_LABELS[name].lower() + "s")
+def plural_of(name: str) -> str:
+    """A class in the plural, in words: "gliomas", "pituitary tumours", "scans without a tumour"."""
+    return "scans without a tumour" if name == NEGATIVE_CLASS else CLASS_LABELS[name].lower() + "s"
 
 
 def _either(words: list[str]) -> str:
@@ -104,7 +104,7 @@ def _not_learned_text(flag: Flag) -> str:
     label, uncovered = flag.classes[0], flag.classes[1:]
     sequence = flag.sequence or "this sequence"
     where = f"on {sequence}" if sequence != "other" else "on sequences other than T1, T2 and FLAIR"
-    names = _either([_plural(name) for name in uncovered])
+    names = _either([plural_of(name) for name in uncovered])
     share = f"{_shown(flag.value, 1, -1, flag.limit, percent=True)} of their training scans, under {flag.limit:.0%}"
     text = f"{SEQUENCE_NOT_LEARNED_FLAG}: the model learned almost no {names} {where} ({share})"
     others = [name for name in uncovered if name != label]

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .constants import CLASS_NAMES, NEGATIVE_CLASS, UNFITTED_LOW_CONFIDENCE
+
+if TYPE_CHECKING:
+    from .sequence import SequenceInfo
 
 __all__ = [
     "FLAG_KINDS",
@@ -151,6 +154,10 @@ class SequenceCoverage:
         if source == "image" and (confidence is None or confidence < self.min_confidence):
             return "unknown"
         return name
+
+    def flag_of(self, label: str, sequence: SequenceInfo) -> Flag | None:
+        """:meth:`flag` of answer ``label`` on a scan's or series' sequence, as :meth:`judged`."""
+        return self.flag(label, self.judged(sequence.name, sequence.source, sequence.confidence))
 
     def share(self, name: str, sequence: str) -> float | None:
         """The share of ``name``'s training scans that cover ``sequence`` (None: unknown sequence)."""

@@ -40,6 +40,7 @@ __all__ = [
     "SeriesRule",
     "assessed_slices",
     "decide",
+    "enough_head",
     "head_areas",
     "series_prediction",
 ]
@@ -193,13 +194,16 @@ class SeriesPrediction:
         return tuple(flag.kind for flag in self.flags)
 
 
-def assessed_slices(images: Sequence[Image.Image], predictions: Sequence[Prediction]) -> np.ndarray:
-    """Which slices count: enough head in them (at least :data:`MIN_HEAD_SHARE` of the series'
-    largest head) and recognised as a brain MRI."""
+def enough_head(images: Sequence[Image.Image]) -> np.ndarray:
+    """Which slices hold enough head: at least :data:`MIN_HEAD_SHARE` of the series' largest."""
     areas = head_areas(images)
     largest = float(areas.max()) if len(areas) else 0.0
-    enough = areas >= MIN_HEAD_SHARE * largest if largest > 0 else np.zeros(len(areas), dtype=bool)
-    return enough & np.array([p.is_brain_mri for p in predictions], dtype=bool)
+    return areas >= MIN_HEAD_SHARE * largest if largest > 0 else np.zeros(len(areas), dtype=bool)
+
+
+def assessed_slices(images: Sequence[Image.Image], predictions: Sequence[Prediction]) -> np.ndarray:
+    """Which slices count: enough head in them (:func:`enough_head`) and recognised as a brain MRI."""
+    return enough_head(images) & np.array([p.is_brain_mri for p in predictions], dtype=bool)
 
 
 def series_prediction(
@@ -220,8 +224,7 @@ def series_prediction(
     assessed = assessed_slices(series.slices, predictions)
     decision = decide(rule, predictions, assessed, series.positions_mm)
     flags = decision.flags
-    judged = coverage.judged(sequence.name, sequence.source, sequence.confidence) if coverage is not None else None
-    found = coverage.flag(decision.label, judged) if coverage is not None and decision.key_slices else None
+    found = coverage.flag_of(decision.label, sequence) if coverage is not None and decision.key_slices else None
     if found is not None:
         at = 1 if flags and flags[0].kind == OUTSIDE_TRAINING else 0
         flags = (*flags[:at], SeriesFlag(SEQUENCE_NOT_LEARNED, found.value, found.limit, found.classes, found.sequence), *flags[at:])

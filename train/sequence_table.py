@@ -99,9 +99,8 @@ def sweep(counts: dict[str, dict[str, int]], groups: dict[str, tuple[Sequence[Sa
                 "uncovered": {q: list(coverage.uncovered(q)) for q in (*TABLE_SEQUENCES, "other")},
             }
             for name, (samples, predictions) in groups.items():
-                new = np.array([
-                    coverage.flag(p.label, coverage.judged(p.sequence.name, p.sequence.source, p.sequence.confidence))
-                    is not None and p.is_brain_mri for p in predictions], dtype=bool)
+                new = np.array([p.is_brain_mri and coverage.flag_of(p.label, p.sequence) is not None
+                                for p in predictions], dtype=bool)
                 old = np.array([bool(p.flags) for p in predictions], dtype=bool)
                 right = np.array([p.label == s.class_name for s, p in zip(samples, predictions)], dtype=bool)
                 shown = ~(old | new)
