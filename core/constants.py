@@ -152,7 +152,5 @@ SEQUENCE_NAMES: tuple[str, ...] = ("T1", "T1C", "T1w", "T2", "FLAIR", "other", "
 RECOGNISED_SEQUENCES: tuple[str, ...] = ("T1", "T1C", "T2", "FLAIR")
 #: The sequences a user may choose for a scan (the page's selector, ``python -m core --sequence``).
 USER_SEQUENCES: tuple[str, ...] = ("T1", "T1C", "T1w", "T2", "FLAIR", "other")
-#: Side in px of the recogniser's input (the head's box, resized).
-SEQUENCE_IMAGE_SIZE = 128
 #: Where a sequence name came from: the DICOM tags, the file name (NIfTI), the image, the user.
 SEQUENCE_SOURCES: tuple[str, ...] = ("tags", "name", "image", "user", "unknown")

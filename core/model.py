@@ -3,7 +3,7 @@
 A prediction happens in :meth:`Classifier.predict_batch`, down one page: image checks and
 preprocessing -> the network (``core.runtime``) -> calibration (the card's temperature) ->
 out-of-distribution gate -> the scan's sequence (given, from the DICOM tags, or from the image
-through ``core.sequence.SequenceRecogniser``) -> review rules (``core.rules``) -> :class:`Prediction`.
+through ``core.sequence.SequenceRecogniser``, a probe on the features the gate taps) -> review rules (``core.rules``) -> :class:`Prediction`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,24 @@ class Prediction:
     @property
     def flag_kinds(self) -> tuple[str, ...]:
         return tuple(flag.kind for flag in self.flags)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One batch of scans through the network, before the review rules."""
+
+    served: np.ndarray
+    plain: np.ndarray
+    mirror: np.ndarray | None
+    #: The gate's scores (zeros without a gate).
+    scores: np.ndarray
+    problems: list[ImageProblem | None]
+    #: The tapped stage statistics (N, D) of the unmirrored scans; None when nothing is tapped.
+    features: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        return len(self.served)
 
 
 def decided(sequence: SequenceInfo | None) -> bool:
@@ -128,7 +146,11 @@ class Classifier:
             param.requires_grad_(False)
         #: The PyTorch network, batch norms folded into the convolutions (checked equal).
         self.network = optimize_for_inference(network, self.image_size)
-        stages = gate.stages if gate is not None else ()
+        if recogniser is not None and gate is not None and tuple(recogniser.stages) != tuple(gate.stages):
+            raise WeightsError(f"The sequence recogniser reads stages {recogniser.stages}, the gate taps {gate.stages}; "
+                               "fit the recogniser again (python -m train.sequence fit).")
+        # The network taps the stages the gate and the sequence recogniser read (the same ones).
+        stages = gate.stages if gate is not None else (recogniser.stages if recogniser is not None else ())
         #: What runs the network for predictions (``core.runtime``).
         if runtime is None:
             runtime = open_runtime(folder, card, self.network, self.device, stages, threads) if folder is not None else TorchRuntime(
@@ -167,58 +189,69 @@ class Classifier:
         given = [q if q is not None else _tagged(image) for q, image in zip(given, images)]
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            batch, problems = self._prepare(chunk)
-            n = len(chunk)
-            logits, taps = self.runtime.run(with_mirror(batch) if self.tta else batch)
-            probs = softmax(logits, self.temperature)
-            plain, mirror = probs[:n], (probs[n:] if self.tta else None)
-            served = (plain + mirror) / 2 if mirror is not None else plain
-            scores = self.gate.score(taps[:n]).numpy() if self.gate is not None and taps is not None else np.zeros(n)
-            known = self._sequences(chunk, given[start : start + batch_size])
-            coverage = self.rules.coverage
-            judged = [coverage.judged(q.name, q.source, q.confidence) if coverage is not None else q.name for q in known]
-            flags = self.rules.flags(served, scores, problems, plain, mirror, judged)
-            results += [self._prediction(p, s, f, q) for p, s, f, q in zip(served, scores, flags, known)]
+            scored = self._score(images[start : start + batch_size])
+            results += self._judge(scored, self._sequences(scored, given[start : start + batch_size]))
         return results
-
-    def _sequences(self, images: Sequence[Image.Image], given: Sequence[SequenceInfo | None]) -> list[SequenceInfo]:
-        """Each scan's sequence: what was given, else the recogniser's reading of the image (one
-        pass over the scans that need it), else unknown."""
-        out = [q if q is not None else SequenceInfo() for q in given]
-        ask = [i for i, q in enumerate(given) if q is None]
-        if ask and self.recogniser is not None:
-            for i, info in zip(ask, self.recogniser.recognise([images[i] for i in ask])):
-                out[i] = info
-        return out
-
-    def sequence_of(self, series: Series, batch_size: int = 64) -> SequenceInfo:
-        """A series' sequence: its tags' or name's when they decide, else the recogniser's
-        reading of the mean probabilities over the slices with enough head in them (the
-        assessed slices' rule, ``core.series_rule.enough_head``); unknown without one."""
-        if decided(series.sequence) or self.recogniser is None or not series.slices:
-            return series.sequence
-        chosen = [image for image, enough in zip(series.slices, enough_head(series.slices)) if enough]
-        if not chosen:
-            return series.sequence
-        probs = np.concatenate([self.recogniser.probabilities(chosen[i : i + batch_size]) for i in range(0, len(chosen), batch_size)])
-        return self.recogniser.info_of(probs.mean(axis=0))
 
     def predict_series(
         self, series: Series, batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
         sequence: SequenceInfo | None = None,
     ) -> SeriesPrediction:
-        """One answer for a whole series (``core.read_series``), every slice scored through
-        :meth:`predict_batch` under the series' sequence (``sequence``: the user's choice, else
-        :meth:`sequence_of`); ``progress(done, total)`` is called after each batch."""
-        sequence = sequence if sequence is not None else self.sequence_of(series)
-        predictions: list[Prediction] = []
+        """One answer for a whole series (``core.read_series``): every slice through the network
+        once, in batches of ``batch_size``, then judged under the series' one sequence
+        (``sequence``: the user's choice, else :meth:`series_sequence`); ``progress(done,
+        total)`` is called after each batch."""
+        scored: list[_Scored] = []
         for start in range(0, len(series.slices), batch_size):
-            chunk = series.slices[start : start + batch_size]
-            predictions += self.predict_batch(chunk, batch_size, [sequence] * len(chunk))
+            scored.append(self._score(series.slices[start : start + batch_size]))
             if progress is not None:
-                progress(len(predictions), len(series.slices))
+                progress(min(start + batch_size, len(series.slices)), len(series.slices))
+        if sequence is None:
+            features = [s.features for s in scored]
+            sequence = self.series_sequence(series, np.concatenate(features) if scored and features[0] is not None else None)
+        predictions = [p for s in scored for p in self._judge(s, [sequence] * s.n)]
         return series_prediction(self.series_rule, series, predictions, sequence, self.rules.coverage)
+
+    def series_sequence(self, series: Series, features: np.ndarray | None) -> SequenceInfo:
+        """A series' sequence: its tags' or name's when they decide, else the recogniser's
+        reading of the mean probabilities over the slices with enough head in them (the
+        assessed slices' rule, ``core.series_rule.enough_head``); unknown without one.
+        ``features``: the slices' tapped features, one row per slice (None: none tapped)."""
+        if decided(series.sequence) or self.recogniser is None or features is None or not series.slices:
+            return series.sequence
+        chosen = np.flatnonzero(enough_head(series.slices))
+        if not len(chosen):
+            return series.sequence
+        return self.recogniser.info_of(self.recogniser.probabilities(features[chosen]).mean(axis=0))
+
+    def _score(self, images: Sequence[Image.Image]) -> _Scored:
+        """One batch through the image checks, the network, calibration and the gate."""
+        batch, problems = self._prepare(images)
+        n = len(images)
+        logits, taps = self.runtime.run(with_mirror(batch) if self.tta else batch)
+        probs = softmax(logits, self.temperature)
+        plain, mirror = probs[:n], (probs[n:] if self.tta else None)
+        features = taps[:n] if taps is not None else None
+        scores = self.gate.score(features).numpy() if self.gate is not None and features is not None else np.zeros(n)
+        return _Scored(served=(plain + mirror) / 2 if mirror is not None else plain, plain=plain, mirror=mirror,
+                       scores=scores, problems=problems, features=features)
+
+    def _sequences(self, scored: _Scored, given: Sequence[SequenceInfo | None]) -> list[SequenceInfo]:
+        """Each scan's sequence: what was given, else the recogniser's reading of the scan's
+        tapped features, else unknown."""
+        out = [q if q is not None else SequenceInfo() for q in given]
+        ask = [i for i, q in enumerate(given) if q is None]
+        if ask and self.recogniser is not None and scored.features is not None:
+            for i, info in zip(ask, self.recogniser.recognise(scored.features[ask])):
+                out[i] = info
+        return out
+
+    def _judge(self, scored: _Scored, known: Sequence[SequenceInfo]) -> list[Prediction]:
+        """The review rules on one scored batch, each scan under its sequence."""
+        coverage = self.rules.coverage
+        judged = [coverage.judged(q.name, q.source, q.confidence) if coverage is not None else q.name for q in known]
+        flags = self.rules.flags(scored.served, scored.scores, scored.problems, scored.plain, scored.mirror, judged)
+        return [self._prediction(p, s, f, q) for p, s, f, q in zip(scored.served, scored.scores, flags, known)]
 
     def _prepare(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[ImageProblem | None]]:
         """The network input and the image checks' findings, spread over the threads (Pillow and
@@ -310,7 +343,7 @@ def load_model(
         raise WeightsError(f"Weights file {str(path)!r} does not fit the architecture {card['arch']!r}: {exc}") from exc
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     gate = load_gate(path.parent, card)
-    recogniser = load_recogniser(path.parent, card, threads)
+    recogniser = load_recogniser(path.parent, card)
     classifier = Classifier(net, card, path.parent, gate, device, tta=tta, threads=threads, recogniser=recogniser)
     logger.info("loaded %s (%s) on %s; gate: %s; sequence recogniser: %s; runtime: %s", path, card["arch"], device,
                 gate is not None, recogniser is not None, classifier.runtime.name)

@@ -5,8 +5,8 @@ Keywords in SeriesDescription and ProtocolName decide first (vendors' usual word
 do not. Contrast (``+C``, ``Gd``, ``post``, a ContrastBolusAgent) turns T1 into T1C. A guess from
 a file name says ``source="name"``: a name is weaker evidence than the scanner's own tags.
 
-Without tags or a name, :class:`SequenceRecogniser` (trained by ``train.sequence``, served through
-ONNX Runtime beside the classifier) reads it from the image (``source="image"``). Where T1 with
+Without tags or a name, :class:`SequenceRecogniser` (fitted by ``train.sequence``: a linear probe
+on features the classifier computes anyway) reads it from the image (``source="image"``). Where T1 with
 and without contrast cannot be told apart it says ``"T1w"``; below its confidence floor it says
 ``"unknown"``. The user's choice (``source="user"``) overrides all of these.
 """
@@ -24,16 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from .constants import (
-    INPUT_MEAN, INPUT_STD, RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SEQUENCE_NAMES, SEQUENCE_SOURCES, USER_SEQUENCES,
-)
+from .constants import RECOGNISED_SEQUENCES, SEQUENCE_NAMES, SEQUENCE_SOURCES, USER_SEQUENCES
 from .pixels import tag_float
 
 __all__ = [
-    "SEQUENCE_ONNX_NAME",
+    "SEQUENCE_PROBE_NAME",
     "SequenceInfo",
     "SequenceRecogniser",
     "load_recogniser",
+    "save_recogniser",
     "sequence_from_dataset",
     "sequence_from_name",
     "sequence_from_tags",
@@ -42,7 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SEQUENCE_ONNX_NAME = "sequence.onnx"
+SEQUENCE_PROBE_NAME = "sequence.safetensors"
 #: The recogniser names a sequence only when its probability (T1 and T1C together for "T1w")
 #: reaches this; below it the sequence is "unknown" and the user is asked.
 MIN_SEQUENCE_CONFIDENCE = 0.6
@@ -188,32 +187,45 @@ def user_sequence(name: str) -> SequenceInfo:
 
 
 class SequenceRecogniser:
-    """The sequence from the image: a small network (``train.sequence``) on the head's box.
+    """The sequence from the image: a linear probe on the classifier's own features.
 
-    ``session``: an ONNX Runtime session of ``sequence.onnx`` (None: :meth:`name_of` only).
-    ``contrast_threshold``: the share of the T1-weighted probability that T1C (or T1) must hold
-    to be named; below it the answer is "T1w". Fitted on validation (``train.sequence``).
+    The classifier's out-of-distribution gate already taps the per-channel means and standard
+    deviations of two of its stages (``core.ood.stage_statistics``) on every prediction. A
+    multinomial logistic regression over those features (``train.sequence fit``) gives the
+    probabilities of ``RECOGNISED_SEQUENCES``, so recognising a sequence costs one small
+    matrix product per scan and no second network.
+
+    ``weight`` (4, D) and ``bias`` (4,): the probe, its standardisation folded in; ``stages``:
+    the classifier stages whose statistics it reads. ``contrast_threshold``: the share of the
+    T1-weighted probability that T1C (or T1) must hold to be named; below it the answer is
+    "T1w". Fitted on validation (``train.sequence``).
     """
 
-    def __init__(self, session: Any, contrast_threshold: float, image_size: int = SEQUENCE_IMAGE_SIZE,
+    def __init__(self, weight, bias, contrast_threshold: float, stages: Sequence[int] = (),
                  min_confidence: float = MIN_SEQUENCE_CONFIDENCE):
         if not 0.5 <= contrast_threshold <= 1.0:
             raise ValueError(f"contrast_threshold must be in [0.5, 1], got {contrast_threshold!r}.")
-        self.session = session
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.bias = np.asarray(bias, dtype=np.float64)
+        if self.weight.ndim != 2 or self.weight.shape[0] != len(RECOGNISED_SEQUENCES) or self.bias.shape != (len(RECOGNISED_SEQUENCES),):
+            raise ValueError(f"The probe takes weight (4, D) and bias (4,), got {self.weight.shape} and {self.bias.shape}.")
         self.contrast_threshold = float(contrast_threshold)
-        self.image_size = int(image_size)
+        self.stages = tuple(int(s) for s in stages)
         self.min_confidence = float(min_confidence)
 
-    def probabilities(self, images) -> np.ndarray:
-        """(N, 4) probabilities of ``RECOGNISED_SEQUENCES`` for N PIL images."""
-        from .preprocess import input_array
+    @property
+    def features(self) -> int:
+        """D: the length of the feature rows the probe takes."""
+        return int(self.weight.shape[1])
 
-        if self.session is None:
-            raise RuntimeError("This SequenceRecogniser has no network (session=None).")
-        if not len(images):
-            return np.zeros((0, len(RECOGNISED_SEQUENCES)))
-        batch = input_array(images, self.image_size, INPUT_MEAN, INPUT_STD, crop_head=True)
-        return np.asarray(self.session.run(None, {"input": batch})[0], dtype=np.float64)
+    def probabilities(self, features) -> np.ndarray:
+        """(N, 4) probabilities of ``RECOGNISED_SEQUENCES`` for (N, D) tapped features."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != self.features:
+            raise ValueError(f"The sequence probe takes (N, {self.features}) features, got shape {features.shape}.")
+        logits = features @ self.weight.T + self.bias
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
 
     def name_of(self, probs) -> str:
         """The sequence named by one row of probabilities (see the class docstring)."""
@@ -229,27 +241,46 @@ class SequenceRecogniser:
         if name == "T1w" and t1w > 0:
             share = p["T1C"] / t1w
             if share >= self.contrast_threshold:
-                name = "T1C"
+                name, confidence = "T1C", p["T1C"]
             elif share <= 1 - self.contrast_threshold:
-                name = "T1"
+                name, confidence = "T1", p["T1"]
         return SequenceInfo(name=name, source="image", confidence=min(1.0, confidence))
 
-    def recognise(self, images) -> list[SequenceInfo]:
-        """The sequence of each of N PIL images, from the image."""
-        return [self.info_of(p) for p in self.probabilities(images)]
+    def recognise(self, features) -> list[SequenceInfo]:
+        """The sequence of each of N scans, from their (N, D) tapped features."""
+        return [self.info_of(p) for p in self.probabilities(features)]
 
 
-def load_recogniser(folder: str | Path, card: dict[str, Any], threads: int = 1) -> SequenceRecogniser | None:
+def save_recogniser(recogniser: SequenceRecogniser, path: str | Path) -> str:
+    """Write the probe's weight, bias and stages as safetensors; returns the file's sha256."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .weights import sha256_file
+
+    save_file({"weight": torch.from_numpy(recogniser.weight.copy()), "bias": torch.from_numpy(recogniser.bias.copy()),
+               "stages": torch.tensor(recogniser.stages, dtype=torch.int64)}, str(path))
+    return sha256_file(path)
+
+
+def load_recogniser(folder: str | Path, card: dict[str, Any]) -> SequenceRecogniser | None:
     """The recogniser named in ``card["sequence"]`` (its sha256 checked), or None without one."""
     info = card.get("sequence")
     if not info or "file" not in info:
         return None
-    from .runtime import open_session
-    from .weights import checked_companion
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
-    session = open_session(checked_companion(folder, info, SEQUENCE_ONNX_NAME, "sequence recogniser"), max(1, int(threads)))
-    return SequenceRecogniser(session, float(info["contrast_threshold"]), int(info["image_size"]),
-                              float(info.get("min_confidence", MIN_SEQUENCE_CONFIDENCE)))
+    from .weights import WeightsError, checked_companion
+
+    path = checked_companion(folder, info, SEQUENCE_PROBE_NAME, "sequence recogniser")
+    try:
+        tensors = load_file(str(path))
+        return SequenceRecogniser(tensors["weight"], tensors["bias"], float(info["contrast_threshold"]),
+                                  tuple(int(s) for s in tensors["stages"]),
+                                  float(info.get("min_confidence", MIN_SEQUENCE_CONFIDENCE)))
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise WeightsError(f"Sequence recogniser file {str(path)!r} is not valid: {exc}") from exc
 
 
 def sequence_from_dataset(dataset) -> SequenceInfo:

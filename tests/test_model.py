@@ -255,17 +255,24 @@ def test_shipped_predict_batch_equals_predict(shipped_model, scan_paths):
 
 
 # ---------------------------------------------------------------------- the sequence of each scan
-class FakeSession:
-    """An ONNX Runtime session stand-in for the sequence recogniser: the same probabilities for
-    every image, and a count of the images it was asked about."""
+#: The stages the tiny model taps for its recogniser in these tests (the gate's, in shipped models).
+STAGES = (2, 4)
 
-    def __init__(self, probs):
-        self.probs, self.asked = np.asarray(probs, dtype=np.float32), 0
 
-    def run(self, outputs, feeds):
-        batch = feeds["input"]
-        self.asked += len(batch)
-        return [np.tile(self.probs, (len(batch), 1))]
+def fixed_recogniser(probs, contrast_threshold: float = 0.7):
+    """A sequence recogniser whose probe gives the same probabilities for every scan (zero
+    weights, the log-probabilities as bias), and counts the scans it was asked about."""
+    from core.sequence import SequenceRecogniser
+
+    class Counting(SequenceRecogniser):
+        asked = 0
+
+        def probabilities(self, features):
+            Counting.asked += len(features)
+            return super().probabilities(features)
+
+    features = 2 * (40 + 112)  # mean and std of the channels of efficientnet_lite0's stages 2 and 4
+    return Counting(np.zeros((4, features)), np.log(np.asarray(probs, dtype=np.float64)), contrast_threshold, STAGES)
 
 
 #: A table where meningiomas and pituitary tumours were learned from contrast T1 only, and "no
@@ -284,17 +291,20 @@ def _with(model, recogniser=None, coverage=None):
     import copy
     import dataclasses
 
+    from core.runtime import TorchRuntime
+
     other = copy.copy(model)
     other.recogniser = recogniser
+    other.runtime = TorchRuntime(model.network, "cpu", STAGES)  # taps the stages the probe reads
     other.rules = dataclasses.replace(model.rules, coverage=coverage)
     return other
 
 
 def test_every_prediction_carries_a_sequence_and_the_user_choice_wins(tiny_model):
-    from core.sequence import SequenceRecogniser, user_sequence
+    from core.sequence import user_sequence
 
-    session = FakeSession([0.05, 0.05, 0.85, 0.05])  # T2 at 0.85
-    model = _with(tiny_model, SequenceRecogniser(session, contrast_threshold=0.7))
+    session = fixed_recogniser([0.05, 0.05, 0.85, 0.05])  # T2 at 0.85
+    model = _with(tiny_model, session)
     images = _scans(3)
     given = [None, user_sequence("flair"), None]
     predictions = model.predict_batch(images, sequences=given)
@@ -322,11 +332,9 @@ def test_read_scan_keeps_the_sequence_of_the_dicom_tags():
 
 
 def test_tags_decide_and_the_recogniser_is_not_asked(tiny_model):
-    from core.sequence import SequenceRecogniser
-
     image = _t2_dicom()
-    session = FakeSession([0.9, 0.04, 0.03, 0.03])  # the image alone would say T1
-    prediction = _with(tiny_model, SequenceRecogniser(session, 0.7)).predict(image)
+    session = fixed_recogniser([0.9, 0.04, 0.03, 0.03])  # the image alone would say T1
+    prediction = _with(tiny_model, session).predict(image)
     assert (prediction.sequence.name, prediction.sequence.source) == ("T2", "tags") and session.asked == 0
 
 
@@ -352,10 +360,8 @@ def test_sequence_not_learned_follows_the_table(tiny_model, sequence):
 
 def test_an_unsure_recogniser_does_not_raise_the_flag(tiny_model):
     from core.rules import SEQUENCE_NOT_LEARNED, SequenceCoverage
-    from core.sequence import SequenceRecogniser
-
     # The recogniser says T2 at 0.85: the rule acts on it with a floor of 0.8, not with 0.9.
-    recogniser = SequenceRecogniser(FakeSession([0.05, 0.05, 0.85, 0.05]), 0.7)
+    recogniser = fixed_recogniser([0.05, 0.05, 0.85, 0.05])
     images = _scans(4)
     for floor, acts in ((0.8, True), (0.9, False)):
         coverage = SequenceCoverage(TABLE, 0.02, min_confidence=floor)
@@ -368,7 +374,7 @@ def test_an_unsure_recogniser_does_not_raise_the_flag(tiny_model):
 
 def test_a_series_takes_one_sequence_for_all_its_slices(tiny_model):
     from core.rules import SequenceCoverage
-    from core.sequence import SequenceInfo, SequenceRecogniser, user_sequence
+    from core.sequence import SequenceInfo, user_sequence
     from core.series import Series
     from series_factory import phantom
 
@@ -376,8 +382,8 @@ def test_a_series_takes_one_sequence_for_all_its_slices(tiny_model):
     slices = tuple(Image.fromarray((v / max(v.max(), 1) * 255).astype(np.uint8)) for v in volume)
     series = Series(name="1 test", slices=slices, positions_mm=tuple(float(k) for k in range(6)), pixel_spacing=(1.0, 1.0),
                     plane="axial", sequence=SequenceInfo(), source="test", format="nifti", window=(0.0, 255.0))
-    session = FakeSession([0.02, 0.9, 0.04, 0.04])  # T1C
-    model = _with(tiny_model, SequenceRecogniser(session, 0.7), SequenceCoverage(TABLE, 0.02))
+    session = fixed_recogniser([0.02, 0.9, 0.04, 0.04])  # T1C
+    model = _with(tiny_model, session, SequenceCoverage(TABLE, 0.02))
     answer = model.predict_series(series)
     assert (answer.sequence.name, answer.sequence.source) == ("T1C", "image")
     assert all(p.sequence == answer.sequence for p in answer.slices)
@@ -385,3 +391,27 @@ def test_a_series_takes_one_sequence_for_all_its_slices(tiny_model):
     assert chosen.sequence.source == "user" and all(p.sequence.name == "T2" for p in chosen.slices)
     expected = model.rules.coverage.flag(chosen.label, "T2")
     assert ("sequence_not_learned" in chosen.flag_kinds) == (expected is not None and bool(chosen.key_slices))
+
+
+def test_a_series_goes_through_the_network_once_and_its_sequence_reads_the_same_pass(tiny_model):
+    """The series' sequence comes from the features of the prediction pass itself: one network
+    run per batch of slices, nothing more, and the probe sees exactly the slices with enough head."""
+    from conftest import RecordingRuntime
+
+    from core.sequence import SequenceInfo
+    from core.series import Series
+    from core.series_rule import enough_head
+    from series_factory import phantom
+
+    volume = phantom(slices=7, rows=64, cols=64)
+    slices = tuple(Image.fromarray((v / max(v.max(), 1) * 255).astype(np.uint8)) for v in volume)
+    series = Series(name="2 test", slices=slices, positions_mm=tuple(float(k) for k in range(7)), pixel_spacing=(1.0, 1.0),
+                    plane="axial", sequence=SequenceInfo(), source="test", format="nifti", window=(0.0, 255.0))
+    recogniser = fixed_recogniser([0.05, 0.05, 0.85, 0.05])
+    model = _with(tiny_model, recogniser)
+    model.runtime = RecordingRuntime(model.runtime)
+    before = recogniser.asked
+    answer = model.predict_series(series, batch_size=3)
+    assert [len(b) for b in model.runtime.batches] == [3, 3, 1]
+    assert recogniser.asked - before == sum(enough_head(series.slices))
+    assert (answer.sequence.name, answer.sequence.source) == ("T2", "image")

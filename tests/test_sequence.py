@@ -134,32 +134,20 @@ def test_sequence_info_defaults_to_unknown_and_is_frozen():
 
 
 # ---------------------------------------------------------------------- the recogniser
-class _Session:
-    """An ONNX Runtime session stand-in: the given probabilities, one row per image."""
-
-    def __init__(self, rows):
-        self.rows = np.asarray(rows, dtype=np.float32)
-
-    def run(self, outputs, feeds):
-        assert feeds["input"].shape[0] == len(self.rows)
-        return [self.rows]
-
-
 @pytest.mark.parametrize("probs, name, confidence", [
     ((0.05, 0.05, 0.85, 0.05), "T2", 0.85),
     ((0.02, 0.03, 0.05, 0.90), "FLAIR", 0.90),
-    ((0.10, 0.80, 0.05, 0.05), "T1C", 0.90),    # T1C holds 0.89 of the T1-weighted 0.9
-    ((0.80, 0.10, 0.05, 0.05), "T1", 0.90),
+    ((0.10, 0.80, 0.05, 0.05), "T1C", 0.80),    # T1C holds 0.89 of the T1-weighted 0.9: named, at its own 0.8
+    ((0.80, 0.10, 0.05, 0.05), "T1", 0.80),
     ((0.45, 0.45, 0.05, 0.05), "T1w", 0.90),    # contrast cannot be told: T1-weighted
     ((0.30, 0.10, 0.30, 0.30), "unknown", None),  # nothing reaches 0.6
 ])
 def test_the_recogniser_names_t1w_where_contrast_cannot_be_told(probs, name, confidence):
-    from PIL import Image
-
     from core.sequence import SequenceRecogniser
 
-    recogniser = SequenceRecogniser(_Session([probs]), contrast_threshold=0.7)
-    info = recogniser.recognise([Image.new("L", (64, 64), 40)])[0]
+    # A probe with zero weights gives its bias's softmax for any features.
+    recogniser = SequenceRecogniser(np.zeros((4, 6)), np.log(probs), contrast_threshold=0.7)
+    info = recogniser.recognise(np.random.default_rng(0).normal(size=(1, 6)))[0]
     assert info.name == name and info.source == ("unknown" if name == "unknown" else "image")
     assert info.confidence == (None if confidence is None else pytest.approx(confidence, abs=1e-6))
 
@@ -174,26 +162,60 @@ def test_user_sequence_is_the_users_and_names_the_choices():
         user_sequence("unknown")
 
 
-def test_the_shipped_recogniser_keeps_its_accuracy_on_held_out_patients():
+def test_the_probe_is_a_softmax_of_its_linear_map_and_checks_its_input():
+    from core.sequence import SequenceRecogniser
+
+    rng = np.random.default_rng(1)
+    weight, bias, x = rng.normal(size=(4, 5)), rng.normal(size=4), rng.normal(size=(3, 5))
+    probs = SequenceRecogniser(weight, bias, 0.7).probabilities(x)
+    logits = x @ weight.T + bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"takes \(N, 5\) features, got shape \(3, 4\)"):
+        SequenceRecogniser(weight, bias, 0.7).probabilities(x[:, :4])
+    with pytest.raises(ValueError, match=r"weight \(4, D\) and bias \(4,\)"):
+        SequenceRecogniser(weight[:3], bias, 0.7)
+    with pytest.raises(ValueError, match="contrast_threshold must be in"):
+        SequenceRecogniser(weight, bias, 0.3)
+
+
+def test_a_saved_recogniser_loads_equal_and_a_changed_file_is_refused(tmp_path):
+    from core.sequence import SEQUENCE_PROBE_NAME, SequenceRecogniser, load_recogniser, save_recogniser
+    from core.weights import WeightsError
+
+    rng = np.random.default_rng(2)
+    recogniser = SequenceRecogniser(rng.normal(size=(4, 8)), rng.normal(size=4), 0.65, (2, 4), min_confidence=0.7)
+    sha = save_recogniser(recogniser, tmp_path / SEQUENCE_PROBE_NAME)
+    card = {"sequence": {"file": SEQUENCE_PROBE_NAME, "sha256": sha, "contrast_threshold": 0.65, "min_confidence": 0.7}}
+    loaded = load_recogniser(tmp_path, card)
+    x = rng.normal(size=(5, 8))
+    np.testing.assert_array_equal(loaded.probabilities(x), recogniser.probabilities(x))
+    assert loaded.stages == (2, 4) and loaded.contrast_threshold == 0.65 and loaded.min_confidence == 0.7
+    assert load_recogniser(tmp_path, {}) is None
+    (tmp_path / SEQUENCE_PROBE_NAME).write_bytes(b"not the probe")
+    with pytest.raises(WeightsError, match="does not match its model card"):
+        load_recogniser(tmp_path, card)
+
+
+def test_the_shipped_recogniser_keeps_its_accuracy_on_held_out_patients(shipped_model):
     """tcga-lgg's held-out patients (the recogniser's validation split): their FLAIR, T1 and T1C
     slices, and the T2-like images made from them, named at the T2 / FLAIR / T1-weighted level at
-    least as often as 0.9 of the time."""
-    from core import load_model
-    from core.constants import default_weights, extra_dir
-    from train.sequence import extra_labels, split
-    from train.sequence import _Scans
+    least as often as 0.9 of the time, from the features a prediction taps."""
+    from core.constants import extra_dir
+    from train.sequence import extra_labels, features_of, labelled_image, split
 
-    if not default_weights().is_file() or not extra_dir().is_dir():
-        pytest.skip("needs the shipped model and tcga-lgg")
-    model = load_model(device="cpu")
-    if model.recogniser is None:
+    if not extra_dir().is_dir():
+        pytest.skip("needs tcga-lgg")
+    if shipped_model.recogniser is None:
         pytest.skip("the shipped model has no sequence recogniser")
     _, held = split([], extra_labels(extra_dir(), synth_t2=True), seed=0)
     rng = np.random.default_rng(0)
     picked = [held[i] for i in rng.choice(len(held), 120, replace=False)]
-    data = _Scans(picked, 128, train=False)
-    infos = model.recogniser.recognise([data.image(scan) for scan in picked])
+    images = [labelled_image(scan) for scan in picked]
+    infos = shipped_model.recogniser.recognise(features_of(shipped_model, images))
     level = {"T1": "T1w", "T1C": "T1w", "T1w": "T1w", "T2": "T2", "FLAIR": "FLAIR"}
     right = [level.get(info.name) == level[scan.sequence] for scan, info in zip(picked, infos)]
     assert {scan.sequence for scan in picked} == {"T1", "T1C", "T2", "FLAIR"}
     assert np.mean(right) >= 0.9
+    # The prediction path gives each scan the same reading.
+    assert [p.sequence for p in shipped_model.predict_batch(images[:8])] == infos[:8]

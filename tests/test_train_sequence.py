@@ -36,7 +36,7 @@ def test_contrast_threshold_is_the_least_that_keeps_contrast_mistakes_rare():
 
 
 def test_sequence_report_counts_t1w_as_right_at_the_t1_weighted_level():
-    recogniser = SequenceRecogniser(None, contrast_threshold=0.7)
+    recogniser = SequenceRecogniser(np.zeros((4, 1)), np.zeros(4), contrast_threshold=0.7)
     probs = _probs([
         {"T2": 0.9, "T1": 0.1},                 # T2, named T2
         {"T1": 0.45, "T1C": 0.45, "T2": 0.1},   # T1C, named T1w
@@ -113,22 +113,41 @@ def test_an_answer_already_flagged_is_not_counted_as_added():
     assert SEQUENCE_NOT_LEARNED  # the kind the sweep stands for
 
 
-def test_ship_copies_a_checked_recogniser_and_drops_the_stale_table(tmp_path):
+def test_fit_probe_folds_its_standardisation_into_the_weights():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from train.sequence import fit_probe
+
+    # Four sequences, each a cloud around its own centre in 6 features of very different scales.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6)) * 3
+    y = np.repeat(np.arange(4), [40, 10, 25, 25])
+    x = (centres[y] + rng.normal(size=(len(y), 6))) * np.array([1, 10, 100, 0.1, 1, 5]) + 7
+    names = [RECOGNISED_SEQUENCES[k] for k in y]
+    weight, bias = fit_probe(x, names, c=0.1)
+    probe = SequenceRecogniser(weight, bias, 0.7)
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced", random_state=0).fit(scaler.transform(x), y)
+    np.testing.assert_allclose(probe.probabilities(x), reference.predict_proba(scaler.transform(x)), atol=1e-9)
+    assert (probe.probabilities(x).argmax(1) == y).mean() > 0.95
+    with pytest.raises(ValueError, match=r"No training scans of \['FLAIR'\]"):
+        fit_probe(x[y < 3], [n for n in names if n != "FLAIR"], c=0.1)
+
+
+def test_record_recogniser_writes_the_probe_and_drops_the_stale_table(tmp_path):
     import json
 
-    from core.weights import REQUIRED_CARD_KEYS, WeightsError, sha256_file
-    from train.sequence import ship_recogniser
+    from core.sequence import load_recogniser
+    from core.weights import REQUIRED_CARD_KEYS
+    from train.sequence import record_recogniser
 
     base = {key: 1 for key in REQUIRED_CARD_KEYS}
-    run, assets = tmp_path / "run", tmp_path / "assets"
-    run.mkdir(), assets.mkdir()
-    (run / "sequence.onnx").write_bytes(b"a graph")
-    entry = {"file": "sequence.onnx", "sha256": sha256_file(run / "sequence.onnx"), "contrast_threshold": 0.7}
-    (run / "model_card.json").write_text(json.dumps({**base, "sequence": entry}))
-    (assets / "model_card.json").write_text(json.dumps({**base, "arch": "x", "sequence_table": {"counts": {}}}))
-    assert ship_recogniser(run, assets) == entry
-    card = json.loads((assets / "model_card.json").read_text())
-    assert card == {**base, "arch": "x", "sequence": entry} and (assets / "sequence.onnx").read_bytes() == b"a graph"
-    (run / "sequence.onnx").write_bytes(b"another graph")
-    with pytest.raises(WeightsError, match="sha256"):
-        ship_recogniser(run, assets)
+    (tmp_path / "model_card.json").write_text(json.dumps({**base, "sequence_table": {"counts": {}}}))
+    probe = SequenceRecogniser(np.ones((4, 3)), np.zeros(4), 0.6, (2, 4))
+    entry = record_recogniser(tmp_path, probe, {"C": 0.03})
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert "sequence_table" not in card and card["sequence"] == entry
+    assert entry["stages"] == [2, 4] and entry["contrast_threshold"] == 0.6 and entry["C"] == 0.03
+    loaded = load_recogniser(tmp_path, card)
+    np.testing.assert_array_equal(loaded.weight, probe.weight)

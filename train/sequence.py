@@ -1,8 +1,7 @@
-"""Train the sequence recogniser of :mod:`core.sequence`: T1, T1 with contrast, T2 or FLAIR, from the image.
+"""Fit the sequence recogniser of :mod:`core.sequence`: T1, T1 with contrast, T2 or FLAIR, from the image.
 
     python -m train.sequence label --output train/sequence_labels.csv   # Kaggle labels, sheets to check
-    python -m train.sequence fit --output assets/                       # the recogniser, its card entry
-    python -m train.sequence ship --run runs/seq --assets assets/       # a fitted recogniser into assets/
+    python -m train.sequence fit --assets assets/                       # the recogniser of assets/' classifier
     python -m train.sequence table --assets assets/                     # class x sequence table, the rule
 
 **Labels.**
@@ -22,11 +21,16 @@
 - external-dev is never read here: the recogniser is measured on its Radiopaedia file names
   (``train.evaluate --external``).
 
-**Network.** EfficientNet-Lite0 from ImageNet at :data:`SEQUENCE_IMAGE_SIZE` px on the head's
-box (as the classifier sees it), four outputs, exported to ONNX (``sequence.onnx``) and
-checked against PyTorch. The validation split (20 % of tcga-lgg patients, 15 % of the
-labelled Kaggle scans) picks the contrast threshold: where T1 and T1C cannot be told apart
-the recogniser says "T1-weighted" (``core.sequence.SequenceRecogniser``).
+**The probe.** The classifier in ``--assets`` taps the per-channel means and standard
+deviations of two of its stages on every prediction, for its out-of-distribution gate. The
+recogniser is a multinomial logistic regression on those features (standardised, classes
+weighted equally), so it belongs to that classifier and costs next to nothing at run time.
+The validation split (20 % of tcga-lgg patients, 15 % of the labelled Kaggle scans) picks
+the regularisation among :data:`CANDIDATE_C` (the most accurate; the smaller on a tie) and
+the contrast threshold: where T1 and T1C cannot be told apart the recogniser says
+"T1-weighted" (``core.sequence.SequenceRecogniser``). It is written as
+``sequence.safetensors`` beside the weights, with its card entry ``card["sequence"]``; the
+class x sequence table it counted is dropped, to be counted again (``table``).
 """
 
 from __future__ import annotations
@@ -44,31 +48,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
-from core.constants import CLASS_NAMES, INPUT_MEAN, INPUT_STD, NEGATIVE_CLASS, WEIGHTS_NAME, data_dir, extra_dir
-from core.preprocess import crop_to_head, eval_transform, to_grayscale, to_model_tensor
+from core.constants import CLASS_NAMES, NEGATIVE_CLASS, RECOGNISED_SEQUENCES, WEIGHTS_NAME, data_dir, extra_dir
+from core.preprocess import to_grayscale
 from core.scan import read_scan
-from core.sequence import MIN_SEQUENCE_CONFIDENCE, RECOGNISED_SEQUENCES, SEQUENCE_IMAGE_SIZE, SequenceRecogniser
-from core.weights import read_model_card, sha256_file, write_model_card
+from core.sequence import SEQUENCE_PROBE_NAME, SequenceRecogniser, save_recogniser
+from core.weights import read_model_card, write_model_card
 
-from .data import Sample, find_extra_samples, find_samples, patient_split
-from .presets import RandomGamma, SyntheticT2
+from .data import find_extra_samples, find_samples
+from .presets import SyntheticT2
 from . import sequence_table
 from .sequence_table import EXTRA_SEQUENCES
 
 __all__ = [
+    "CANDIDATE_C",
     "NOTUMOR_CLUSTERS",
     "TUMOUR_CLUSTERS",
     "LabelledScan",
     "build_parser",
+    "contrast_threshold",
     "extra_labels",
+    "features_of",
+    "fit_probe",
     "kaggle_labels",
+    "labelled_image",
     "main",
     "read_labels",
+    "record_recogniser",
+    "sequence_report",
+    "split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +94,8 @@ TUMOUR_CLUSTERS: dict[int, str] = {c: "T1C" for c in (1, 2, 3, 5, 6, 7, 8, 10, 1
 NOTUMOR_CLUSTERS: dict[int, str] = {0: "T1", 7: "T1", 1: "T2", 2: "T2", 4: "T2", 3: "FLAIR", 10: "FLAIR"}
 TUMOUR_K, NOTUMOR_K = 16, 12
 KAGGLE_VAL_SHARE = 0.15
+#: The L2 strengths (inverse) the validation split chooses among.
+CANDIDATE_C = (0.003, 0.01, 0.03, 0.1)
 EXTRA_VAL_SHARE = 0.2
 
 
@@ -170,48 +181,33 @@ def extra_labels(root: Path, synth_t2: bool) -> list[LabelledScan]:
     return out
 
 
-# ---------------------------------------------------------------------------------- data
-class _Scans(Dataset):
-    def __init__(self, scans: Sequence[LabelledScan], size: int, train: bool, intensity: float = 0.2):
-        """``intensity``: the brightness and contrast jitter; the gamma range is
-        (1 / (1 + 1.25 * intensity), 1 + 1.25 * intensity)."""
-        self.scans = list(scans)
-        self.eval = eval_transform(size, INPUT_MEAN, INPUT_STD, crop_head=True)
-        self.train = train
-        self.augment = v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomApply([v2.RandomRotation(15)], p=0.5),
-            v2.ColorJitter(brightness=intensity, contrast=intensity),
-        ])
-        gamma = 1 + 1.25 * intensity
-        self.to_tensor = to_model_tensor(INPUT_MEAN, INPUT_STD, float_steps=(RandomGamma((1 / gamma, gamma)),))
-
-    def __len__(self) -> int:
-        return len(self.scans)
-
-    def image(self, scan: LabelledScan) -> Image.Image:
-        image = to_grayscale(read_scan(scan.path))
-        if scan.partner is not None:
-            t1 = np.asarray(to_grayscale(read_scan(scan.partner)))
-            image = Image.fromarray(SyntheticT2.synthesise(np.asarray(image), t1))
-        return image
-
-    def __getitem__(self, index: int):
-        scan = self.scans[index]
-        image = self.image(scan)
-        target = RECOGNISED_SEQUENCES.index(scan.sequence)
-        if not self.train:
-            return self.eval(image), target
-        return self.to_tensor(self.augment(crop_to_head(image))), target
+# ---------------------------------------------------------------------------------- features
+def labelled_image(scan: LabelledScan) -> Image.Image:
+    """The grey image of a labelled scan (a synthetic T2-like image made from its two slices)."""
+    image = to_grayscale(read_scan(scan.path))
+    if scan.partner is not None:
+        t1 = np.asarray(to_grayscale(read_scan(scan.partner)))
+        image = Image.fromarray(SyntheticT2.synthesise(np.asarray(image), t1))
+    return image
 
 
-def _balanced_sampler(scans: Sequence[LabelledScan], epoch_size: int, seed: int):
-    """Each sequence equally likely per draw (T1C outnumbers T2 seven to one)."""
-    counts = Counter(s.sequence for s in scans)
-    weights = torch.tensor([1.0 / counts[s.sequence] for s in scans], dtype=torch.float64)
-    return torch.utils.data.WeightedRandomSampler(weights, epoch_size, replacement=True,
-                                                  generator=torch.Generator().manual_seed(seed))
+def features_of(classifier, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+    """(N, D) the features the classifier taps for its gate (and the recogniser reads), of N
+    PIL images prepared as a prediction prepares them."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch, _ = classifier._prepare(images[start : start + batch_size])
+        _, taps = classifier.runtime.run(batch)
+        if taps is None:
+            raise ValueError("This classifier taps no stages (it has no out-of-distribution gate): no features to fit on.")
+        out.append(taps)
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def scan_features(classifier, scans: Sequence[LabelledScan], chunk: int = 256) -> np.ndarray:
+    """:func:`features_of` the labelled scans, read ``chunk`` at a time."""
+    parts = [features_of(classifier, [labelled_image(s) for s in scans[i : i + chunk]]) for i in range(0, len(scans), chunk)]
+    return np.concatenate(parts)
 
 
 def split(kaggle: Sequence[LabelledScan], extra: Sequence[LabelledScan], seed: int):
@@ -229,48 +225,23 @@ def split(kaggle: Sequence[LabelledScan], extra: Sequence[LabelledScan], seed: i
     return train, val
 
 
-@torch.inference_mode()
-def probabilities(net: torch.nn.Module, scans: Sequence[LabelledScan], size: int, workers: int = 2) -> np.ndarray:
-    net.eval()
-    loader = DataLoader(_Scans(scans, size, train=False), batch_size=64, num_workers=workers)
-    return np.concatenate([torch.softmax(net(x), dim=1).numpy() for x, _ in loader])
+def fit_probe(x: np.ndarray, y: Sequence[str], c: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A multinomial logistic regression of the sequences ``y`` on the features ``x``
+    (standardised, classes weighted equally, L2 strength ``1 / c``); returns its weight (4, D)
+    and bias (4,) on the raw features, the standardisation folded in."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
-
-def train_recogniser(train: Sequence[LabelledScan], val: Sequence[LabelledScan], args: argparse.Namespace):
-    import timm
-
-    from .pretrained import load_imagenet_weights
-
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=len(RECOGNISED_SEQUENCES))
-    load_imagenet_weights(net, "efficientnet_lite0")
-    data = _Scans(train, args.image_size, train=True, intensity=args.intensity)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
-    steps = args.epochs * (args.epoch_size // args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, args.lr, total_steps=steps, pct_start=0.15)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
-    history = []
-    for epoch in range(args.epochs):
-        net.train()
-        loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers, drop_last=True,
-                            sampler=_balanced_sampler(train, args.epoch_size, args.seed + epoch))
-        start, total, seen = time.perf_counter(), 0.0, 0
-        for x, y in loader:
-            loss = loss_fn(net(x), y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total, seen = total + float(loss) * len(y), seen + len(y)
-        probs = probabilities(net, val, args.image_size, args.workers)
-        truth = np.array([RECOGNISED_SEQUENCES.index(s.sequence) for s in val])
-        accuracy = float((probs.argmax(1) == truth).mean())
-        history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "val_accuracy": accuracy,
-                        "seconds": time.perf_counter() - start})
-        logger.info("epoch %d: loss %.3f, validation accuracy %.3f (%.0f s)", epoch + 1, total / max(seen, 1),
-                    accuracy, history[-1]["seconds"])
-    return net.eval(), history
+    x = np.asarray(x, dtype=np.float64)
+    target = np.array([RECOGNISED_SEQUENCES.index(q) for q in y])
+    missing = set(range(len(RECOGNISED_SEQUENCES))) - set(target.tolist())
+    if missing:
+        raise ValueError(f"No training scans of {[RECOGNISED_SEQUENCES[i] for i in sorted(missing)]}; every sequence needs some.")
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=c, max_iter=5000, class_weight="balanced", random_state=seed).fit(scaler.transform(x), target)
+    weight = model.coef_ / scaler.scale_
+    bias = model.intercept_ - weight @ scaler.mean_
+    return weight, bias
 
 
 def contrast_threshold(probs: np.ndarray, truth: Sequence[str], share: float = 0.05) -> float:
@@ -311,39 +282,16 @@ def sequence_report(probs: np.ndarray, truth: Sequence[str], recogniser: Sequenc
     }
 
 
-def export_recogniser(net: torch.nn.Module, path: Path, size: int, atol: float = 1e-4) -> float:
-    """``net`` as an ONNX graph at ``path`` (dynamic batch), checked against PyTorch; returns the
-    largest difference of the probabilities."""
-    import onnxruntime as ort
-
-    from .export import _quiet
-
-    net = net.cpu().float().eval()
-    module = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)).eval()
-    example = torch.rand(2, 3, size, size) * 2 - 1
-    with _quiet("onnxscript", "onnx_ir"):
-        program = torch.onnx.export(module, (example,), input_names=["input"], output_names=["probabilities"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                                    dynamo=True, verbose=False)
-    program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with torch.inference_mode():
-        worst = float(np.abs(module(x).numpy() - session.run(None, {"input": x.numpy()})[0]).max())
-    if worst > atol:
-        path.unlink(missing_ok=True)
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {atol}); {path} removed.")
-    return worst
-
-
-def save_recogniser(onnx_path: Path, folder: Path, contrast_threshold: float, image_size: int,
-                    details: dict[str, Any]) -> dict[str, Any]:
-    """Record the recogniser at ``onnx_path`` in the model card in ``folder`` (``card["sequence"]``)."""
+def record_recogniser(folder: Path, recogniser: SequenceRecogniser, details: dict[str, Any]) -> dict[str, Any]:
+    """Write ``recogniser`` as ``sequence.safetensors`` in ``folder`` and record it in the card
+    there (``card["sequence"]``); the class x sequence table it counted is dropped."""
+    path = Path(folder) / SEQUENCE_PROBE_NAME
     weights = Path(folder) / WEIGHTS_NAME
     card = read_model_card(weights)
-    card["sequence"] = {"file": Path(onnx_path).name, "sha256": sha256_file(onnx_path), "image_size": int(image_size),
-                        "classes": list(RECOGNISED_SEQUENCES), "contrast_threshold": float(contrast_threshold),
-                        "min_confidence": MIN_SEQUENCE_CONFIDENCE, **details}
+    card["sequence"] = {"file": path.name, "sha256": save_recogniser(recogniser, path), "method": "linear probe",
+                        "classes": list(RECOGNISED_SEQUENCES), "stages": list(recogniser.stages),
+                        "contrast_threshold": recogniser.contrast_threshold, "min_confidence": recogniser.min_confidence,
+                        **details}
     card.pop("sequence_table", None)  # counted by the previous recogniser: run ``table`` again
     write_model_card(weights, card)
     return card["sequence"]
@@ -357,25 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--data-dir", type=Path, default=data_dir())
     label.add_argument("--output", type=Path, default=Path("train/sequence_labels.csv"))
     label.add_argument("--sheets", type=Path, default=Path("runs/sequence_sheets"))
-    fit = sub.add_parser("fit", help="train the recogniser and write sequence.onnx and the card entry")
+    fit = sub.add_parser("fit", help="fit the recogniser of a classifier: sequence.safetensors and its card entry")
+    fit.add_argument("--assets", type=Path, default=Path("assets"), help="folder of the classifier (its card is extended)")
     fit.add_argument("--data-dir", type=Path, default=data_dir())
     fit.add_argument("--extra-data", type=Path, default=extra_dir())
     fit.add_argument("--labels", type=Path, default=Path("train/sequence_labels.csv"))
-    fit.add_argument("--output", type=Path, default=Path("assets"), help="folder of the model card to extend")
     fit.add_argument("--synth-t2", action=argparse.BooleanOptionalAction, default=True,
                      help="T2-like images of tcga-lgg slices as T2 examples")
-    fit.add_argument("--epochs", type=int, default=4)
-    fit.add_argument("--epoch-size", type=int, default=6000, help="scans drawn per epoch, sequences balanced")
-    fit.add_argument("--batch-size", type=int, default=48)
-    fit.add_argument("--lr", type=float, default=2e-3)
-    fit.add_argument("--image-size", type=int, default=SEQUENCE_IMAGE_SIZE)
-    fit.add_argument("--intensity", type=float, default=0.2,
-                     help="brightness and contrast jitter of training images (gamma range follows)")
-    fit.add_argument("--workers", type=int, default=2)
+    fit.add_argument("--threads", type=int, default=None)
     fit.add_argument("--seed", type=int, default=0)
-    ship = sub.add_parser("ship", help="copy a fitted recogniser (sequence.onnx and its card entry) into an assets folder")
-    ship.add_argument("--run", type=Path, required=True, help="folder that python -m train.sequence fit wrote to")
-    ship.add_argument("--assets", type=Path, default=Path("assets"))
     sequence_table.build_parser(sub.add_parser(
         "table", help="count the classifier's training scans per class and sequence; choose the sequence_not_learned rule"))
     return parser
@@ -405,56 +343,53 @@ def _label(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fit(args: argparse.Namespace) -> dict[str, Any]:
+    from core import load_model
+
     kaggle = read_labels(args.labels, Path(args.data_dir))
     extra = extra_labels(args.extra_data, args.synth_t2)
     train, val = split(kaggle, extra, args.seed)
     logger.info("train %s, validation %s", dict(Counter(s.sequence for s in train)), dict(Counter(s.sequence for s in val)))
-    net, history = train_recogniser(train, val, args)
-    probs = probabilities(net, val, args.image_size, args.workers)
-    threshold = contrast_threshold(probs, [s.sequence for s in val])
-    recogniser = SequenceRecogniser(None, contrast_threshold=threshold, image_size=args.image_size)
-    report = sequence_report(probs, [s.sequence for s in val], recogniser)
-    path = Path(args.output) / "sequence.onnx"
-    export_recogniser(net, path, args.image_size)
-    entry = save_recogniser(path, Path(args.output), threshold, args.image_size, {
-        "arch": "efficientnet_lite0",
+    weights = Path(args.assets) / WEIGHTS_NAME
+    card = read_model_card(weights)
+    stale = [card.pop(key, None) for key in ("sequence", "sequence_table")]
+    if any(entry is not None for entry in stale):
+        write_model_card(weights, card)  # the previous recogniser and its table go: both are made again
+    classifier = load_model(weights, device="cpu", threads=args.threads)
+    if classifier.gate is None:
+        raise SystemExit(f"The classifier in {str(args.assets)!r} has no out-of-distribution gate: no tapped features to fit on.")
+    start = time.perf_counter()
+    x_train, x_val = scan_features(classifier, train), scan_features(classifier, val)
+    y_train, y_val = [s.sequence for s in train], [s.sequence for s in val]
+    logger.info("features of %d scans in %.0f s", len(train) + len(val), time.perf_counter() - start)
+    candidates = []
+    for c in CANDIDATE_C:
+        weight, bias = fit_probe(x_train, y_train, c, args.seed)
+        probe = SequenceRecogniser(weight, bias, 0.5, classifier.gate.stages)
+        probs = probe.probabilities(x_val)
+        threshold = contrast_threshold(probs, y_val)
+        report = sequence_report(probs, y_val, SequenceRecogniser(weight, bias, threshold, classifier.gate.stages))
+        candidates.append({"C": c, "contrast_threshold": threshold, "validation": report})
+        logger.info("C %g: validation accuracy %.3f, T2 against T1-weighted %.3f", c, report["accuracy"],
+                    report["t2_vs_t1_weighted"])
+    best = max(candidates, key=lambda row: (row["validation"]["accuracy"], -row["C"]))
+    weight, bias = fit_probe(x_train, y_train, best["C"], args.seed)
+    recogniser = SequenceRecogniser(weight, bias, best["contrast_threshold"], classifier.gate.stages)
+    entry = record_recogniser(Path(args.assets), recogniser, {
+        "C": best["C"],
         "synth_t2": args.synth_t2,
-        "epochs": args.epochs,
-        "epoch_size": args.epoch_size,
-        "intensity": args.intensity,
         "seed": args.seed,
         "train_counts": dict(Counter(f"{s.source}/{s.sequence}" for s in train)),
         "val_counts": dict(Counter(f"{s.source}/{s.sequence}" for s in val)),
-        "validation": report,
-        "history": history,
+        "validation": best["validation"],
+        "candidates": [{"C": row["C"], "contrast_threshold": row["contrast_threshold"],
+                        "accuracy": row["validation"]["accuracy"]} for row in candidates],
     })
-    logger.info("sequence recogniser: %s", json.dumps(report))
-    return entry
-
-
-def ship_recogniser(run: Path, assets: Path) -> dict[str, Any]:
-    """Copy the recogniser that ``fit`` wrote to ``run`` into ``assets`` (its sha256 checked),
-    with its card entry; the class x sequence table is dropped, to be counted again (``table``)."""
-    import shutil
-
-    from core.weights import checked_companion
-
-    entry = read_model_card(Path(run) / WEIGHTS_NAME).get("sequence")
-    if not entry:
-        raise SystemExit(f"No recogniser in {str(run)!r}: run python -m train.sequence fit --output {run} first.")
-    source = checked_companion(run, entry, "sequence.onnx", "sequence recogniser")
-    shutil.copyfile(source, Path(assets) / source.name)
-    card = read_model_card(Path(assets) / WEIGHTS_NAME)
-    card["sequence"] = entry
-    card.pop("sequence_table", None)
-    write_model_card(Path(assets) / WEIGHTS_NAME, card)
-    logger.info("shipped the recogniser of %s into %s; now run: python -m train.sequence table --assets %s", run, assets, assets)
+    logger.info("sequence recogniser (C %g): %s; now run: python -m train.sequence table --assets %s", best["C"],
+                json.dumps(best["validation"]), args.assets)
     return entry
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    if args.command == "ship":
-        return ship_recogniser(args.run, args.assets)
     if args.command == "table":
         return sequence_table.main(args)
     return _label(args) if args.command == "label" else _fit(args)

@@ -65,8 +65,9 @@ def sequence_of_samples(classifier, samples: Sequence[Sample], batch_size: int =
     ask = [i for i, n in enumerate(names) if n is None]
     for start in range(0, len(ask), batch_size):
         part = ask[start : start + batch_size]
-        for i, info in zip(part, classifier.recogniser.recognise([read_scan(samples[i].path) for i in part])):
-            names[i] = info.name if info.known else UNKNOWN
+        predictions = classifier.predict_batch([read_scan(samples[i].path) for i in part], batch_size)
+        for i, prediction in zip(part, predictions):
+            names[i] = prediction.sequence.name if prediction.sequence.known else UNKNOWN
     return [str(n) for n in names]
 
 
