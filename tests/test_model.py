@@ -415,3 +415,24 @@ def test_a_series_goes_through_the_network_once_and_its_sequence_reads_the_same_
     assert [len(b) for b in model.runtime.batches] == [3, 3, 1]
     assert recogniser.asked - before == sum(enough_head(series.slices))
     assert (answer.sequence.name, answer.sequence.source) == ("T2", "image")
+
+
+def test_a_recogniser_must_read_the_stages_the_gate_taps(tiny_model):
+    """The probe reads the gate's tapped features: a card whose recogniser names other stages is
+    refused at load, naming both."""
+    import torch
+
+    from core.model import Classifier
+    from core.ood import FeatureGate
+    from core.weights import WeightsError
+
+    features = 2 * (40 + 112)
+    gate = FeatureGate(torch.zeros(4, features, dtype=torch.float64), torch.eye(features, dtype=torch.float64), 10.0, STAGES)
+    recogniser = fixed_recogniser([0.05, 0.05, 0.85, 0.05])
+    recogniser.stages = (3, 5)
+    with pytest.raises(WeightsError, match=r"reads stages \(3, 5\), the gate taps \(2, 4\)"):
+        Classifier(tiny_model.network, tiny_model.card, gate=gate, recogniser=recogniser)
+    recogniser.stages = STAGES
+    model = Classifier(tiny_model.network, tiny_model.card, gate=gate, recogniser=recogniser)
+    # The gate's taps reach the probe: the scan is read as T2 from the image.
+    assert (model.predict(_scans(1)[0]).sequence.name, model.predict(_scans(1)[0]).sequence.source) == ("T2", "image")
