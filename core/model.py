@@ -199,30 +199,28 @@ class Classifier:
     ) -> SeriesPrediction:
         """One answer for a whole series (``core.read_series``): every slice through the network
         once, in batches of ``batch_size``, then judged under the series' one sequence
-        (``sequence``: the user's choice, else :meth:`series_sequence`); ``progress(done,
+        (``sequence``: the user's choice, else the recogniser's reading of the same pass); ``progress(done,
         total)`` is called after each batch."""
         scored: list[_Scored] = []
         for start in range(0, len(series.slices), batch_size):
             scored.append(self._score(series.slices[start : start + batch_size]))
             if progress is not None:
                 progress(min(start + batch_size, len(series.slices)), len(series.slices))
+        enough = enough_head(series.slices)
         if sequence is None:
             features = [s.features for s in scored]
-            sequence = self.series_sequence(series, np.concatenate(features) if scored and features[0] is not None else None)
+            sequence = self._series_sequence(series, np.concatenate(features) if scored and features[0] is not None else None, enough)
         predictions = [p for s in scored for p in self._judge(s, [sequence] * s.n)]
-        return series_prediction(self.series_rule, series, predictions, sequence, self.rules.coverage)
+        return series_prediction(self.series_rule, series, predictions, sequence, self.rules.coverage, enough)
 
-    def series_sequence(self, series: Series, features: np.ndarray | None) -> SequenceInfo:
+    def _series_sequence(self, series: Series, features: np.ndarray | None, enough: np.ndarray) -> SequenceInfo:
         """A series' sequence: its tags' or name's when they decide, else the recogniser's
-        reading of the mean probabilities over the slices with enough head in them (the
-        assessed slices' rule, ``core.series_rule.enough_head``); unknown without one.
+        reading of the mean probabilities over the slices with enough head in them (``enough``,
+        the assessed slices' rule ``core.series_rule.enough_head``); unknown without one.
         ``features``: the slices' tapped features, one row per slice (None: none tapped)."""
-        if decided(series.sequence) or self.recogniser is None or features is None or not series.slices:
+        if decided(series.sequence) or self.recogniser is None or features is None or not enough.any():
             return series.sequence
-        chosen = np.flatnonzero(enough_head(series.slices))
-        if not len(chosen):
-            return series.sequence
-        return self.recogniser.info_of(self.recogniser.probabilities(features[chosen]).mean(axis=0))
+        return self.recogniser.info_of(self.recogniser.probabilities(features[enough]).mean(axis=0))
 
     def _score(self, images: Sequence[Image.Image]) -> _Scored:
         """One batch through the image checks, the network, calibration and the gate."""

@@ -213,16 +213,11 @@ class SequenceRecogniser:
         self.stages = tuple(int(s) for s in stages)
         self.min_confidence = float(min_confidence)
 
-    @property
-    def features(self) -> int:
-        """D: the length of the feature rows the probe takes."""
-        return int(self.weight.shape[1])
-
     def probabilities(self, features) -> np.ndarray:
         """(N, 4) probabilities of ``RECOGNISED_SEQUENCES`` for (N, D) tapped features."""
         features = np.asarray(features, dtype=np.float64)
-        if features.ndim != 2 or features.shape[1] != self.features:
-            raise ValueError(f"The sequence probe takes (N, {self.features}) features, got shape {features.shape}.")
+        if features.ndim != 2 or features.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"The sequence probe takes (N, {self.weight.shape[1]}) features, got shape {features.shape}.")
         logits = features @ self.weight.T + self.bias
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
@@ -253,13 +248,12 @@ class SequenceRecogniser:
 
 def save_recogniser(recogniser: SequenceRecogniser, path: str | Path) -> str:
     """Write the probe's weight, bias and stages as safetensors; returns the file's sha256."""
-    import torch
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     from .weights import sha256_file
 
-    save_file({"weight": torch.from_numpy(recogniser.weight.copy()), "bias": torch.from_numpy(recogniser.bias.copy()),
-               "stages": torch.tensor(recogniser.stages, dtype=torch.int64)}, str(path))
+    save_file({"weight": np.ascontiguousarray(recogniser.weight), "bias": np.ascontiguousarray(recogniser.bias),
+               "stages": np.array(recogniser.stages, dtype=np.int64)}, str(path))
     return sha256_file(path)
 
 

@@ -201,9 +201,12 @@ def enough_head(images: Sequence[Image.Image]) -> np.ndarray:
     return areas >= MIN_HEAD_SHARE * largest if largest > 0 else np.zeros(len(areas), dtype=bool)
 
 
-def assessed_slices(images: Sequence[Image.Image], predictions: Sequence[Prediction]) -> np.ndarray:
-    """Which slices count: enough head in them (:func:`enough_head`) and recognised as a brain MRI."""
-    return enough_head(images) & np.array([p.is_brain_mri for p in predictions], dtype=bool)
+def assessed_slices(images: Sequence[Image.Image], predictions: Sequence[Prediction],
+                    enough: np.ndarray | None = None) -> np.ndarray:
+    """Which slices count: enough head in them (:func:`enough_head`, or ``enough`` where the
+    caller has it already) and recognised as a brain MRI."""
+    enough = enough_head(images) if enough is None else np.asarray(enough, dtype=bool)
+    return enough & np.array([p.is_brain_mri for p in predictions], dtype=bool)
 
 
 def series_prediction(
@@ -212,16 +215,17 @@ def series_prediction(
     predictions: Sequence[Prediction],
     sequence: SequenceInfo | None = None,
     coverage: SequenceCoverage | None = None,
+    enough: np.ndarray | None = None,
 ) -> SeriesPrediction:
     """The answer for ``series`` from its slices' ``predictions`` (in series order).
 
     ``sequence``: the series' sequence as decided (default: ``series.sequence``); with
     ``coverage`` the answer is flagged ``sequence_not_learned`` where training barely covers it
-    on that sequence."""
+    on that sequence. ``enough``: :func:`enough_head` of its slices, where the caller has it."""
     if len(predictions) != len(series.slices):
         raise ValueError(f"{len(predictions)} predictions for a series of {len(series.slices)} slices.")
     sequence = sequence if sequence is not None else series.sequence
-    assessed = assessed_slices(series.slices, predictions)
+    assessed = assessed_slices(series.slices, predictions, enough)
     decision = decide(rule, predictions, assessed, series.positions_mm)
     flags = decision.flags
     found = coverage.flag_of(decision.label, sequence) if coverage is not None and decision.key_slices else None

@@ -364,16 +364,14 @@ def _fit(args: argparse.Namespace) -> dict[str, Any]:
     candidates = []
     for c in CANDIDATE_C:
         weight, bias = fit_probe(x_train, y_train, c, args.seed)
-        probe = SequenceRecogniser(weight, bias, 0.5, classifier.gate.stages)
-        probs = probe.probabilities(x_val)
-        threshold = contrast_threshold(probs, y_val)
-        report = sequence_report(probs, y_val, SequenceRecogniser(weight, bias, threshold, classifier.gate.stages))
-        candidates.append({"C": c, "contrast_threshold": threshold, "validation": report})
+        probs = SequenceRecogniser(weight, bias, 0.5, classifier.gate.stages).probabilities(x_val)
+        probe = SequenceRecogniser(weight, bias, contrast_threshold(probs, y_val), classifier.gate.stages)
+        report = sequence_report(probs, y_val, probe)
+        candidates.append({"C": c, "contrast_threshold": probe.contrast_threshold, "validation": report, "probe": probe})
         logger.info("C %g: validation accuracy %.3f, T2 against T1-weighted %.3f", c, report["accuracy"],
                     report["t2_vs_t1_weighted"])
     best = max(candidates, key=lambda row: (row["validation"]["accuracy"], -row["C"]))
-    weight, bias = fit_probe(x_train, y_train, best["C"], args.seed)
-    recogniser = SequenceRecogniser(weight, bias, best["contrast_threshold"], classifier.gate.stages)
+    recogniser = best["probe"]
     entry = record_recogniser(Path(args.assets), recogniser, {
         "C": best["C"],
         "synth_t2": args.synth_t2,
